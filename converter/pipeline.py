@@ -1,0 +1,239 @@
+"""The offline pipeline behind ``bnfold convert``.
+
+train -> export reference.onnx (BN count checked) -> fold -> model.onnx ->
+verify (PyTorch eval vs reference vs folded) -> write the version atomically.
+
+A version whose parity fails is never written: the repository only ever holds
+models that compute what the trained network computes.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import converter
+from converter.data import Splits, load, prepare
+from converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
+from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules
+from converter.parity import DEFAULT_RTOL, compare
+from converter.repository import check_name, write_version
+from converter.train import EpochCallback, TrainConfig, TrainResult, save_run, train
+
+# Epochs when the user gives none: enough for each network to converge on digits
+# on 2 CPU cores in about a minute or less.
+DEFAULT_EPOCHS = {"mlp": 20, "cifar-cnn": 8, "fer-cnn": 5, "resnet": 8}
+DEFAULT_MAX_BATCH = 64
+# Random inputs added to the held-out set when checking parity: they probe
+# input regions the data never reaches (and every channel of every BN).
+N_RANDOM_PARITY = 64
+
+
+class ParityError(RuntimeError):
+    """The folded graph does not compute what the trained network computes."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ConvertOptions:
+    arch: str = "mlp"
+    data: str = "digits"
+    repo: Path = Path("models")
+    name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    epochs: int | None = None
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    seed: int = 0
+    limit: int | None = None
+    bn: bool = True
+    version: int | None = None
+    rtol: float = DEFAULT_RTOL
+    run_dir: Path | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+
+    def model_name(self) -> str:
+        return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
+
+
+@dataclass
+class ConvertResult:
+    version_dir: Path
+    manifest: dict[str, Any]
+    train: TrainResult
+
+
+Log = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def train_from_options(
+    opts: ConvertOptions, *, log: Log = _noop, on_epoch: EpochCallback | None = None
+) -> tuple[TrainResult, Splits, TrainConfig]:
+    if opts.arch not in DEFAULT_INPUT_SHAPES:
+        raise ValueError(
+            f"unknown architecture {opts.arch!r}; choose one of {', '.join(DEFAULT_INPUT_SHAPES)}"
+        )
+    shape = opts.input_shape or DEFAULT_INPUT_SHAPES[opts.arch]
+    log(f"loading {opts.data}")
+    dataset = load(opts.data, input_shape=shape, seed=opts.seed)
+    splits = prepare(dataset, shape, seed=opts.seed, limit=opts.limit)
+    info = splits.info
+    log(
+        f"split {info['n_train']} train / {info['n_val']} val / {info['n_test']} test, "
+        f"{len(splits.labels)} classes, input {list(shape)}"
+    )
+    arch = ArchConfig(opts.arch, tuple(shape), len(splits.labels), bn=opts.bn)
+    cfg = TrainConfig(
+        epochs=opts.epochs or DEFAULT_EPOCHS[opts.arch],
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        seed=opts.seed,
+    )
+    return train(arch, splits, cfg, on_epoch=on_epoch), splits, cfg
+
+
+def check_parity(
+    result: TrainResult,
+    reference: onnx.ModelProto,
+    folded: onnx.ModelProto,
+    x_heldout: np.ndarray,
+    *,
+    rtol: float,
+    seed: int,
+) -> dict[str, Any]:
+    """PyTorch eval vs reference.onnx vs model.onnx, on held-out and random inputs."""
+    from converter.verify import run_onnx, verify_onnx
+
+    rng = np.random.default_rng(seed)
+    x_random = rng.standard_normal((N_RANDOM_PARITY, *x_heldout.shape[1:])).astype(np.float32)
+    x_all = np.concatenate([x_heldout, x_random])
+    ref_folded = verify_onnx(
+        reference, folded, {INPUT_NAME: x_all}, n_random=0, seed=seed, rtol=rtol
+    )
+    ref_out = run_onnx(reference, {INPUT_NAME: x_all})[OUTPUT_NAME]
+    folded_out = run_onnx(folded, {INPUT_NAME: x_all})[OUTPUT_NAME]
+    torch_out = torch_logits(result.model, x_all)
+    comparisons = {
+        "torch_vs_reference": compare(torch_out, ref_out, rtol=rtol).to_dict(),
+        "reference_vs_folded": ref_folded,
+        "torch_vs_folded": compare(torch_out, folded_out, rtol=rtol).to_dict(),
+    }
+    passed = all(bool(c["passed"]) for c in comparisons.values())
+    worst = comparisons["torch_vs_folded"]
+    return {
+        "passed": passed,
+        "max_abs_error": worst["max_abs_error"],
+        "max_rel_error": worst["max_rel_error"],
+        "top1_agreement": worst["top1_agreement"],
+        "n_samples": len(x_all),
+        "n_heldout": len(x_heldout),
+        "n_random": N_RANDOM_PARITY,
+        "rtol": rtol,
+        "comparisons": comparisons,
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    return {
+        "bnfold": converter.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def serving_config(name: str, arch: ArchConfig, splits: Splits, max_batch: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": max_batch,
+        "input": [{"name": INPUT_NAME, "datatype": "FP32", "shape": list(arch.input_shape)}],
+        "output": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [arch.num_classes]}],
+        "dynamic_batching": {"enabled": True, "max_queue_delay_ms": 1.0, "max_queue_size": 1024},
+        "labels": splits.labels,
+        "preprocessing": splits.preprocessing,
+    }
+
+
+def convert(
+    opts: ConvertOptions, *, log: Log = _noop, on_epoch: EpochCallback | None = None
+) -> ConvertResult:
+    """Train, export, fold, verify and write one version into the repository."""
+    from converter import folding
+
+    name = check_name(opts.model_name())
+    result, splits, cfg = train_from_options(opts, log=log, on_epoch=on_epoch)
+    log(
+        f"test accuracy {result.metrics['test_accuracy']:.4f} after {cfg.epochs} epochs "
+        f"({result.seconds:.1f} s)"
+    )
+    if opts.run_dir is not None:
+        save_run(opts.run_dir, result, cfg, splits)
+        log(f"run saved to {opts.run_dir}")
+
+    log("exporting reference.onnx (every BatchNormalization kept)")
+    reference = export_reference(result.model, result.arch)
+    bn_before = folding.count_bn(reference)
+    log(f"folding {bn_before} BatchNorm layers")
+    folded, report = folding.fold(reference)
+    bn_after = folding.count_bn(folded)
+    log(f"{bn_before - bn_after} of {bn_before} folded away; {bn_after} left")
+
+    log("verifying PyTorch eval vs reference.onnx vs model.onnx")
+    parity = check_parity(result, reference, folded, splits.x_test, rtol=opts.rtol, seed=opts.seed)
+    if not parity["passed"]:
+        raise ParityError(
+            f"parity failed (max rel error {parity['max_rel_error']:.3g} > {opts.rtol:g} or "
+            f"top-1 agreement {parity['top1_agreement']}); nothing was written",
+            parity,
+        )
+
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "arch": {**result.arch.to_dict(), "bn_count": len(bn_modules(result.model))},
+        "data": {**splits.info, "spec": opts.data},
+        "training": {**cfg.to_dict(), "seconds": result.seconds},
+        "metrics": result.metrics,
+        "labels": splits.labels,
+        "preprocessing": splits.preprocessing,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32",
+                    "shape": [-1, *result.arch.input_shape]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32",
+                     "shape": [-1, result.arch.num_classes]}],
+        "folding": {"folded": True, "bn_before": bn_before, "bn_after": bn_after,
+                    "report": report.to_dict()},
+        "parity": parity,
+        "versions": library_versions(),
+        **opts.extra_manifest,
+    }  # fmt: skip
+    version_dir = write_version(
+        opts.repo,
+        name,
+        model_onnx=folded.SerializeToString(),
+        reference_onnx=reference.SerializeToString(),
+        manifest=manifest,
+        config=serving_config(name, result.arch, splits, opts.max_batch_size),
+        version=opts.version,
+    )
+    log(f"wrote {version_dir}")
+    return ConvertResult(version_dir, manifest, result)

@@ -1,0 +1,1 @@
+"""bnfold service: serve a model repository over the Open Inference Protocol."""

@@ -1,0 +1,95 @@
+"""Versions appear whole or not at all."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from converter import repository
+from converter.repository import RepositoryError, versions, write_version
+
+CONFIG = {"name": "m", "max_batch_size": 8}
+
+
+def write(repo: Path, **kw):  # type: ignore[no-untyped-def]
+    return write_version(
+        repo,
+        "m",
+        model_onnx=b"folded",
+        reference_onnx=b"reference",
+        manifest={"format": 1},
+        config=CONFIG,
+        **kw,
+    )
+
+
+def test_layout_and_manifest_hashes(tmp_path: Path) -> None:
+    v1 = write(tmp_path)
+    v2 = write(tmp_path)
+    assert (v1.name, v2.name) == ("1", "2")
+    assert sorted(p.name for p in v1.iterdir()) == ["manifest.json", "model.onnx", "reference.onnx"]
+    manifest = json.loads((v1 / "manifest.json").read_text())
+    assert manifest["name"] == "m" and manifest["version"] == 1
+    assert manifest["files"]["model.onnx"] == {
+        "sha256": hashlib.sha256(b"folded").hexdigest(),
+        "bytes": 6,
+    }
+    assert json.loads((tmp_path / "m" / "config.json").read_text()) == CONFIG
+    assert versions(tmp_path / "m") == [1, 2]
+
+
+def test_versions_are_immutable_and_names_checked(tmp_path: Path) -> None:
+    write(tmp_path, version=3)
+    with pytest.raises(RepositoryError, match="already exists"):
+        write(tmp_path, version=3)
+    for bad in ("../evil", "a/b", "", ".hidden", "x" * 65):
+        with pytest.raises(RepositoryError, match="invalid model name"):
+            write_version(
+                tmp_path, bad, model_onnx=b"", reference_onnx=b"", manifest={}, config=CONFIG
+            )
+    with pytest.raises(RepositoryError, match=r"no config\.json"):
+        write_version(tmp_path, "fresh", model_onnx=b"", reference_onnx=b"", manifest={})
+
+
+def test_failure_mid_write_leaves_no_version(tmp_path: Path, monkeypatch) -> None:
+    real = repository._write_bytes
+    calls = []
+
+    def failing(path: Path, data: bytes) -> None:
+        calls.append(path.name)
+        if path.name == "manifest.json":
+            raise OSError("disk full")
+        real(path, data)
+
+    monkeypatch.setattr(repository, "_write_bytes", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write(tmp_path)
+    assert calls == ["model.onnx", "reference.onnx", "manifest.json"]
+    assert list((tmp_path / "m").iterdir()) == []  # no version, no staging left behind
+
+
+def test_killed_writer_leaves_only_an_ignored_staging_folder(tmp_path: Path) -> None:
+    # A real process killed between writing files and the rename (SIGKILL: no cleanup).
+    script = f"""
+import os, signal
+from converter import repository
+real_rename = os.rename
+def die(src, dst):
+    os.kill(os.getpid(), signal.SIGKILL)
+os.rename = die
+repository.write_version({str(tmp_path)!r}, "m", model_onnx=b"x" * 100000,
+    reference_onnx=b"y", manifest={{}}, config={{"name": "m"}})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    assert proc.returncode == -9
+    leftovers = os.listdir(tmp_path / "m")
+    assert "config.json" in leftovers
+    assert next(n for n in leftovers if n != "config.json").startswith(".tmp-1-")
+    assert versions(tmp_path / "m") == []
+    assert write(tmp_path).name == "1"  # the next writer is not confused by the debris
