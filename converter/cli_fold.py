@@ -1,0 +1,177 @@
+"""``bnfold fold`` and ``bnfold verify``: plain functions for the typer app (no torch).
+
+Exit codes: 0 success, 1 parity failure, 2 bad input (missing or corrupt
+file, unreadable data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import onnx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL
+
+console = Console(stderr=True)
+TWO_GB = 2**31
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    from converter.verify import ModelFileError, load_model
+
+    try:
+        return load_model(path)
+    except ModelFileError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = model.ByteSize() >= TWO_GB
+    onnx.save_model(model, str(path), save_as_external_data=big)
+
+
+def fold(
+    input: Annotated[Path, typer.Argument(help="ONNX model to fold (any exporter, opset 13+).")],
+    output: Annotated[Path, typer.Argument(help="Where to write the folded model.")],
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write the fold report (JSON) here."),
+    ] = None,
+) -> None:
+    """Fold every BatchNormalization (node or Mul/Add chain) into its neighbours, exactly."""
+    from converter.folding import fold as fold_model
+
+    model = _load(input)
+    try:
+        folded, fold_report = fold_model(model)
+    except Exception as exc:  # a broken invariant: say where, not a traceback
+        raise _fail(f"{input}: folding failed: {type(exc).__name__}: {exc}", code=1) from exc
+    _save(folded, output)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(fold_report.to_json() + "\n")
+    table = Table(
+        title=f"BN {fold_report.bn_before} -> {fold_report.bn_after}", title_justify="left"
+    )
+    for column in ("BN", "status", "folded into / left", "why"):
+        table.add_column(column, overflow="fold")
+    for b in fold_report.bns:
+        where = ", ".join(b.folded_into) or "-"
+        if b.residual:
+            where += " | left: " + ", ".join(b.residual)
+        table.add_row(b.name, b.status, where, "; ".join(b.reasons[:2]))
+    console.print(table)
+    console.print(
+        f"wrote {output} ({fold_report.count('folded')} folded, {fold_report.count('partial')} "
+        f"partial, {fold_report.count('kept')} kept; {fold_report.residual_ops} op(s) left)"
+    )
+
+
+def _read_data(spec: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    kind, _, path_text = spec.partition(":")
+    if kind != "npz" or not path_text:
+        raise _fail(f"--data {spec!r}: expected npz:PATH")
+    path = Path(path_text)
+    if not path.is_file():
+        raise _fail(f"--data: {path}: no such file")
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise _fail(f"--data: {path}: not an .npz file ({exc})") from exc
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if set(names) <= set(arrays):
+        return {n: arrays[n] for n in names}
+    if len(names) == 1 and "x" in arrays:
+        return {names[0]: arrays["x"]}
+    if len(names) == 1 and len(arrays) == 1:
+        return {names[0]: next(iter(arrays.values()))}
+    raise _fail(f"--data: {path} has arrays {sorted(arrays)}; the model needs {names} (or 'x')")
+
+
+def verify(
+    reference: Annotated[Path, typer.Argument(help="The model with every BN kept.")],
+    folded: Annotated[Path, typer.Argument(help="The folded model to check against it.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Held-out inputs as npz:PATH: one array per model input by name "
+            "(or a single array, or 'x', for a one-input model).",
+        ),
+    ] = None,
+    n_random: Annotated[
+        int, typer.Option("--n-random", min=0, help="Random standard-normal samples to add.")
+    ] = 16,
+    rtol: Annotated[
+        float,
+        typer.Option(help="Max relative error, max|diff| / max|reference|; ~1e-2 for float16."),
+    ] = DEFAULT_RTOL,
+    min_top1: Annotated[
+        float, typer.Option("--min-top1", help="Min share of rows with the same arg-max.")
+    ] = DEFAULT_MIN_TOP1,
+    per_node: Annotated[
+        bool,
+        typer.Option(
+            "--per-node",
+            help="Compare shared intermediate tensors; name the first diverging layer.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the random inputs.")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the parity report (JSON) here.")
+    ] = None,
+) -> None:
+    """Run both models on ONNX Runtime (optimizations off) and compare their outputs."""
+    from converter.verify import verify_onnx
+
+    ref_model, folded_model = _load(reference), _load(folded)
+    inputs = _read_data(data, ref_model) if data else None
+    if inputs is None and n_random == 0:
+        raise _fail("nothing to compare: give --data or --n-random > 0")
+    try:
+        result = verify_onnx(
+            ref_model,
+            folded_model,
+            inputs,
+            n_random=n_random,
+            seed=seed,
+            rtol=rtol,
+            min_top1=min_top1,
+            per_node=per_node,
+        )
+    except Exception as exc:  # ORT refuses a model or the inputs do not fit it
+        raise _fail(f"could not run the models: {type(exc).__name__}: {exc}") from exc
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+    top1 = result["top1_agreement"]
+    verdict = "[green]PASS[/]" if result["passed"] else "[bold red]FAIL[/]"
+    console.print(
+        f"{verdict} {result['n_samples']} samples: max abs error {result['max_abs_error']:.3g}, "
+        f"max rel error {result['max_rel_error']:.3g} (rtol {rtol:g}), top-1 agreement "
+        + ("n/a" if top1 is None else f"{top1:.4f}")
+    )
+    first = result.get("first_divergence")
+    if per_node:
+        if first:
+            console.print(
+                f"first diverging tensor: '{first['tensor']}' from node '{first['node']}' "
+                f"(max rel error {first.get('max_rel_error', float('nan')):.3g})"
+            )
+        else:
+            console.print(f"all {len(result['per_node'])} shared intermediate tensors agree")
+    if not result["passed"]:
+        raise typer.Exit(1)
