@@ -9,6 +9,7 @@ models that compute what the trained network computes.
 
 from __future__ import annotations
 
+import json
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,6 +191,12 @@ def convert(
         save_run(opts.run_dir, result, cfg, splits)
         log(f"run saved to {opts.run_dir}")
 
+    from converter.bn_health import bn_health
+
+    health = bn_health(result.model, splits.x_val)
+    for warning in health["warnings"]:
+        log(f"warning: {warning}")
+
     log("exporting reference.onnx (every BatchNormalization kept)")
     reference = export_reference(result.model, result.arch)
     bn_before = folding.count_bn(reference)
@@ -221,7 +228,7 @@ def convert(
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32",
                      "shape": [-1, result.arch.num_classes]}],
         "folding": {"folded": True, "bn_before": bn_before, "bn_after": bn_after,
-                    "report": report.to_dict()},
+                    "report": report.to_dict(), "bn_health": health},
         "parity": parity,
         "versions": library_versions(),
         **opts.extra_manifest,
@@ -236,4 +243,5 @@ def convert(
         version=opts.version,
     )
     log(f"wrote {version_dir}")
-    return ConvertResult(version_dir, manifest, result)
+    written = json.loads((version_dir / "manifest.json").read_text())  # with name, version, sha256
+    return ConvertResult(version_dir, written, result)

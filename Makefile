@@ -1,0 +1,40 @@
+# Two commands do everything (see README):
+#   make demo   set up, build the default model if missing, serve it, show a prediction
+#   make test   set up, then lint, type-check and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bnfold-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup lint typecheck pytest bench clean
+
+demo: $(STAMP)
+	$(BIN)/bnfold demo $(ARGS)
+
+test: $(STAMP) lint typecheck pytest
+
+setup: $(STAMP)
+
+# torch is pinned by constraints.txt to the CPU wheel; see the README.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev,bench]'
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.fold.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

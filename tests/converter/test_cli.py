@@ -1,0 +1,107 @@
+"""The CLI as a user runs it: real processes, exit codes, files, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def bnfold(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "converter.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_export_round_trip(tmp_path: Path) -> None:
+    r = bnfold(
+        "train",
+        "--arch",
+        "mlp",
+        "--data",
+        "digits",
+        "--epochs",
+        "3",
+        "--out",
+        "runs/mlp",
+        "--compare-no-bn",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs/mlp"
+    assert {p.name for p in run.iterdir()} >= {
+        "checkpoint.safetensors",
+        "run.json",
+        "metrics.json",
+        "curves.png",
+        "no-bn",
+    }
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "BatchNorm vs no BatchNorm" in r.stderr
+    assert len(json.loads((run / "no-bn/metrics.json").read_text())) == 3
+
+    r = bnfold("export", "runs/mlp", "--out", "ref.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(tmp_path / "ref.onnx")
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--arch", "vgg", "--epochs", "1"], "unknown architecture 'vgg'"),
+        (["train", "--data", "npz:/nonexistent.npz", "--epochs", "1"], "no such file"),
+        (["train", "--data", "imagenet", "--epochs", "1"], "unknown data set 'imagenet'"),
+        (
+            ["train", "--arch", "resnet", "--input-shape", "64", "--epochs", "1"],
+            "expects an image input shape",
+        ),
+        (["export", "no-such-run"], "is not a training run"),
+        (["convert", "--name", "../escape", "--epochs", "1"], "invalid model name"),
+    ],
+)
+def test_user_errors_exit_non_zero_with_a_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    r = bnfold(*args, cwd=tmp_path)
+    assert r.returncode == 1
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
+    r = bnfold("train", "--epochs", "0", cwd=tmp_path)
+    assert r.returncode == 2
+    r = bnfold("train", "--input-shape", "1,x,3", cwd=tmp_path)
+    assert r.returncode == 2 and "not a shape" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "export", "convert", "fold", "verify", "serve", "demo"]
+)
+def test_every_command_explains_itself(tmp_path: Path, command: str) -> None:
+    r = bnfold(command, "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "Usage:" in r.stdout and len(r.stdout) > 300
+
+
+def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, converter.cli, converter.folding, converter.verify, service.app\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
