@@ -8,11 +8,15 @@ environment without torch (the serving image).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+from converter import cli_fold
+from service.cli import serve
 
 if TYPE_CHECKING:
     from converter.pipeline import ConvertOptions
@@ -62,12 +66,17 @@ InputShape = Annotated[
 def _shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
-    try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a shape like 64 or 1,48,48") from None
-    if not shape or any(v < 1 for v in shape):
-        raise typer.BadParameter(f"{text!r}: every dimension must be a positive integer")
+    parts = re.split(r"[,x]", text.strip())
+    if not all(p.strip().isdigit() for p in parts):
+        raise typer.BadParameter(
+            f"{text!r} is not a shape like 64, 1,48,48 or 1x48x48", param_hint="--input-shape"
+        )
+    shape = tuple(int(p) for p in parts)
+    if any(v < 1 for v in shape) or len(shape) not in (1, 3):
+        raise typer.BadParameter(
+            f"{text!r}: give F (flat) or C,H,W (image), every dimension positive",
+            param_hint="--input-shape",
+        )
     return shape
 
 
@@ -312,6 +321,36 @@ def convert(
         f"{m['folding']['bn_after']}, parity max rel error {m['parity']['max_rel_error']:.2e} "
         f"(top-1 agreement {m['parity']['top1_agreement']:.4f}) -> {result.version_dir}"
     )
+
+
+@app.command()
+def demo(
+    repo: Annotated[Path, typer.Option(help="Model repository to serve.")] = Path("models"),
+    name: Annotated[str, typer.Option(help="Model to build if missing, and to query.")] = (
+        "digits-mlp"
+    ),
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8000,
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop the service after showing the prediction.")
+    ] = False,
+) -> None:
+    """Build the default digits model if missing, serve it, and show a prediction."""
+    from converter.demo import run_demo
+
+    try:
+        code = run_demo(repo, name, host, port, once=once, log=_log, show=print)
+    except (RuntimeError, OSError) as e:
+        raise _fail(str(e)) from None
+    except _user_errors() as e:
+        raise _fail(str(e)) from None
+    raise typer.Exit(code)
+
+
+# Commands whose code lives beside what they drive; none of them imports torch.
+app.command("fold")(cli_fold.fold)
+app.command("verify")(cli_fold.verify)
+app.command("serve")(serve)
 
 
 def main() -> None:

@@ -1,0 +1,274 @@
+"""Dynamic batching: submit one request's tensors, await its own outputs.
+
+Knows nothing of HTTP or models: it merges the feeds of queued requests on
+axis 0 (the batch axis), calls ``run`` once in a worker thread, and splits
+every output back by each request's row count.
+
+- A batch is formed when the first waiting request has waited
+  ``max_delay_s`` or ``max_rows`` rows are waiting, whichever comes first,
+  and only once a run slot is free, so the queue keeps filling while the
+  previous batch computes (the busier the server, the larger its batches).
+- Requests merge only with neighbours of the same per-row shape and dtype;
+  order is kept (first in, first out).
+- The queue is bounded: ``submit`` raises :class:`QueueFull` at once rather
+  than letting latency grow without limit.
+- ``submit(timeout=...)`` raises :class:`DeadlineExceeded` when no result
+  arrives in time; a request that times out while queued is never run.
+- When ``run`` raises, every request of that batch gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+import numpy as np
+
+Feeds = dict[str, np.ndarray]
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue_size`` requests already."""
+
+
+class DeadlineExceeded(Exception):
+    """No result within the request's timeout."""
+
+
+class BatcherClosed(Exception):
+    """The batcher was closed before the request could run."""
+
+
+class BatchObserver(Protocol):
+    def batch_done(
+        self,
+        rows: int,
+        queue_s: Sequence[float],
+        input_s: float,
+        infer_s: float,
+        output_s: float,
+    ) -> None: ...
+
+    def batch_failed(self, requests: int, error: BaseException) -> None: ...
+
+
+class _Item:
+    __slots__ = ("enqueued", "feeds", "future", "key", "rows")
+
+    def __init__(self, feeds: Feeds, rows: int, key: Any, future: asyncio.Future[Feeds]) -> None:
+        self.feeds = feeds
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.enqueued = time.perf_counter()
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[Feeds], Feeds],
+        *,
+        executor: Executor,
+        max_rows: int,
+        max_delay_s: float,
+        max_queue_size: int,
+        merge: bool = True,
+        max_in_flight: int = 1,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        """``merge=False`` runs each request alone (models without a batch
+        axis, or batching disabled) but keeps the bounded queue."""
+        self._run = run
+        self._executor = executor
+        self._max_rows = max(1, max_rows)
+        self._max_delay = max_delay_s
+        self._max_queue = max_queue_size
+        self._merge = merge and max_rows > 1
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._queued_rows = 0
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight = 0
+        self._nonempty = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Requests queued and not yet dispatched."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, feeds: Feeds, rows: int, *, timeout: float) -> Feeds:
+        """Queue ``feeds`` (``rows`` on axis 0) and return this request's outputs."""
+        if self._closed:
+            raise BatcherClosed("the model is being unloaded")
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(f"{len(self._queue)} requests are queued (max_queue_size)")
+        key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()) if self._merge else 0
+        item = _Item(feeds, rows, key, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._idle.clear()
+        self._nonempty.set()
+        if self._queued_rows >= self._max_rows:
+            self._full.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await item.future
+        except TimeoutError:
+            raise DeadlineExceeded(f"no result within {timeout:g} s") from None
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._nonempty.clear()
+                await self._nonempty.wait()
+                continue
+            await self._slots.acquire()
+            await self._wait_for_batch()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                self._check_idle()
+                continue
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._dispatch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_batch(self) -> None:
+        """Until the oldest live request has waited ``max_delay_s`` or
+        ``max_rows`` rows are queued; the clock restarts if that request
+        gives up while waiting."""
+        if not self._merge or self._max_delay <= 0:
+            return
+        while self._queue and self._queued_rows < self._max_rows:
+            head = self._queue[0]
+            if head.future.done():  # timed out or cancelled while queued
+                self._queue.popleft()
+                self._queued_rows -= head.rows
+                continue
+            wait = head.enqueued + self._max_delay - time.perf_counter()
+            if wait <= 0:
+                return
+            self._full.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._full.wait()
+            except TimeoutError:
+                pass
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # timed out or cancelled while queued
+                self._queue.popleft()
+                self._queued_rows -= item.rows
+                continue
+            if batch and (
+                not self._merge or item.key != batch[0].key or rows + item.rows > self._max_rows
+            ):
+                break
+            self._queue.popleft()
+            self._queued_rows -= item.rows
+            batch.append(item)
+            rows += item.rows
+        if self._queued_rows < self._max_rows:
+            self._full.clear()
+        return batch
+
+    async def _dispatch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        queue_s = [started - item.enqueued for item in batch]
+        try:
+            loop = asyncio.get_running_loop()
+            parts = [item.feeds for item in batch]
+            results, timings = await loop.run_in_executor(self._executor, self._execute, parts)
+        except BaseException as e:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(e)
+            if self._observer is not None:
+                self._observer.batch_failed(len(batch), e)
+            if not isinstance(e, Exception):
+                raise
+        else:
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+            if self._observer is not None:
+                self._observer.batch_done(sum(i.rows for i in batch), queue_s, *timings)
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
+            self._check_idle()
+
+    def _execute(self, parts: list[Feeds]) -> tuple[list[Feeds], tuple[float, float, float]]:
+        """Worker thread: merge, run, split. Returns outputs and timings."""
+        t0 = time.perf_counter()
+        if len(parts) == 1:
+            feeds = parts[0]
+        else:
+            # (N, ...) from each request's (n_i, ...)
+            feeds = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        t1 = time.perf_counter()
+        outputs = self._run(feeds)
+        t2 = time.perf_counter()
+        if len(parts) == 1:
+            results = [outputs]
+        else:
+            sizes = [len(next(iter(p.values()))) for p in parts]
+            total = sum(sizes)
+            for name, out in outputs.items():
+                if out.ndim == 0 or out.shape[0] != total:
+                    raise RuntimeError(
+                        f"output {name!r} has shape {list(out.shape)}; cannot split {total} rows"
+                    )
+            bounds = np.cumsum([0, *sizes]).tolist()
+            results = [
+                {name: out[a:b] for name, out in outputs.items()}
+                for a, b in itertools.pairwise(bounds)
+            ]
+        t3 = time.perf_counter()
+        return results, (t1 - t0, t2 - t1, t3 - t2)
+
+    def _check_idle(self) -> None:
+        if not self._queue and self._in_flight == 0:
+            self._idle.set()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, let queued and running ones finish (up to
+        ``timeout`` seconds), then fail whatever is left with BatcherClosed."""
+        self._closed = True
+        if timeout is None or timeout > 0:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(BatcherClosed("the model was unloaded"))
+        self._queued_rows = 0
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._idle.set()

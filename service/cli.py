@@ -1,0 +1,88 @@
+"""``bnfold serve``: run the model server with uvicorn.
+
+``serve`` is a plain function with typer ``Annotated`` options; the bnfold
+CLI registers it (``app.command("serve")(serve)``) and ``python -m service``
+runs it alone. Every option is also a ``BNFOLD_*`` environment variable
+(docs/service.md); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from .middleware import configure_logging
+from .settings import Settings, settings_env
+
+
+def serve(
+    repo: Annotated[
+        Path | None,
+        typer.Option(help="Model repository folder (docs/repository.md). (env BNFOLD_REPO)"),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to bind; 0.0.0.0 for all. (env BNFOLD_HOST)"),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port. (env BNFOLD_PORT)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes sharing the port. (env BNFOLD_WORKERS)"),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (CUDA when it loads, else CPU), cuda (required) or cpu. (env BNFOLD_DEVICE)"
+        ),
+    ] = None,
+    device_id: Annotated[
+        int | None, typer.Option(help="CUDA device ordinal. (env BNFOLD_DEVICE_ID)")
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="critical, error, warning, info or debug. (env BNFOLD_LOG_LEVEL)"),
+    ] = None,
+) -> None:
+    """Serve a model repository over the Open Inference Protocol (KServe V2).
+
+    Every option (and more: batching, limits, token) can be set as a
+    BNFOLD_* environment variable; see docs/service.md.
+    """
+    flags = {
+        "repo": repo,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "device": device,
+        "device_id": device_id,
+        "log_level": log_level,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise typer.BadParameter(f"{where}: {first['msg']}") from None
+    if not settings.repo.is_dir():
+        raise typer.BadParameter(f"model repository {settings.repo} is not a folder")
+    # Worker processes build their own Settings from the environment.
+    os.environ.update(settings_env(settings))
+    configure_logging(settings.log_level)
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # ours carries the request id
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+    }
+    if settings.workers == 1:
+        from .app import create_app
+
+        uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()  # type: ignore[arg-type]
+    else:
+        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]

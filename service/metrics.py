@@ -1,0 +1,221 @@
+"""Prometheus metrics and Triton's statistics extension, from one set of events.
+
+``ModelMetrics`` is the batcher's observer for one model version: each batch
+and each finished request updates both the Prometheus series (``/metrics``)
+and the counters ``GET /v2/models/{m}/stats`` reports in Triton's format
+(the one perf_analyzer reads for its server-side breakdown). A registry per
+app keeps several servers in one process (tests) apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9) * count
+
+    def to_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class _BatchStat:
+    compute_input: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)
+
+
+class ModelMetrics:
+    """Counters of one model version; also the batcher's ``BatchObserver``."""
+
+    def __init__(self, metrics: Metrics, name: str, version: int) -> None:
+        self.name = name
+        self.version = version
+        labels = {"model": name, "version": str(version)}
+        self._requests = metrics.infer_requests.labels(**labels)
+        self._latency = metrics.infer_latency.labels(**labels)
+        self._queue = metrics.queue_time.labels(**labels)
+        self._compute = metrics.compute_time.labels(**labels)
+        self._batch = metrics.batch_size.labels(**labels)
+        self._failures = metrics.infer_failures
+        self._lock = threading.Lock()
+        self.success = _Duration()
+        self.fail = _Duration()
+        self.queue = _Duration()
+        self.compute_input = _Duration()
+        self.compute_infer = _Duration()
+        self.compute_output = _Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.batches: dict[int, _BatchStat] = {}
+
+    # --- per request (event loop)
+    def request_done(self, seconds: float) -> None:
+        self._requests.inc()
+        self._latency.observe(seconds)
+        with self._lock:
+            self.success.add(seconds)
+
+    def request_failed(self, seconds: float, reason: str) -> None:
+        self._requests.inc()
+        self._failures.labels(model=self.name, version=str(self.version), reason=reason).inc()
+        with self._lock:
+            self.fail.add(seconds)
+
+    # --- per batch (BatchObserver)
+    def batch_done(
+        self, rows: int, queue_s: Sequence[float], input_s: float, infer_s: float, output_s: float
+    ) -> None:
+        n = len(queue_s)
+        for q in queue_s:
+            self._queue.observe(q)
+        self._compute.observe(input_s + infer_s + output_s)
+        self._batch.observe(rows)
+        with self._lock:
+            for q in queue_s:
+                self.queue.add(q)
+            self.compute_input.add(input_s, n)
+            self.compute_infer.add(infer_s, n)
+            self.compute_output.add(output_s, n)
+            self.inference_count += rows
+            self.execution_count += 1
+            self.last_inference_ms = int(time.time() * 1000)
+            stat = self.batches.setdefault(rows, _BatchStat())
+            stat.compute_input.add(input_s)
+            stat.compute_infer.add(infer_s)
+            stat.compute_output.add(output_s)
+
+    def batch_failed(self, requests: int, error: BaseException) -> None:
+        pass  # counted per request by request_failed, with the reason
+
+    def triton_stats(self) -> dict[str, Any]:
+        """One entry of Triton's ``model_stats`` (statistics extension)."""
+        zero = {"count": 0, "ns": 0}
+        with self._lock:
+            return {
+                "name": self.name,
+                "version": str(self.version),
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    "success": self.success.to_json(),
+                    "fail": self.fail.to_json(),
+                    "queue": self.queue.to_json(),
+                    "compute_input": self.compute_input.to_json(),
+                    "compute_infer": self.compute_infer.to_json(),
+                    "compute_output": self.compute_output.to_json(),
+                    "cache_hit": zero,
+                    "cache_miss": zero,
+                },
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": s.compute_input.to_json(),
+                        "compute_infer": s.compute_infer.to_json(),
+                        "compute_output": s.compute_output.to_json(),
+                    }
+                    for size, s in sorted(self.batches.items())
+                ],
+                "memory_usage": [],
+            }
+
+
+class Metrics:
+    """All series of one app, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        model = ["model", "version"]
+        self.http_requests = Counter(
+            "bnfold_http_requests",
+            "HTTP requests by route template and status code.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "bnfold_http_request_duration_seconds",
+            "Time from request start to response end, by route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.infer_requests = Counter(
+            "bnfold_inference_requests", "Inference requests (any outcome).", model, registry=r
+        )
+        self.infer_failures = Counter(
+            "bnfold_inference_failures",
+            "Failed inference requests by reason.",
+            [*model, "reason"],
+            registry=r,
+        )
+        self.infer_latency = Histogram(
+            "bnfold_inference_duration_seconds",
+            "Successful inference requests, decode to encode.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "bnfold_queue_duration_seconds",
+            "Time a request waited in the batcher's queue.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_time = Histogram(
+            "bnfold_compute_duration_seconds",
+            "Time of one batch: merge, ONNX Runtime, split.",
+            model,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "bnfold_batch_size",
+            "Rows per executed batch.",
+            model,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "bnfold_model_ready",
+            "1 while a model version serves, with the execution provider in use.",
+            [*model, "provider"],
+            registry=r,
+        )
+        self._models: dict[tuple[str, int], ModelMetrics] = {}
+
+    def for_model(self, name: str, version: int) -> ModelMetrics:
+        """Counters of ``name``/``version``; kept across reloads of the version."""
+        key = (name, version)
+        if key not in self._models:
+            self._models[key] = ModelMetrics(self, name, version)
+        return self._models[key]
+
+    def model_stats(self, name: str, version: int) -> dict[str, Any]:
+        return self.for_model(name, version).triton_stats()
+
+    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

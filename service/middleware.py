@@ -1,0 +1,117 @@
+"""Per-request plumbing as one pure ASGI middleware (no BaseHTTPMiddleware,
+which costs a task and a body copy per request):
+
+- request id: ``X-Request-ID`` taken from the client (if sane) or generated,
+  echoed in the response and attached to every log line of the request;
+- body limit: ``Content-Length`` over the limit is refused before reading,
+  and a chunked body is counted as it streams; both are 413;
+- HTTP metrics by route template, and one access-log line per request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import PayloadTooLarge, error_response
+from .metrics import Metrics
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# Generated ids: a random per-process prefix and a counter, unique without
+# a system call per request.
+_ID_PREFIX = uuid.uuid4().hex[:20]
+_ID_COUNTER = itertools.count(1)
+access = logging.getLogger("bnfold.access")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``%(request_id)s`` to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    for name in ("bnfold.service", "bnfold.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, access_log: bool):
+        self.app = app
+        self.max_body = max_body_bytes
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rid = ""
+        length = -1
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                rid = value.decode("latin-1")
+            elif key == b"content-length" and value.isdigit():
+                length = int(value)
+        if not _SANE_ID.match(rid):
+            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        token = request_id.set(rid)
+        rid_header = (b"x-request-id", rid.encode())
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise PayloadTooLarge(f"body is over the {self.max_body}-byte limit")
+            return message
+
+        try:
+            if length > self.max_body:
+                response = error_response(
+                    413, f"body of {length} bytes is over the {self.max_body}-byte limit"
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "<unmatched>")
+            self.metrics.http_request(scope["method"], template, status, seconds)
+            if self.access_log:
+                access.info(
+                    "%s %s %d %.2fms", scope["method"], scope["path"], status, seconds * 1e3
+                )
+            request_id.reset(token)

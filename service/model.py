@@ -1,0 +1,264 @@
+"""A model version being served: session, signature, batcher, counters.
+
+``open_version`` does the blocking part of loading (read and verify files,
+create the session, warm it up) and runs in a thread. A ``ServedModel``
+counts the requests holding it (``acquire``/``release``), so that after an
+atomic swap or an unload the old version retires only once the last of
+them has its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .batching import Batcher, BatcherClosed, DeadlineExceeded, Feeds, QueueFull
+from .errors import InferenceFailed, Overloaded, RequestTimeout, ServiceError, Unavailable
+from .metrics import ModelMetrics
+from .model_config import ModelConfig, read_config, triton_config
+from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
+from .settings import Settings
+from .signature import Signature, build_signature
+
+log = logging.getLogger("bnfold.service")
+
+MODEL_FILE = "model.onnx"
+REFERENCE_FILE = "reference.onnx"
+MANIFEST_FILE = "manifest.json"
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    return RuntimeOptions(
+        device=settings.device,
+        device_id=settings.device_id,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        spinning=settings.ort_spinning,
+        max_model_bytes=settings.max_model_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class OpenedVersion:
+    """Everything loaded from disk for one version, before it serves."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    manifest: dict[str, Any]
+    runtime: Runtime
+    signature: Signature
+
+
+def _manifest_sha(manifest: dict[str, Any], filename: str) -> str:
+    try:
+        sha = manifest["files"][filename]["sha256"]
+    except (KeyError, TypeError):
+        raise ValueError(f"manifest.json has no sha256 for {filename}") from None
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise ValueError(f"manifest.json sha256 of {filename} is malformed")
+    return sha
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((version_dir / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ValueError("manifest.json is missing") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"manifest.json is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError("manifest.json is not a JSON object")
+    return manifest
+
+
+def read_reference(version_dir: Path, manifest: dict[str, Any], max_bytes: int) -> bytes:
+    """reference.onnx, verified against the manifest."""
+    sha = _manifest_sha(manifest, REFERENCE_FILE)
+    return read_model(version_dir / REFERENCE_FILE, sha256=sha, max_bytes=max_bytes)
+
+
+def open_version(
+    model_dir: Path, version: int, options: RuntimeOptions, *, warmup: bool
+) -> OpenedVersion:
+    """Load one version (blocking); raises ``ValueError``/``RuntimeError``
+    whose message is the reason shown in the repository index."""
+    version_dir = model_dir / str(version)
+    config = read_config(model_dir / "config.json")
+    manifest = read_manifest(version_dir)
+    data = read_model(
+        version_dir / MODEL_FILE,
+        sha256=_manifest_sha(manifest, MODEL_FILE),
+        max_bytes=options.max_model_bytes,
+    )
+    read_reference(version_dir, manifest, options.max_model_bytes)  # refuse a tampered reference
+    external = external_data_files(data, version_dir, options.max_model_bytes)
+    label = f"{model_dir.name}/{version}"
+    try:
+        # With external data ORT must resolve paths next to the file (checked above).
+        runtime = Runtime(version_dir / MODEL_FILE if external else data, options, label=label)
+    except Exception as e:
+        raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {_first_line(e)}") from None
+    signature = build_signature(config, runtime.inputs, runtime.outputs)
+    if warmup:
+        try:
+            runtime.warmup(signature)
+        except Exception as e:
+            raise ValueError(f"warm-up failed: {_first_line(e)}") from None
+    return OpenedVersion(model_dir.name, version, version_dir, config, manifest, runtime, signature)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class ServedModel:
+    def __init__(
+        self,
+        opened: OpenedVersion,
+        *,
+        settings: Settings,
+        executor: Executor,
+        metrics: ModelMetrics,
+    ) -> None:
+        self.name = opened.name
+        self.version = opened.version
+        self.version_str = str(opened.version)
+        self.path = opened.path
+        self.config = opened.config
+        self.manifest = opened.manifest
+        self.runtime = opened.runtime
+        self.signature = opened.signature
+        self.metrics = metrics
+        self._settings = settings
+        self._executor = executor
+        dyn = self.config.dynamic_batching
+        self.batching = (
+            self.signature.batched and settings.batching and (dyn is None or dyn.enabled)
+        )
+        delay_ms = dyn.max_queue_delay_ms if dyn and dyn.max_queue_delay_ms is not None else None
+        self.max_queue_delay_ms = settings.max_queue_delay_ms if delay_ms is None else delay_ms
+        queue = dyn.max_queue_size if dyn and dyn.max_queue_size is not None else None
+        self.max_queue_size = settings.max_queue_size if queue is None else queue
+        self.batcher = Batcher(
+            self.runtime.run,
+            executor=executor,
+            max_rows=self.signature.max_batch_size,
+            max_delay_s=self.max_queue_delay_ms / 1000,
+            max_queue_size=self.max_queue_size,
+            merge=self.batching,
+            max_in_flight=settings.batches_in_flight,
+            observer=metrics,
+        )
+        self.inflight = 0
+        self.retired = False
+        self._drained = asyncio.Event()
+        self._reference: Runtime | None = None
+        self._reference_lock = asyncio.Lock()
+
+    @property
+    def provider(self) -> str:
+        return self.runtime.provider
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    # --- request accounting (event loop only; no await between get and acquire)
+    def acquire(self) -> ServedModel:
+        self.inflight += 1
+        return self
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.retired and self.inflight == 0:
+            self._drained.set()
+
+    async def infer(self, feeds: Feeds, rows: int, timeout: float) -> Feeds:
+        retry = self._settings.retry_after_s
+        try:
+            return await self.batcher.submit(feeds, rows, timeout=timeout)
+        except QueueFull as e:
+            raise Overloaded(f"model {self.name!r} is overloaded: {e}", retry_after=retry) from None
+        except DeadlineExceeded as e:
+            raise RequestTimeout(f"model {self.name!r}: {e}", retry_after=retry) from None
+        except BatcherClosed as e:
+            raise Unavailable(f"model {self.name!r} is unavailable: {e}") from None
+        except ServiceError:
+            raise
+        except Exception as e:
+            raise InferenceFailed(
+                f"model {self.name!r} version {self.version} failed: {_first_line(e)}"
+            ) from None
+
+    async def run_direct(self, runtime: Runtime, feeds: Feeds) -> Feeds:
+        """Run ``feeds`` on ``runtime`` in the runner pool, bypassing the batcher."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, runtime.run, feeds)
+
+    async def reference(self) -> Runtime:
+        """reference.onnx on the same device, created on first use."""
+        async with self._reference_lock:
+            if self._reference is None:
+                self._reference = await asyncio.to_thread(self._open_reference)
+            return self._reference
+
+    def _open_reference(self) -> Runtime:
+        options = runtime_options(self._settings)
+        data = read_reference(self.path, self.manifest, options.max_model_bytes)
+        return Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+
+    # --- descriptions
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version_str],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.metadata() for s in self.signature.inputs],
+            "outputs": [s.metadata() for s in self.signature.outputs],
+            "parameters": {
+                "provider": self.provider,
+                "device_id": -1 if self.runtime.device_id is None else self.runtime.device_id,
+                "max_batch_size": self.signature.max_batch_size,
+                "dynamic_batching": self.batching,
+            },
+        }
+
+    def triton_config(self) -> dict[str, Any]:
+        skip = 1 if self.signature.batched else 0
+
+        def dims(specs: Any) -> list[tuple[str, str, list[int]]]:
+            return [(s.name, s.datatype, list(s.shape[skip:])) for s in specs]
+
+        return triton_config(
+            self.name,
+            self.config,
+            inputs=dims(self.signature.inputs),
+            outputs=dims(self.signature.outputs),
+            batching=self.batching,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+            max_queue_size=self.max_queue_size,
+            gpu=self.runtime.device_id,
+        )
+
+    async def retire(self, timeout: float) -> None:
+        """Wait for the requests holding this version, then free it."""
+        self.retired = True
+        if self.inflight == 0:
+            self._drained.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            log.warning(
+                "%s/%s retired with %d requests in flight", self.name, self.version, self.inflight
+            )
+        await self.batcher.close(timeout=0)
+        self.runtime.close()
+        self._reference = None

@@ -1,0 +1,100 @@
+"""Parity between reference.onnx (every BN kept) and model.onnx (folded),
+recomputed on the device that serves, through ``converter.parity.compare``
+so the numbers speak the same terms as the converter's stored report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from converter.parity import DEFAULT_RTOL, compare
+
+from .batching import Feeds
+from .errors import BadRequest
+from .model import ServedModel
+from .runtime import Runtime
+from .signature import Signature
+
+
+def drop_none(value: Any) -> Any:
+    """``value`` without ``None`` anywhere: no response field is ever null."""
+    if isinstance(value, dict):
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_none(v) for v in value if v is not None]
+    return value
+
+
+def stored_report(served: ServedModel) -> dict[str, Any]:
+    """What the converter measured when it wrote the version."""
+    manifest = served.manifest
+    return drop_none(
+        {
+            "model_name": served.name,
+            "model_version": served.version_str,
+            "parity": manifest.get("parity") or {},
+            "folding": manifest.get("folding") or {},
+            "versions": manifest.get("versions") or {},
+        }
+    )
+
+
+def generate_inputs(signature: Signature, n: int, seed: int) -> Feeds:
+    """``n`` rows drawn from N(0, 1) (integers 0..9, booleans fair) per input."""
+    if not signature.batched and n != 1:
+        raise BadRequest("this model has no batch dimension: use n=1 or send inputs")
+    rng = np.random.default_rng(seed)
+    feeds: Feeds = {}
+    for spec in signature.inputs:
+        dims = list(spec.shape)
+        if signature.batched:
+            dims[0] = n
+        if any(d < 0 for d in dims):
+            raise BadRequest(f"input {spec.name!r} has a variable dimension; send inputs instead")
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+        elif spec.dtype.kind == "b":
+            feeds[spec.name] = rng.random(dims) < 0.5
+        else:
+            feeds[spec.name] = rng.integers(0, 10, size=dims).astype(spec.dtype)
+    return feeds
+
+
+async def _run_chunked(served: ServedModel, runtime: Runtime, feeds: Feeds) -> Feeds:
+    step = served.signature.max_batch_size
+    rows = len(next(iter(feeds.values()))) if served.signature.batched else 1
+    if not served.signature.batched or rows <= step:
+        return await served.run_direct(runtime, feeds)
+    parts = []
+    for start in range(0, rows, step):
+        chunk = {k: v[start : start + step] for k, v in feeds.items()}
+        parts.append(await served.run_direct(runtime, chunk))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # (rows, ...)
+
+
+async def measure(served: ServedModel, feeds: Feeds, rtol: float | None) -> dict[str, Any]:
+    """Run both graphs on ``feeds`` and compare every output."""
+    reference = await served.reference()
+    expected = await _run_chunked(served, reference, feeds)
+    actual = await _run_chunked(served, served.runtime, feeds)
+    results = {
+        name: compare(expected[name], actual[name], rtol=rtol or DEFAULT_RTOL).to_dict()
+        for name in served.signature.output_names()
+    }
+    top1 = [r["top1_agreement"] for r in results.values() if r["top1_agreement"] is not None]
+    return drop_none(
+        {
+            "model_name": served.name,
+            "model_version": served.version_str,
+            "provider": served.provider,
+            "reference_provider": reference.provider,
+            "n_samples": len(next(iter(feeds.values()))) if served.signature.batched else 1,
+            "passed": all(r["passed"] for r in results.values()),
+            "max_abs_error": max(r["max_abs_error"] for r in results.values()),
+            "max_rel_error": max(r["max_rel_error"] for r in results.values()),
+            "top1_agreement": min(top1) if top1 else None,
+            "outputs": results,
+        }
+    )

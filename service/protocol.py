@@ -1,0 +1,220 @@
+"""The Open Inference Protocol (KServe V2), REST flavour, as pydantic models.
+
+Docstrings quote the protocol's JSON shapes. These models document the API
+(``/docs``) and validate the small bodies; the inference hot path decodes
+tensors straight into numpy (``codec.py``) instead of validating a pydantic
+object per element.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+SERVER_NAME = "bnfold"
+try:
+    SERVER_VERSION = metadata.version("bnfold")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    SERVER_VERSION = "0+unknown"
+
+# Open Inference Protocol datatype -> numpy dtype. BYTES (strings) has no
+# numeric model in this project and is refused as an input datatype.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
+
+# ONNX Runtime's NodeArg.type -> datatype.
+ONNX_DATATYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+
+# Triton's model configuration spells datatypes with a TYPE_ prefix.
+TRITON_DATATYPES: dict[str, str] = {name: f"TYPE_{name}" for name in DATATYPES}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ServerMetadata(_Model):
+    """``$metadata_server_response = {"name": $string, "version": $string,
+    "extensions": [$string, ...]}``"""
+
+    name: str
+    version: str
+    extensions: list[str]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class TensorMetadata(_Model):
+    """``$metadata_tensor = {"name": $string, "datatype": $string,
+    "shape": [$number, ...]}``; -1 marks a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(_Model):
+    """``$metadata_model_response = {"name": $string, "versions": [$string, ...],
+    "platform": $string, "inputs": [$metadata_tensor, ...],
+    "outputs": [$metadata_tensor, ...]}``"""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RequestInput(_Model):
+    """``$request_input = {"name": $string, "shape": [$number, ...],
+    "datatype": $string, "parameters": $parameters, "data": $tensor_data}``
+
+    ``data`` is flat or nested row-major; with the binary extension it is
+    absent and ``parameters.binary_data_size`` gives the byte count."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(_Model):
+    """``$request_output = {"name": $string, "parameters": $parameters}``;
+    ``parameters.binary_data`` asks for this output in binary."""
+
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceRequest(_Model):
+    """``$inference_request = {"id": $string, "parameters": $parameters,
+    "inputs": [$request_input, ...], "outputs": [$request_output, ...]}``
+
+    ``parameters.binary_data_output`` asks for every output in binary;
+    ``parameters.timeout`` (microseconds) shortens the server's timeout."""
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] = Field(default_factory=list)
+
+
+class ResponseOutput(_Model):
+    """``$response_output = {"name": $string, "shape": [$number, ...],
+    "datatype": $string, "parameters": $parameters, "data": $tensor_data}``"""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] = Field(default_factory=list)
+
+
+class InferenceResponse(_Model):
+    """``$inference_response = {"model_name": $string, "model_version": $string,
+    "id": $string, "parameters": $parameters, "outputs": [$response_output, ...]}``"""
+
+    model_name: str
+    model_version: str
+    id: str = ""
+    outputs: list[ResponseOutput]
+
+
+class ErrorBody(_Model):
+    """``$inference_error_response = {"error": $string}``; every error, every route."""
+
+    error: str
+
+
+class RepositoryIndexRequest(_Model):
+    """``{"ready": $boolean}``: only models ready for inference when true."""
+
+    ready: bool = False
+
+
+class RepositoryModel(_Model):
+    """``{"name": $string, "version": $string, "state": $string, "reason": $string}``;
+    ``version`` is absent for a model folder without any version."""
+
+    name: str
+    version: str | None = None
+    state: str
+    reason: str = ""
+
+
+class LoadRequest(_Model):
+    """``{"parameters": $parameters}``; accepted and ignored (no config overrides)."""
+
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PredictRequestV1(_Model):
+    """KServe V1: ``{"instances": [<row>, ...]}``; a row is a nested list, or
+    ``{"<input name>": <value>, ...}`` for models with several inputs."""
+
+    instances: list[Any]
+
+
+class PredictResponseV1(_Model):
+    """KServe V1: ``{"predictions": [<row>, ...]}``."""
+
+    predictions: list[Any]
+
+
+class ParityRequest(_Model):
+    """``POST /v2/models/{m}/parity``: V2 ``inputs`` to run through both graphs,
+    or ``n`` inputs drawn from N(0, 1) with ``seed``."""
+
+    inputs: list[RequestInput] = Field(default_factory=list)
+    n: Annotated[int, Field(ge=1)] = 64
+    seed: int = 0
+    rtol: Annotated[float | None, Field(gt=0)] = None
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with every ``$ref`` inlined (for ``openapi_extra``)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved

@@ -1,0 +1,15 @@
+"""HTTP routes, one module per concept; ``ROUTERS`` is what the app mounts."""
+
+from __future__ import annotations
+
+from . import images, infer, models, parity, repository, server
+
+# Inference first: routes are matched in order, and it is the hot path.
+ROUTERS = (
+    infer.router,
+    server.router,
+    models.router,
+    repository.router,
+    parity.router,
+    images.router,
+)

@@ -1,0 +1,77 @@
+"""Image upload for image models: PNG/JPEG in, top-k labels out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from ..deps import RepositoryDep, SettingsDep
+from ..errors import BadRequest
+from ..images import image_input, top_labels
+from ..protocol import ErrorBody
+from ..repository import Repository
+from ..settings import Settings
+
+router = APIRouter(tags=["inference"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Not an image, or no preprocessing for the model."},
+    404: {"model": ErrorBody, "description": "Unknown model or version."},
+    413: {"model": ErrorBody, "description": "Image or body over the limit."},
+    503: {"model": ErrorBody, "description": "Not ready or overloaded."},
+}
+FileDep = Annotated[UploadFile, File(description="A PNG or JPEG image.")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="How many labels to return.")]
+
+
+async def _classify(
+    repo: Repository, settings: Settings, name: str, version: str | None, file: UploadFile, k: int
+) -> dict[str, Any]:
+    data = await file.read()
+    served = repo.acquire(name, version)
+    try:
+        prep = served.config.preprocessing
+        if prep is None or len(served.signature.inputs) != 1:
+            raise BadRequest(f"model {name!r} has no image preprocessing in its config.json")
+        spec = served.signature.inputs[0]
+        x = image_input(data, prep, max_pixels=settings.max_image_pixels).astype(spec.dtype)
+        if not served.signature.batched:
+            x = x.reshape([d if d > 0 else -1 for d in spec.shape])
+        served.signature.check_input(spec.name, spec.datatype, list(x.shape), x.size)
+        outputs = await served.infer({spec.name: x}, 1, settings.request_timeout_s)
+        scores = outputs[served.signature.outputs[0].name]
+        labels = served.config.labels or list(served.manifest.get("labels") or [])
+        return {
+            "model_name": served.name,
+            "model_version": served.version_str,
+            "predictions": top_labels(scores[0] if scores.ndim > 1 else scores, labels, k),
+        }
+    finally:
+        served.release()
+
+
+@router.post("/v2/models/{name}/classify", summary="Classify an image", responses=ERRORS)
+async def classify(
+    name: str, file: FileDep, repo: RepositoryDep, settings: SettingsDep, top_k: TopK = 5
+) -> dict[str, Any]:
+    """Multipart upload (field ``file``): the image is preprocessed as
+    config.json says (resize, scale, mean/std), run, and the top-k labels
+    are returned with softmax probabilities."""
+    return await _classify(repo, settings, name, None, file, top_k)
+
+
+@router.post(
+    "/v2/models/{name}/versions/{version}/classify",
+    summary="Classify an image with a version",
+    responses=ERRORS,
+)
+async def classify_version(
+    name: str,
+    version: str,
+    file: FileDep,
+    repo: RepositoryDep,
+    settings: SettingsDep,
+    top_k: TopK = 5,
+) -> dict[str, Any]:
+    return await _classify(repo, settings, name, version, file, top_k)

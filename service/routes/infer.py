@@ -1,0 +1,155 @@
+"""Inference: Open Inference Protocol V2 (JSON and binary) and KServe V1.
+
+The hot path reads the body once, decodes straight to numpy (no pydantic
+per tensor), submits to the model's batcher and encodes the outputs. The
+model version is acquired after the body is read and released after the
+response is built, so a swap or unload never cuts a request short.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ..binary import HEADER_LENGTH
+from ..codec import decode_infer, decode_v1, decompress, encode_infer, encode_v1
+from ..deps import RepositoryDep, StateDep
+from ..errors import ServiceError
+from ..model import ServedModel
+from ..protocol import (
+    ErrorBody,
+    InferenceRequest,
+    InferenceResponse,
+    PredictRequestV1,
+    PredictResponseV1,
+    inline_schema,
+)
+
+router = APIRouter(tags=["inference"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {"model": InferenceResponse, "description": "Outputs (JSON, or binary framing)."},
+    400: {"model": ErrorBody, "description": "Bad input: JSON, name, shape, datatype, NaN."},
+    404: {"model": ErrorBody, "description": "Unknown model or version."},
+    413: {"model": ErrorBody, "description": "Body over the size limit."},
+    503: {"model": ErrorBody, "description": "Not ready, overloaded or timed out (Retry-After)."},
+}
+V2_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferenceRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header (Inference-Header-Content-Length bytes), "
+                "then each binary input's bytes in input order.",
+            },
+        },
+    }
+}
+V1_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": inline_schema(PredictRequestV1)}},
+    }
+}
+
+
+async def _run(
+    request: Request,
+    repo: RepositoryDep,
+    name: str,
+    version: str | None,
+    handle: Callable[[bytes, ServedModel], Awaitable[Response]],
+) -> Response:
+    body = await request.body()
+    started = time.perf_counter()
+    served = repo.acquire(name, version)  # no await between acquire and try
+    try:
+        response = await handle(body, served)
+    except ServiceError as e:
+        served.metrics.request_failed(time.perf_counter() - started, e.reason)
+        raise
+    except Exception:
+        served.metrics.request_failed(time.perf_counter() - started, "internal")
+        raise
+    finally:
+        served.release()
+    served.metrics.request_done(time.perf_counter() - started)
+    return response
+
+
+def _v2(request: Request, state: StateDep) -> Callable[[bytes, ServedModel], Awaitable[Response]]:
+    settings = state.settings
+    headers = request.headers
+
+    async def handle(body: bytes, served: ServedModel) -> Response:
+        body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
+        req = decode_infer(
+            body,
+            headers.get(HEADER_LENGTH),
+            served.signature,
+            max_elements=settings.max_body_bytes,
+            allow_nonfinite=settings.allow_nonfinite,
+        )
+        timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
+        outputs = await served.infer(req.feeds, req.rows, timeout)
+        content, out_headers = encode_infer(served.name, served.version_str, req, outputs)
+        return Response(content, headers=out_headers)
+
+    return handle
+
+
+@router.post(
+    "/v2/models/{name}/infer",
+    summary="Inference (V2)",
+    responses=ERRORS,
+    openapi_extra=V2_BODY,
+    response_class=Response,
+)
+async def infer(name: str, request: Request, repo: RepositoryDep, state: StateDep) -> Response:
+    """Open Inference Protocol inference with Triton's binary tensor data
+    extension. A body without Content-Type is read as JSON. ``outputs``
+    selects outputs; ``parameters.binary_data_output`` or per-output
+    ``parameters.binary_data`` returns them in binary."""
+    return await _run(request, repo, name, None, _v2(request, state))
+
+
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    summary="Inference on a version (V2)",
+    responses=ERRORS,
+    openapi_extra=V2_BODY,
+    response_class=Response,
+)
+async def infer_version(
+    name: str, version: str, request: Request, repo: RepositoryDep, state: StateDep
+) -> Response:
+    return await _run(request, repo, name, version, _v2(request, state))
+
+
+@router.post(
+    "/v1/models/{name}:predict",
+    summary="Prediction (KServe V1)",
+    responses={**ERRORS, 200: {"model": PredictResponseV1}},
+    openapi_extra=V1_BODY,
+    response_class=Response,
+)
+async def predict_v1(name: str, request: Request, repo: RepositoryDep, state: StateDep) -> Response:
+    """``{"instances": [row, ...]}`` to ``{"predictions": [row, ...]}``; one row
+    per instance, for curl users. With several inputs an instance is an
+    object keyed by input name."""
+    settings = state.settings
+
+    async def handle(body: bytes, served: ServedModel) -> Response:
+        feeds, rows = decode_v1(body, served.signature, allow_nonfinite=settings.allow_nonfinite)
+        outputs = await served.infer(feeds, rows, settings.request_timeout_s)
+        content = encode_v1(outputs, served.signature.output_names())
+        return Response(content, media_type="application/json")
+
+    return await _run(request, repo, name, None, handle)

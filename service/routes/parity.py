@@ -1,0 +1,91 @@
+"""Parity between reference.onnx and model.onnx: stored and recomputed."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from ..codec import decode_infer
+from ..deps import RepositoryDep, SettingsDep, body_schema, json_body
+from ..errors import BadRequest
+from ..parity import generate_inputs, measure, stored_report
+from ..protocol import ErrorBody, ParityRequest
+from ..repository import Repository
+from ..settings import Settings
+
+router = APIRouter(tags=["parity"])
+ParityBody = Annotated[ParityRequest | None, Depends(json_body(ParityRequest))]
+PARITY_BODY = body_schema(ParityRequest)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Bad inputs or sample count."},
+    404: {"model": ErrorBody, "description": "Unknown model or version."},
+    503: {"model": ErrorBody, "description": "Model not loaded."},
+}
+
+
+@router.get("/v2/models/{name}/parity", summary="Stored parity report", responses=ERRORS)
+async def stored(name: str, repo: RepositoryDep) -> dict[str, Any]:
+    """The converter's parity and folding report from manifest.json."""
+    return stored_report(repo.get(name))
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}/parity",
+    summary="Stored parity report of a version",
+    responses=ERRORS,
+)
+async def stored_version(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
+    return stored_report(repo.get(name, version))
+
+
+async def _measure(
+    repo: Repository, settings: Settings, name: str, version: str | None, body: ParityRequest
+) -> dict[str, Any]:
+    served = repo.acquire(name, version)
+    try:
+        if body.inputs:
+            raw = json.dumps({"inputs": [i.model_dump() for i in body.inputs]}).encode()
+            feeds = decode_infer(
+                raw,
+                None,
+                served.signature,
+                max_elements=settings.max_body_bytes,
+                allow_nonfinite=settings.allow_nonfinite,
+            ).feeds
+        else:
+            if body.n > settings.max_parity_samples:
+                raise BadRequest(f"n is {body.n}; at most {settings.max_parity_samples}")
+            feeds = generate_inputs(served.signature, body.n, body.seed)
+        return await measure(served, feeds, body.rtol)
+    finally:
+        served.release()
+
+
+@router.post(
+    "/v2/models/{name}/parity",
+    summary="Measure parity now",
+    responses=ERRORS,
+    openapi_extra=PARITY_BODY,
+)
+async def measure_now(
+    name: str, repo: RepositoryDep, settings: SettingsDep, body: ParityBody
+) -> dict[str, Any]:
+    """Run reference.onnx (BNs kept) and model.onnx (folded) on the serving
+    device for the V2 ``inputs`` given, or ``n`` generated ones, and return
+    max abs/rel error and top-1 agreement per output (converter.parity)."""
+    return await _measure(repo, settings, name, None, body or ParityRequest())
+
+
+@router.post(
+    "/v2/models/{name}/versions/{version}/parity",
+    summary="Measure parity of a version now",
+    responses=ERRORS,
+    openapi_extra=PARITY_BODY,
+)
+async def measure_version(
+    name: str, version: str, repo: RepositoryDep, settings: SettingsDep, body: ParityBody
+) -> dict[str, Any]:
+    return await _measure(repo, settings, name, version, body or ParityRequest())

@@ -1,0 +1,70 @@
+"""Triton's model repository extension: index, load, unload.
+
+Protected by a bearer token when ``BNFOLD_API_TOKEN`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from ..deps import AuthDep, RepositoryDep, body_schema, json_body
+from ..protocol import ErrorBody, LoadRequest, RepositoryIndexRequest, RepositoryModel
+
+router = APIRouter(tags=["repository"])
+IndexBody = Annotated[RepositoryIndexRequest | None, Depends(json_body(RepositoryIndexRequest))]
+LoadBody = Annotated[LoadRequest | None, Depends(json_body(LoadRequest))]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The version failed to load (reason given)."},
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorBody, "description": "No such model folder."},
+}
+
+
+@router.post(
+    "/v2/repository/index",
+    response_model=list[RepositoryModel],
+    response_model_exclude_none=True,
+    summary="Repository index",
+    responses=ERRORS,
+    openapi_extra=body_schema(RepositoryIndexRequest),
+)
+async def index(repo: RepositoryDep, _: AuthDep, body: IndexBody) -> list[dict[str, Any]]:
+    """Every model and version folder with its state (READY, LOADING,
+    UNAVAILABLE) and, when not ready, the reason: a sha256 mismatch, bytes
+    ONNX Runtime rejects, a config.json that disagrees with the graph."""
+    return repo.index(ready_only=body is not None and body.ready)
+
+
+@router.post(
+    "/v2/repository/models/{name}/load",
+    summary="Load or reload a model",
+    responses=ERRORS,
+    openapi_extra=body_schema(LoadRequest),
+)
+async def load(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> dict[str, Any]:
+    """Load the highest version of ``name`` and swap it in atomically:
+    requests in flight finish on the old version. On failure the old version
+    (if any) keeps serving and the index shows the reason."""
+    served = await repo.load(name)
+    return {
+        "name": served.name,
+        "version": served.version_str,
+        "state": "READY",
+        "provider": served.provider,
+    }
+
+
+@router.post(
+    "/v2/repository/models/{name}/unload",
+    summary="Unload a model",
+    responses=ERRORS,
+    openapi_extra=body_schema(LoadRequest),
+)
+async def unload(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> dict[str, Any]:
+    """Stop serving ``name``; answers once the requests already holding it
+    have finished."""
+    await repo.unload(name)
+    return {"name": name, "state": "UNAVAILABLE"}

@@ -1,0 +1,68 @@
+"""Server metadata, health, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import Response
+
+from ..deps import MetricsDep, StateDep
+from ..errors import Unavailable
+from ..protocol import SERVER_NAME, SERVER_VERSION, ErrorBody, ServerMetadata
+from ..runtime import CPU, CUDA, RuntimeOptions, cuda_usable
+
+router = APIRouter(tags=["server"])
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "parameters",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "bnfold_parity",
+    "bnfold_classify",
+]
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "Not ready (starting or draining)."}
+}
+
+
+@router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata(state: StateDep) -> ServerMetadata:
+    """Name, version, protocol extensions, and the execution provider in use."""
+    served = state.repository.served() if state.repository else []
+    providers = sorted({m.provider for m in served})
+    if not providers:
+        s = state.settings
+        providers = [CUDA if cuda_usable(RuntimeOptions(s.device, s.device_id)) else CPU]
+    return ServerMetadata(
+        name=SERVER_NAME,
+        version=SERVER_VERSION,
+        extensions=EXTENSIONS,
+        parameters={"provider": ",".join(providers), "models_ready": len(served)},
+    )
+
+
+@router.get("/v2/health/live", summary="Liveness", status_code=200)
+async def live() -> Response:
+    """200 with an empty body while the process can answer at all."""
+    return Response(status_code=200)
+
+
+@router.get("/v2/health/ready", summary="Readiness", responses=NOT_READY)
+async def ready(state: StateDep) -> Response:
+    """200 once every model has been loaded and warmed; 503 while starting
+    or after SIGTERM (draining)."""
+    if not state.ready:
+        why = "draining" if state.draining else "starting"
+        raise Unavailable(f"server is not ready: {why}", retry_after=state.settings.retry_after_s)
+    return Response(status_code=200)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(m: MetricsDep) -> Response:
+    """Requests and failures by reason, latency, queue time and batch size
+    histograms per model and version, HTTP requests by route."""
+    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,114 @@
+"""Every knob of the server, read once from the environment (``BNFOLD_*``).
+
+The CLI turns its flags into the same environment variables, so a value has
+one meaning whether it came from ``bnfold serve --port 9000`` or from
+``BNFOLD_PORT=9000``, and worker processes started by uvicorn see it too.
+Per-model settings (batch size, queue delay, queue size) live in each
+model's ``config.json``; the values here are server-wide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BNFOLD_"
+
+
+class Settings(BaseSettings):
+    """Server settings; each field is ``BNFOLD_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- where and how to listen
+    repo: Annotated[Path, Field(description="Model repository folder.")] = Path("models")
+    host: Annotated[str, Field(description="Interface to bind.")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535, description="TCP port (0 picks a free one).")] = 8000
+    workers: Annotated[int, Field(ge=1, le=64, description="Worker processes behind the port.")] = 1
+
+    # --- execution
+    device: Annotated[
+        Literal["auto", "cuda", "cpu"],
+        Field(description="auto: CUDA when it loads, else CPU; cuda: fail without it."),
+    ] = "auto"
+    device_id: Annotated[int, Field(ge=0, description="CUDA device ordinal.")] = 0
+    intra_op_threads: Annotated[
+        int, Field(ge=0, description="ORT threads per op (0: ORT default).")
+    ] = 0
+    inter_op_threads: Annotated[
+        int, Field(ge=0, description="ORT threads across ops (0: default).")
+    ] = 1
+    ort_spinning: Annotated[
+        bool, Field(description="Let ORT threads spin between ops (burns CPU the server needs).")
+    ] = False
+    runner_threads: Annotated[
+        int, Field(ge=1, le=64, description="Threads running batches (per process, all models).")
+    ] = 2
+    batches_in_flight: Annotated[
+        int, Field(ge=1, le=16, description="Batches of one model computing at once.")
+    ] = 1
+    warmup: Annotated[bool, Field(description="Run each model once before it reports ready.")] = (
+        True
+    )
+    max_model_bytes: Annotated[
+        int, Field(ge=1, description="Refuse model files (with external data) larger than this.")
+    ] = 2 << 30
+
+    # --- batching defaults, for models whose config.json leaves them out
+    batching: Annotated[
+        bool, Field(description="Dynamic batching unless config.json disables it.")
+    ] = True
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 1.0
+    max_queue_size: Annotated[int, Field(ge=1)] = 1024
+    request_timeout_s: Annotated[
+        float, Field(gt=0, description="Longest wait for one inference.")
+    ] = 30.0
+    retry_after_s: Annotated[
+        int, Field(ge=0, description="Retry-After sent with 503 responses.")
+    ] = 1
+
+    # --- input policy
+    max_body_bytes: Annotated[int, Field(ge=1024, description="Larger bodies get 413.")] = 64 << 20
+    allow_nonfinite: Annotated[bool, Field(description="Accept NaN/Inf in float inputs.")] = False
+    max_image_pixels: Annotated[int, Field(ge=1, description="Larger uploads get 413.")] = (
+        32_000_000
+    )
+    max_parity_samples: Annotated[int, Field(ge=1, description="Cap on POST /parity samples.")] = (
+        4096
+    )
+
+    # --- security and operations
+    api_token: Annotated[
+        SecretStr | None,
+        Field(description="Bearer token for /v2/repository/*; unset leaves them open."),
+    ] = None
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: Annotated[bool, Field(description="One log line per request, with its id.")] = True
+    drain_s: Annotated[
+        float, Field(ge=0, description="After SIGTERM, seconds reporting not-ready before closing.")
+    ] = 1.0
+    shutdown_timeout_s: Annotated[
+        float, Field(gt=0, description="Wait for in-flight requests.")
+    ] = 30.0
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` (for worker processes)."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return env

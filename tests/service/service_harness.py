@@ -1,0 +1,96 @@
+"""The test harness: a real server in a thread, the repository, inputs.
+
+Imported by conftest.py and by the tests (conftest modules are not meant
+to be imported).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import uvicorn
+from served_models import ModelInfo
+
+from converter.repository import versions
+from service.app import create_app
+from service.settings import Settings
+
+TOKEN = "test-token"
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class RunningServer:
+    url: str
+    host_port: str
+    settings: Settings
+    server: uvicorn.Server
+
+
+@contextmanager
+def run_server(settings: Settings) -> Iterator[RunningServer]:
+    """uvicorn in a thread, on a socket bound before it starts (no port race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", access_log=False, timeout_graceful_shutdown=10
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", settings, server)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@dataclass(frozen=True)
+class Repo:
+    path: Path
+    models: dict[str, ModelInfo]
+
+    def __getitem__(self, role: str) -> ModelInfo:
+        return self.models[role]
+
+    def expected(self, model: ModelInfo, x: np.ndarray, version: int | None = None) -> np.ndarray:
+        """What ONNX Runtime computes for ``x`` on the served (highest) version."""
+        version = version or versions(self.path / model.name)[-1]
+        path = self.path / model.name / str(version) / "model.onnx"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([model.output], {model.input: x})[0]
+
+
+def base_settings(repo: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "repo": repo,
+        "api_token": TOKEN,
+        "access_log": False,
+        "log_level": "warning",
+        "max_body_bytes": MAX_BODY,
+        "drain_s": 0.0,
+        "request_timeout_s": 10.0,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def rows(model: ModelInfo, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` samples for ``model`` from N(0, 1), float32."""
+    return np.random.default_rng(seed).standard_normal((n, *model.row_shape)).astype(np.float32)

@@ -1,0 +1,253 @@
+"""The batcher alone, no server: size flush, timeout flush, splitting,
+bounded queue, deadlines, and errors reaching every waiter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.batching import (
+    Batcher,
+    BatcherClosed,
+    DeadlineExceeded,
+    Feeds,
+    QueueFull,
+)
+
+
+class Recorder:
+    """A ``run`` that doubles ``x`` and records every batch it saw."""
+
+    def __init__(self, fail: BaseException | None = None, delay: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.done: list[tuple[int, int]] = []  # (rows, requests) per batch_done
+        self.failed: list[int] = []
+
+    def run(self, feeds: Feeds) -> Feeds:
+        with self.lock:
+            self.batches.append(len(feeds["x"]))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        return {"y": feeds["x"] * 2}
+
+    def batch_done(self, rows: int, queue_s: Sequence[float], *timings: float) -> None:
+        self.done.append((rows, len(queue_s)))
+
+    def batch_failed(self, requests: int, error: BaseException) -> None:
+        self.failed.append(requests)
+
+
+def run_with(
+    recorder: Recorder,
+    body: Callable[[Batcher], Coroutine[Any, Any, Any]],
+    **kwargs: Any,
+) -> Any:
+    options: dict[str, Any] = {"max_rows": 8, "max_delay_s": 0.01, "max_queue_size": 100}
+    options.update(kwargs)
+
+    async def main() -> Any:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(recorder.run, executor=pool, observer=recorder, **options)
+            batcher.start()
+            try:
+                return await body(batcher)
+            finally:
+                await batcher.close(timeout=5)
+
+    return asyncio.run(main())
+
+
+def x(rows: int, start: float = 0.0, width: int = 3) -> Feeds:
+    return {"x": np.arange(rows * width, dtype=np.float32).reshape(rows, width) + start}
+
+
+def test_size_flush_runs_one_batch_without_waiting_for_the_delay() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> tuple[list[Feeds], float]:
+        t0 = time.perf_counter()
+        outs = await asyncio.gather(*(b.submit(x(1, 100 * i), 1, timeout=5) for i in range(4)))
+        return outs, time.perf_counter() - t0
+
+    outs, seconds = run_with(rec, body, max_rows=4, max_delay_s=10.0)
+    assert rec.batches == [4]
+    assert rec.done == [(4, 4)]
+    assert seconds < 2.0  # flushed by size, not by the 10 s delay
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["y"], x(1, 100 * i)["x"] * 2)
+
+
+def test_timeout_flush_sends_a_partial_batch_after_the_delay() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit(x(1), 1, timeout=5) for _ in range(3)))
+        return time.perf_counter() - t0
+
+    seconds = run_with(rec, body, max_rows=64, max_delay_s=0.1)
+    assert rec.batches == [3]
+    assert 0.09 <= seconds < 2.0
+
+
+def test_split_gives_each_request_its_own_rows() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> list[Feeds]:
+        sizes = [1, 2, 3]
+        return await asyncio.gather(*(b.submit(x(n, 10 * n), n, timeout=5) for n in sizes))
+
+    outs = run_with(rec, body, max_rows=6, max_delay_s=1.0)
+    assert rec.batches == [6]
+    for n, out in zip([1, 2, 3], outs, strict=True):
+        assert out["y"].shape == (n, 3)
+        np.testing.assert_array_equal(out["y"], x(n, 10 * n)["x"] * 2)
+
+
+def test_batches_never_exceed_max_rows() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> None:
+        await asyncio.gather(*(b.submit(x(2), 2, timeout=5) for _ in range(5)))
+
+    run_with(rec, body, max_rows=4, max_delay_s=0.05)
+    assert sum(rec.batches) == 10
+    assert max(rec.batches) <= 4
+
+
+def test_requests_of_different_row_shapes_are_not_merged() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> list[Feeds]:
+        return await asyncio.gather(
+            b.submit(x(1, width=3), 1, timeout=5),
+            b.submit(x(1, width=4), 1, timeout=5),
+        )
+
+    outs = run_with(rec, body, max_rows=8, max_delay_s=0.05)
+    assert sorted(rec.batches) == [1, 1]
+    assert [o["y"].shape for o in outs] == [(1, 3), (1, 4)]
+
+
+def test_merge_off_runs_each_request_alone() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> None:
+        await asyncio.gather(*(b.submit(x(1), 1, timeout=5) for _ in range(3)))
+
+    run_with(rec, body, merge=False)
+    assert rec.batches == [1, 1, 1]
+
+
+def test_an_error_reaches_every_waiter_of_the_batch() -> None:
+    rec = Recorder(fail=ValueError("graph exploded"))
+
+    async def body(b: Batcher) -> list[Any]:
+        return await asyncio.gather(
+            *(b.submit(x(1), 1, timeout=5) for _ in range(3)), return_exceptions=True
+        )
+
+    results = run_with(rec, body, max_rows=3, max_delay_s=1.0)
+    assert rec.batches == [3]
+    assert [type(r) for r in results] == [ValueError] * 3
+    assert all(str(r) == "graph exploded" for r in results)
+    assert rec.failed == [3]
+
+
+def test_an_output_without_the_batch_axis_fails_every_waiter() -> None:
+    rec = Recorder()
+    rec.run = lambda feeds: {"y": np.zeros(5, np.float32)}  # type: ignore[method-assign]
+
+    async def body(b: Batcher) -> list[Any]:
+        return await asyncio.gather(
+            *(b.submit(x(1), 1, timeout=5) for _ in range(2)), return_exceptions=True
+        )
+
+    results = run_with(rec, body, max_rows=2, max_delay_s=1.0)
+    assert all(isinstance(r, RuntimeError) and "cannot split 2 rows" in str(r) for r in results)
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> tuple[type[BaseException], float]:
+        waiting = [asyncio.ensure_future(b.submit(x(1), 1, timeout=5)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFull) as caught:
+            await b.submit(x(1), 1, timeout=5)
+        elapsed = time.perf_counter() - t0
+        await asyncio.gather(*waiting)
+        return caught.type, elapsed
+
+    kind, elapsed = run_with(rec, body, max_rows=64, max_delay_s=0.3, max_queue_size=2)
+    assert kind is QueueFull
+    assert elapsed < 0.05
+    assert rec.batches == [2]
+
+
+def test_a_request_past_its_deadline_is_never_run() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> None:
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(x(1), 1, timeout=0.05)
+        await asyncio.sleep(0.4)  # past the queue delay: the batcher has looked
+
+    run_with(rec, body, max_rows=64, max_delay_s=0.2)
+    assert rec.batches == []
+
+
+def test_close_fails_what_is_still_queued() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> None:
+        pending = asyncio.ensure_future(b.submit(x(1), 1, timeout=5))
+        await asyncio.sleep(0.01)
+        await b.close(timeout=0)
+        with pytest.raises(BatcherClosed):
+            await pending
+        with pytest.raises(BatcherClosed):
+            await b.submit(x(1), 1, timeout=5)
+
+    run_with(rec, body, max_rows=64, max_delay_s=5.0)
+    assert rec.batches == []
+
+
+def test_queue_keeps_filling_while_a_batch_computes() -> None:
+    rec = Recorder(delay=0.1)
+
+    async def body(b: Batcher) -> None:
+        first = asyncio.ensure_future(b.submit(x(1), 1, timeout=5))
+        await asyncio.sleep(0.03)  # the first batch is computing now
+        await asyncio.gather(first, *(b.submit(x(1), 1, timeout=5) for _ in range(5)))
+
+    run_with(rec, body, max_rows=64, max_delay_s=0.0)
+    assert rec.batches == [1, 5]
+
+
+def test_the_delay_restarts_when_the_oldest_request_gives_up() -> None:
+    rec = Recorder()
+
+    async def body(b: Batcher) -> float:
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(x(1), 1, timeout=0.2)
+        t0 = time.perf_counter()
+        await b.submit(x(1), 1, timeout=5)  # waits its own full delay
+        return time.perf_counter() - t0
+
+    seconds = run_with(rec, body, max_rows=64, max_delay_s=0.4)
+    assert seconds >= 0.35
+    assert rec.batches == [1]
