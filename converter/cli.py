@@ -8,6 +8,7 @@ environment without torch (the serving image).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -166,6 +167,15 @@ def train(
             "higher accuracy, faster).",
         ),
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Data-parallel processes on this machine (DistributedDataParallel, "
+            "SyncBatchNorm, gloo). Under torchrun, leave it at 1: the group comes from "
+            "torchrun's environment.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a network; write checkpoint (safetensors), metrics JSON and curves PNG."""
     from dataclasses import replace
@@ -187,6 +197,11 @@ def train(
     )
     out = out or Path("runs") / f"{opts.data.split(':', 1)[0]}-{arch}{'-nobn' if no_bn else ''}"
     n_epochs = epochs or DEFAULT_EPOCHS.get(arch, 10)
+    if nproc > 1 or "TORCHELASTIC_RUN_ID" in os.environ:
+        if compare_no_bn:
+            raise _fail("--compare-no-bn trains in one process; drop --nproc for it", code=2)
+        _train_distributed(opts, out, nproc)
+        return
     try:
         with _EpochBar(arch if not no_bn else f"{arch} (no BN)", n_epochs) as bar:
             result, splits, cfg = train_from_options(opts, log=_log, on_epoch=bar)
@@ -204,6 +219,28 @@ def train(
     console.print(
         f"test accuracy [bold]{result.metrics['test_accuracy']:.4f}[/] in "
         f"{result.seconds:.1f} s; run written to {out}"
+    )
+
+
+def _train_distributed(opts: ConvertOptions, out: Path, nproc: int) -> None:
+    from converter import distributed
+
+    try:
+        world = distributed.from_env()
+        if world is not None:  # launched by torchrun: this process is one rank
+            run = distributed.run_rank(world, opts, out)
+            if run is None:
+                return
+        else:
+            console.print(f"training on {nproc} processes (DDP + SyncBatchNorm, gloo)")
+            run = distributed.train_distributed(opts, out, nproc)
+    except _user_errors() as e:
+        raise _fail(str(e)) from None
+    d = run["distributed"]
+    console.print(
+        f"test accuracy [bold]{run['metrics']['test_accuracy']:.4f}[/] on {d['world_size']} "
+        f"processes; BN running statistics differ across ranks by at most "
+        f"{d['bn_running_stats_max_diff_across_ranks']:.1e}; run written to {out}"
     )
 
 

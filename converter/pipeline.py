@@ -22,6 +22,7 @@ import onnx
 
 import converter
 from converter.data import Splits, load, prepare
+from converter.distributed import World
 from converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
 from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules
 from converter.parity import DEFAULT_RTOL, compare
@@ -83,7 +84,11 @@ def _noop(_: str) -> None:
 
 
 def train_from_options(
-    opts: ConvertOptions, *, log: Log = _noop, on_epoch: EpochCallback | None = None
+    opts: ConvertOptions,
+    *,
+    log: Log = _noop,
+    on_epoch: EpochCallback | None = None,
+    world: World | None = None,
 ) -> tuple[TrainResult, Splits, TrainConfig]:
     if opts.arch not in DEFAULT_INPUT_SHAPES:
         raise ValueError(
@@ -105,7 +110,7 @@ def train_from_options(
         lr=opts.lr,
         seed=opts.seed,
     )
-    return train(arch, splits, cfg, on_epoch=on_epoch), splits, cfg
+    return train(arch, splits, cfg, on_epoch=on_epoch, world=world), splits, cfg
 
 
 def check_parity(

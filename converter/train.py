@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from converter.data import Splits
+from converter.distributed import World
 from converter.models import ArchConfig, build_model
 
 
@@ -83,35 +84,52 @@ def train(
     config: TrainConfig,
     *,
     on_epoch: EpochCallback | None = None,
+    world: World | None = None,
 ) -> TrainResult:
-    """Train ``arch`` on ``splits``; same seed and data give bit-identical weights."""
+    """Train ``arch`` on ``splits``; same seed and data give bit-identical weights.
+
+    With ``world`` (one process of a data-parallel group) every global batch
+    is split across the ranks, BN layers become SyncBatchNorm so their
+    statistics are those of the global batch, and gradients are averaged:
+    the same mathematics as one process, so the same accuracy band. The
+    model returned has plain BatchNorm layers again.
+    """
     seed_everything(config.seed)
     model = build_model(arch)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    net: nn.Module = model
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    if world is not None:
+        model, net = world.wrap(model)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     x_train = torch.from_numpy(splits.x_train)
     y_train = torch.from_numpy(splits.y_train)
+    # Same generator on every rank: all ranks agree on the global batches.
     gen = torch.Generator().manual_seed(config.seed)
     n = len(x_train)
+    min_batch = 2 * size if arch.bn else size  # BN cannot normalise a batch of one
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        net.train()
         order = torch.randperm(n, generator=gen)
-        seen, loss_sum, correct = 0, 0.0, 0
+        seen, loss_sum, correct = 0.0, 0.0, 0.0
         for i in range(0, n, config.batch_size):
             idx = order[i : i + config.batch_size]
-            if len(idx) < 2 and arch.bn:
-                continue  # BatchNorm cannot normalise a batch of one
+            if len(idx) < min_batch:
+                continue
+            idx = idx[rank::size]  # this rank's share of the global batch
             xb, yb = x_train[idx], y_train[idx]
             opt.zero_grad(set_to_none=True)
-            logits = model(xb)
+            logits = net(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
             opt.step()
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
+        if world is not None:
+            seen, loss_sum, correct = world.sum([seen, loss_sum, correct])
         val = evaluate(model, splits.x_val, splits.y_val)
         row = {
             "epoch": float(epoch),
@@ -125,6 +143,10 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, row)
     seconds = time.perf_counter() - start
+    if world is not None:
+        plain = build_model(arch)
+        plain.load_state_dict(model.state_dict())  # SyncBatchNorm -> BatchNorm, same keys
+        model = plain
     model.eval()
     test = evaluate(model, splits.x_test, splits.y_test)
     metrics = {
