@@ -46,7 +46,7 @@ Arch = Annotated[str, typer.Option("--arch", "-a", help=ARCH_HELP)]
 Data = Annotated[str, typer.Option("--data", "-d", help=DATA_HELP)]
 Epochs = Annotated[
     int | None,
-    typer.Option(min=1, help="Training epochs [default: per architecture, e.g. 20 for mlp]."),
+    typer.Option(min=1, help="Training epochs [default: per architecture, e.g. 10 for mlp]."),
 ]
 BatchSize = Annotated[int, typer.Option(min=2, help="Training batch size.")]
 Lr = Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")]

@@ -31,7 +31,7 @@ from converter.train import EpochCallback, TrainConfig, TrainResult, save_run, t
 
 # Epochs when the user gives none: enough for each network to converge on digits
 # on 2 CPU cores in about a minute or less.
-DEFAULT_EPOCHS = {"mlp": 20, "cifar-cnn": 8, "fer-cnn": 5, "resnet": 8}
+DEFAULT_EPOCHS = {"mlp": 10, "cifar-cnn": 8, "fer-cnn": 5, "resnet": 8}
 DEFAULT_MAX_BATCH = 64
 # Random inputs added to the held-out set when checking parity: they probe
 # input regions the data never reaches (and every channel of every BN).
