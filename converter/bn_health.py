@@ -31,7 +31,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 # A gap beyond these means the running statistics are not the data's.
-MAX_REL_GAP = 0.1  # max |eval - batch-stats| / max |batch-stats| of the outputs
+# max |eval - batch-stats| / max |batch-stats| of the outputs. A worst-case
+# measure, so one outlier row dominates it: the well-trained digits MLP (98%
+# validation accuracy) shows 0.12 with 99.2% top-1 agreement; stale statistics
+# (inputs shifted by a few standard deviations) show well over 0.25.
+MAX_REL_GAP = 0.25
 MIN_TOP1_AGREEMENT = 0.9
 MAX_MEAN_SHIFT = 1.0  # in running standard deviations
 VAR_RATIO_RANGE = (0.25, 4.0)

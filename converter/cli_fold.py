@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import onnx
@@ -134,6 +134,15 @@ def verify(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the parity report (JSON) here.")
     ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="Training run folder (bnfold train): also compare PyTorch eval mode against "
+            "the folded model on the same inputs, and check the BN running statistics. "
+            "Needs torch.",
+        ),
+    ] = None,
 ) -> None:
     """Run both models on ONNX Runtime (optimizations off) and compare their outputs."""
     from converter.verify import verify_onnx
@@ -155,6 +164,11 @@ def verify(
         )
     except Exception as exc:  # ORT refuses a model or the inputs do not fit it
         raise _fail(f"could not run the models: {type(exc).__name__}: {exc}") from exc
+    if run is not None:
+        result["torch_vs_folded"] = _torch_parity(
+            run, ref_model, folded_model, inputs, n_random, seed, rtol, min_top1
+        )
+        result["passed"] = bool(result["passed"] and result["torch_vs_folded"]["passed"])
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
     top1 = result["top1_agreement"]
@@ -173,5 +187,52 @@ def verify(
             )
         else:
             console.print(f"all {len(result['per_node'])} shared intermediate tensors agree")
+    if run is not None:
+        t = result["torch_vs_folded"]
+        console.print(
+            f"PyTorch eval vs folded: max rel error {t['max_rel_error']:.3g}, top-1 agreement "
+            f"{t['top1_agreement']}; BN statistics "
+            + (t["bn_health"].get("skipped") or
+               ("healthy" if t["bn_health"]["healthy"] else "[yellow]suspect[/]"))
+        )  # fmt: skip
+        for warning in t["bn_health"]["warnings"]:
+            console.print(f"[yellow]warning:[/] {warning}")
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+def _torch_parity(
+    run: Path,
+    reference: onnx.ModelProto,
+    folded: onnx.ModelProto,
+    inputs: dict[str, np.ndarray] | None,
+    n_random: int,
+    seed: int,
+    rtol: float,
+    min_top1: float,
+) -> dict[str, Any]:
+    """PyTorch eval (the checkpoint in ``run``) vs the folded graph, plus BN health."""
+    from converter.bn_health import bn_health
+    from converter.export import torch_logits
+    from converter.parity import compare
+    from converter.train import RunError, load_run
+    from converter.verify import random_inputs, run_onnx
+
+    try:
+        loaded = load_run(run)
+    except RunError as e:
+        raise _fail(str(e)) from None
+    parts = [v for v in (inputs or {}).values()][:1]
+    if n_random:
+        parts += list(random_inputs(reference, n_random, seed).values())[:1]
+    x = np.concatenate(parts).astype(np.float32)
+    name = reference.graph.input[0].name
+    expected = torch_logits(loaded.model, x)
+    got = next(iter(run_onnx(folded, {name: x}).values()))
+    report = compare(expected, got, rtol=rtol, min_top1=min_top1).to_dict()
+    # Running vs batch statistics means something on real data only, not on noise.
+    report["bn_health"] = (
+        bn_health(loaded.model, parts[0]) if inputs else
+        {"healthy": True, "warnings": [], "skipped": "give --data to check BN statistics"}
+    )  # fmt: skip
+    return report

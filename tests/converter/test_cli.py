@@ -105,3 +105,40 @@ def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_verify_with_the_training_run_compares_pytorch_too(tmp_path: Path) -> None:
+    import numpy as np
+
+    from converter.data import load, prepare
+
+    assert bnfold("train", "--out", "run", cwd=tmp_path).returncode == 0
+    assert bnfold("export", "run", "--out", "ref.onnx", cwd=tmp_path).returncode == 0
+    assert bnfold("fold", "ref.onnx", "folded.onnx", cwd=tmp_path).returncode == 0
+    splits = prepare(load("digits", input_shape=(64,)), (64,))
+    np.savez(tmp_path / "held.npz", input=splits.x_test)
+    r = bnfold(
+        "verify",
+        "ref.onnx",
+        "folded.onnx",
+        "--run",
+        "run",
+        "--data",
+        "npz:held.npz",
+        "--json",
+        "report.json",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    t = report["torch_vs_folded"]
+    assert t["passed"] and t["max_rel_error"] <= 1e-5 and t["top1_agreement"] == 1.0
+    assert t["n_samples"] == len(splits.x_test) + 16
+    assert t["bn_health"]["healthy"] is True and t["bn_health"]["n_bn"] == 2
+    # A run whose weights are not the exported ones fails the comparison, exit 1.
+    assert (
+        bnfold("train", "--epochs", "1", "--seed", "5", "--out", "other", cwd=tmp_path).returncode
+        == 0
+    )
+    r = bnfold("verify", "ref.onnx", "folded.onnx", "--run", "other", cwd=tmp_path)
+    assert r.returncode == 1
