@@ -86,6 +86,18 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _require_torch(command: str) -> None:
+    """The serving image has no torch; say so instead of a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise _fail(
+            f"`bnfold {command}` trains or exports with PyTorch, which is not installed here; "
+            "install the train extra: pip install -c constraints.txt 'bnfold[train]' "
+            "(fold, verify and serve work without it)"
+        )
+
+
 def _log(message: str) -> None:
     console.print(f"[dim]·[/] {message}")
 
@@ -178,6 +190,7 @@ def train(
     ] = 1,
 ) -> None:
     """Train a network; write checkpoint (safetensors), metrics JSON and curves PNG."""
+    _require_torch("train")
     from dataclasses import replace
 
     from converter.pipeline import DEFAULT_EPOCHS, train_from_options
@@ -281,6 +294,7 @@ def export(
     ),
 ) -> None:
     """Export a trained run to ONNX with every BatchNormalization kept (reference.onnx)."""
+    _require_torch("export")
     import onnx
 
     from converter.export import count_batchnorm_nodes, export_reference
@@ -325,6 +339,7 @@ def convert(
     ] = None,
 ) -> None:
     """Train, export, fold, verify and write a model version: the one-shot offline pipeline."""
+    _require_torch("convert")
     from converter.pipeline import DEFAULT_EPOCHS, ParityError
     from converter.pipeline import convert as run_convert
 
@@ -373,6 +388,7 @@ def demo(
     ] = False,
 ) -> None:
     """Build the default digits model if missing, serve it, and show a prediction."""
+    _require_torch("demo")
     from converter.demo import run_demo
 
     try:
