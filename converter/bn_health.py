@@ -39,6 +39,8 @@ MAX_REL_GAP = 0.25
 MIN_TOP1_AGREEMENT = 0.9
 MAX_MEAN_SHIFT = 1.0  # in running standard deviations
 VAR_RATIO_RANGE = (0.25, 4.0)
+# A channel whose std is below this share of the layer's median running std is dead.
+DEAD_STD = 0.01
 
 
 def _bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -127,12 +129,18 @@ def bn_health(model: nn.Module, x: np.ndarray | torch.Tensor) -> dict[str, Any]:
         if name in stats and running is not None:
             mean, var = stats[name]
             r_mean, r_var = running[0].numpy(), running[1].numpy()
-            shift = np.abs(mean - r_mean) / np.sqrt(r_var + float(getattr(m, "eps", 1e-5)))
-            ratio = var / np.maximum(r_var, 1e-12)
+            eps = float(getattr(m, "eps", 1e-5))
+            shift = np.abs(mean - r_mean) / np.sqrt(r_var + eps)
+            # What BN divides by is sqrt(var + eps); compare those. Channels silent
+            # both in training and here (dead after a ReLU) carry nothing: skip them.
+            ratio = (var + eps) / (r_var + eps)
+            live = np.sqrt(np.maximum(var, r_var)) >= DEAD_STD * np.median(np.sqrt(r_var))
+            ratio = ratio[live] if live.any() else np.ones(1)
             entry.update(
                 mean_shift=float(shift.max()),
                 var_ratio_min=float(ratio.min()),
                 var_ratio_max=float(ratio.max()),
+                dead_channels=int((~live).sum()),
             )
             if entry["mean_shift"] > MAX_MEAN_SHIFT:
                 warnings.append(

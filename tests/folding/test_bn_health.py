@@ -65,3 +65,25 @@ def test_model_is_not_changed():
     bn_health(model, data(shift=1.0))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
+
+
+def test_a_channel_dead_in_training_and_here_is_not_a_warning():
+    import torch
+    from torch import nn
+
+    from converter.bn_health import bn_health
+
+    bn = nn.BatchNorm1d(3).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.5, -1.0, 0.0]))
+        bn.running_var.copy_(torch.tensor([1.0, 4.0, 1e-9]))  # channel 2: dead after a ReLU
+        bn.num_batches_tracked.fill_(100)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, generator=g) * torch.tensor([1.0, 2.0, 0.0]) + torch.tensor(
+        [0.5, -1.0, 0.0]
+    )
+    report = bn_health(nn.Sequential(bn), x.numpy())
+    layer = report["layers"][0]
+    assert layer["dead_channels"] == 1
+    assert 0.8 < layer["var_ratio_min"] <= layer["var_ratio_max"] < 1.2
+    assert report["healthy"], report["warnings"]
