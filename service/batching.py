@@ -8,6 +8,15 @@ every output back by each request's row count.
   ``max_delay_s`` or ``max_rows`` rows are waiting, whichever comes first,
   and only once a run slot is free, so the queue keeps filling while the
   previous batch computes (the busier the server, the larger its batches).
+- Waiting only pays when more requests are on their way. ``Arrivals``
+  counts the requests the server has begun reading that have not reached a
+  queue yet; when none is left, the batch leaves at once instead of waiting
+  out ``max_delay_s`` (a lone request is not delayed; a burst read in one
+  event-loop pass still leaves as one batch).
+- ``inline_below_s``: on an idle batcher (nothing queued or running, nobody
+  arriving), a lone request whose compute is known to take less than this
+  runs at once on the event loop's thread, skipping the two thread
+  switches of the runner pool; anything else goes through the queue.
 - Requests merge only with neighbours of the same per-row shape and dtype;
   order is kept (first in, first out).
 - The queue is bounded: ``submit`` raises :class:`QueueFull` at once rather
@@ -20,7 +29,9 @@ every output back by each request's row count.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -57,6 +68,60 @@ class BatchObserver(Protocol):
     def batch_failed(self, requests: int, error: BaseException) -> None: ...
 
 
+_arrival: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "bnfold_arrival", default=None
+)
+
+
+class Arrivals:
+    """Requests begun (``enter``, by the HTTP layer) and not yet queued, and
+    how many client connections sent requests lately.
+
+    ``enter`` marks the current context (one request); ``queued`` (called by
+    ``Batcher.submit``) and ``leave`` (when the request ends, whatever
+    happened) take it off the count, once.
+
+    ``pending`` cannot see requests still in socket buffers or parsed but not
+    yet started, so it alone cannot tell a lone client from a crowd whose
+    next requests are queued up in the kernel. ``one_client`` can: it is true
+    while a single connection (``scope["client"]``) has sent requests in the
+    last ``CLIENT_WINDOW_S``. The inline path needs both.
+    """
+
+    CLIENT_WINDOW_S = 1.0
+    _PRUNE_EVERY_S = 0.1
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._clients: dict[object, float] = {}
+        self._pruned = 0.0
+
+    def enter(self, client: object = None) -> contextvars.Token[list[bool] | None]:
+        self.pending += 1
+        if client is not None:
+            now = time.monotonic()
+            self._clients[client] = now
+            if len(self._clients) > 1 and now - self._pruned > self._PRUNE_EVERY_S:
+                self._pruned = now
+                cutoff = now - self.CLIENT_WINDOW_S
+                self._clients = {c: t for c, t in self._clients.items() if t >= cutoff}
+        return _arrival.set([False])
+
+    @property
+    def one_client(self) -> bool:
+        return len(self._clients) <= 1
+
+    def queued(self) -> None:
+        flag = _arrival.get()
+        if flag is not None and not flag[0]:
+            flag[0] = True
+            self.pending -= 1
+
+    def leave(self, token: contextvars.Token[list[bool] | None]) -> None:
+        self.queued()
+        _arrival.reset(token)
+
+
 class _Item:
     __slots__ = ("enqueued", "feeds", "future", "key", "rows")
 
@@ -80,9 +145,15 @@ class Batcher:
         merge: bool = True,
         max_in_flight: int = 1,
         observer: BatchObserver | None = None,
+        arrivals: Arrivals | None = None,
+        inline_below_s: float = 0.0,
     ) -> None:
         """``merge=False`` runs each request alone (models without a batch
-        axis, or batching disabled) but keeps the bounded queue."""
+        axis, or batching disabled) but keeps the bounded queue. Without
+        ``arrivals`` a batch always waits for ``max_delay_s`` or a full batch."""
+        self._arrivals = arrivals
+        self._inline_below = inline_below_s
+        self._solo_s = math.inf  # unknown until a lone request has run
         self._run = run
         self._executor = executor
         self._max_rows = max(1, max_rows)
@@ -115,6 +186,8 @@ class Batcher:
         """Queue ``feeds`` (``rows`` on axis 0) and return this request's outputs."""
         if self._closed:
             raise BatcherClosed("the model is being unloaded")
+        if self._can_run_inline():
+            return self._run_inline(feeds, rows)
         if len(self._queue) >= self._max_queue:
             raise QueueFull(f"{len(self._queue)} requests are queued (max_queue_size)")
         key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()) if self._merge else 0
@@ -123,6 +196,10 @@ class Batcher:
         self._queued_rows += rows
         self._idle.clear()
         self._nonempty.set()
+        if self._arrivals is not None:
+            self._arrivals.queued()
+            if self._arrivals.pending == 0:
+                self._full.set()  # nobody else is coming: wake the batch up
         if self._queued_rows >= self._max_rows:
             self._full.set()
         try:
@@ -130,6 +207,45 @@ class Batcher:
                 return await item.future
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {timeout:g} s") from None
+
+    def _can_run_inline(self) -> bool:
+        """An idle model, a request that nobody else is coming to join, and a
+        compute known to be short: running it right here, on the event loop,
+        saves two thread switches and the batch loop's turns (most of a lone
+        request's overhead). A longer one would hold the loop, so it goes to
+        the runner threads like any batch."""
+        return (
+            self._inline_below > 0
+            and self._arrivals is not None
+            and self._in_flight == 0
+            and not self._queue
+            and self._solo_s < self._inline_below
+            and self._arrivals.pending <= 1  # this request is the one pending
+            # Under load the loop, busy running requests inline, would see no
+            # one arriving (they wait in the kernel) and serve everybody
+            # inline, one by one: measured, batches of 1 and stalls of a
+            # second. One client connection lately rules that out.
+            and self._arrivals.one_client
+        )
+
+    def _run_inline(self, feeds: Feeds, rows: int) -> Feeds:
+        assert self._arrivals is not None
+        self._arrivals.queued()
+        try:
+            results, timings = self._execute([feeds])
+        except Exception as e:
+            if self._observer is not None:
+                self._observer.batch_failed(1, e)
+            raise
+        self._note_solo(sum(timings))
+        if self._observer is not None:
+            self._observer.batch_done(rows, [0.0], *timings)  # never queued
+        return results[0]
+
+    def _note_solo(self, seconds: float) -> None:
+        # The latest lone-request compute time, smoothed: one slow outlier
+        # does not switch the inline path off for good, a slow model does.
+        self._solo_s = seconds if self._solo_s == math.inf else 0.8 * self._solo_s + 0.2 * seconds
 
     async def _loop(self) -> None:
         while True:
@@ -150,12 +266,14 @@ class Batcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _wait_for_batch(self) -> None:
-        """Until the oldest live request has waited ``max_delay_s`` or
-        ``max_rows`` rows are queued; the clock restarts if that request
-        gives up while waiting."""
+        """Until the oldest live request has waited ``max_delay_s``,
+        ``max_rows`` rows are queued, or no other request is on its way;
+        the clock restarts if that request gives up while waiting."""
         if not self._merge or self._max_delay <= 0:
             return
         while self._queue and self._queued_rows < self._max_rows:
+            if self._arrivals is not None and self._arrivals.pending <= 0:
+                return
             head = self._queue[0]
             if head.future.done():  # timed out or cancelled while queued
                 self._queue.popleft()
@@ -211,6 +329,8 @@ class Batcher:
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
+            if len(batch) == 1:
+                self._note_solo(sum(timings))
             if self._observer is not None:
                 self._observer.batch_done(sum(i.rows for i in batch), queue_s, *timings)
         finally:

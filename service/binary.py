@@ -30,7 +30,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
     if header_length is None:
         return view, view[len(view) :]
     text = header_length.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # '²'.isdigit() is True
         raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
     n = int(text)
     if n > len(body):

@@ -9,6 +9,10 @@ runs it alone. Every option is also a ``BNFOLD_*`` environment variable
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,8 +20,36 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from .metrics import MULTIPROC_ENV, MULTIPROC_FILES
 from .middleware import configure_logging
 from .settings import Settings, settings_env
+
+
+@contextmanager
+def metrics_dir(workers: int) -> Iterator[Path | None]:
+    """The folder where ``workers`` processes keep their Prometheus values.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when given (emptied of a previous run's
+    files, or its counts would be added in), else a fresh temporary folder,
+    removed at exit. Set in the environment before any worker starts: each
+    worker's prometheus_client reads it when imported. One process without
+    the variable keeps plain in-memory metrics.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given and workers == 1:
+        yield None
+        return
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="bnfold-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for pattern in MULTIPROC_FILES:
+        for stale in path.glob(pattern):
+            stale.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(
@@ -80,9 +112,15 @@ def serve(
         "access_log": False,  # ours carries the request id
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
     }
-    if settings.workers == 1:
-        from .app import create_app
+    with metrics_dir(settings.workers):
+        if settings.workers == 1:
+            from .app import create_app
 
-        uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()  # type: ignore[arg-type]
-    else:
-        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+            uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()  # type: ignore[arg-type]
+        else:
+            uvicorn.run(
+                "service.app:create_app",
+                factory=True,
+                workers=settings.workers,
+                **common,  # type: ignore[arg-type]
+            )

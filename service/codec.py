@@ -58,6 +58,8 @@ def _load_json(data: bytes | memoryview) -> Any:
         return json.loads(data if isinstance(data, bytes) else bytes(data))
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"malformed JSON: {e}") from None
+    except RecursionError:  # [[[[...]]]] past the interpreter's depth
+        raise BadRequest("malformed JSON: nested too deeply") from None
 
 
 def numbers(name: str, data: object, dtype: np.dtype[Any]) -> np.ndarray:

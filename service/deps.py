@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from .batching import Arrivals
 from .errors import BadRequest, Unauthorized, Unavailable, describe_validation
 from .metrics import Metrics
 from .repository import Repository
@@ -28,6 +29,7 @@ class ServerState:
 
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
+    arrivals: Arrivals = field(default_factory=Arrivals)
     repository: Repository | None = None
     executor: ThreadPoolExecutor | None = None
     started: bool = False

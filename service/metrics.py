@@ -5,10 +5,19 @@ and each finished request updates both the Prometheus series (``/metrics``)
 and the counters ``GET /v2/models/{m}/stats`` reports in Triton's format
 (the one perf_analyzer reads for its server-side breakdown). A registry per
 app keeps several servers in one process (tests) apart.
+
+With ``bnfold serve --workers N`` each worker is a process of its own:
+``service.cli`` sets ``PROMETHEUS_MULTIPROC_DIR`` (an emptied folder) before
+the workers start, so prometheus_client keeps every value in a per-process
+file there and ``/metrics`` sums counters and histograms over all workers,
+whichever worker answers the scrape. Gauges (``bnfold_model_ready``) are
+reported per live worker, with a ``pid`` label. Triton's statistics
+(``/v2/models/{m}/stats``) stay per worker.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +25,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The files prometheus_client writes in that folder (and the only ones removed).
+MULTIPROC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics folder when prometheus_client runs in multiprocess
+    mode. That mode is chosen when prometheus_client is imported, from
+    prometheus_client's own variable, so this reads it too (not a bnfold
+    setting: ``service.cli`` sets it before the workers start)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -200,7 +223,9 @@ class Metrics:
             "1 while a model version serves, with the execution provider in use.",
             [*model, "provider"],
             registry=r,
+            multiprocess_mode="liveall",  # one series per live worker (pid label)
         )
+        self.multiprocess_dir = multiprocess_dir()
         self._models: dict[tuple[str, int], ModelMetrics] = {}
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
@@ -218,4 +243,14 @@ class Metrics:
         self.http_latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # Every worker's files, summed (counters, histograms) or per pid (gauges).
+        merged = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)
+
+    def process_exited(self) -> None:
+        """Drop this worker's live gauges (its counters keep counting in the sums)."""
+        if self.multiprocess_dir is not None:
+            prom_multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)

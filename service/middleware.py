@@ -3,9 +3,13 @@ which costs a task and a body copy per request):
 
 - request id: ``X-Request-ID`` taken from the client (if sane) or generated,
   echoed in the response and attached to every log line of the request;
+- ``X-Bnfold-Worker``: the id of the process that answered (which of the
+  ``--workers N`` served a request);
 - body limit: ``Content-Length`` over the limit is refused before reading,
   and a chunked body is counted as it streams; both are 413;
-- HTTP metrics by route template, and one access-log line per request.
+- HTTP metrics by route template, and one access-log line per request;
+- ``Arrivals``: the request counts as on its way to a batcher until it is
+  queued or ends (the batcher does not wait for requests that are not coming).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -20,6 +25,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .batching import Arrivals
 from .errors import PayloadTooLarge, error_response
 from .metrics import Metrics
 
@@ -55,11 +61,21 @@ def configure_logging(level: str) -> None:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics, access_log: bool):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        access_log: bool,
+        arrivals: Arrivals | None = None,
+    ):
         self.app = app
+        self.arrivals = arrivals if arrivals is not None else Arrivals()
         self.max_body = max_body_bytes
         self.metrics = metrics
         self.access_log = access_log
+        self.worker_header = (b"x-bnfold-worker", str(os.getpid()).encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,14 +92,16 @@ class RequestContext:
         if not _SANE_ID.match(rid):
             rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
         token = request_id.set(rid)
+        arrival = self.arrivals.enter(scope.get("client"))
         rid_header = (b"x-request-id", rid.encode())
+        worker = self.worker_header
         status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                message["headers"] = [*message.get("headers", ()), rid_header, worker]
             await send(message)
 
         received = 0
@@ -114,4 +132,5 @@ class RequestContext:
                 access.info(
                     "%s %s %d %.2fms", scope["method"], scope["path"], status, seconds * 1e3
                 )
+            self.arrivals.leave(arrival)
             request_id.reset(token)

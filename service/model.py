@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .batching import Batcher, BatcherClosed, DeadlineExceeded, Feeds, QueueFull
+from .batching import Arrivals, Batcher, BatcherClosed, DeadlineExceeded, Feeds, QueueFull
 from .errors import InferenceFailed, Overloaded, RequestTimeout, ServiceError, Unavailable
+from .files import MAX_JSON_BYTES, inside, read_file
 from .metrics import ModelMetrics
 from .model_config import ModelConfig, read_config, triton_config
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
@@ -66,43 +67,62 @@ def _manifest_sha(manifest: dict[str, Any], filename: str) -> str:
     return sha
 
 
-def read_manifest(version_dir: Path) -> dict[str, Any]:
+def read_manifest(version_dir: Path, root: Path | None = None) -> dict[str, Any]:
+    raw = read_file(
+        version_dir / MANIFEST_FILE,
+        root=version_dir if root is None else root,
+        max_bytes=MAX_JSON_BYTES,
+    )
     try:
-        manifest = json.loads((version_dir / MANIFEST_FILE).read_bytes())
-    except FileNotFoundError:
-        raise ValueError("manifest.json is missing") from None
-    except (OSError, ValueError) as e:
+        manifest = json.loads(raw)
+    except ValueError as e:
         raise ValueError(f"manifest.json is not valid JSON: {e}") from None
     if not isinstance(manifest, dict):
         raise ValueError("manifest.json is not a JSON object")
     return manifest
 
 
-def read_reference(version_dir: Path, manifest: dict[str, Any], max_bytes: int) -> bytes:
+def read_reference(
+    version_dir: Path, manifest: dict[str, Any], max_bytes: int, root: Path | None = None
+) -> bytes:
     """reference.onnx, verified against the manifest."""
     sha = _manifest_sha(manifest, REFERENCE_FILE)
-    return read_model(version_dir / REFERENCE_FILE, sha256=sha, max_bytes=max_bytes)
+    return read_model(version_dir / REFERENCE_FILE, sha256=sha, max_bytes=max_bytes, root=root)
 
 
 def open_version(
     model_dir: Path, version: int, options: RuntimeOptions, *, warmup: bool
 ) -> OpenedVersion:
     """Load one version (blocking); raises ``ValueError``/``RuntimeError``
-    whose message is the reason shown in the repository index."""
+    whose message is the reason shown in the repository index.
+
+    Nothing outside the repository (``model_dir``'s parent) is read: a model
+    or version folder, or any file in them, that resolves outside is refused
+    before it is opened (service/files.py)."""
+    root = model_dir.parent
     version_dir = model_dir / str(version)
-    config = read_config(model_dir / "config.json")
-    manifest = read_manifest(version_dir)
+    for folder in (model_dir, version_dir):
+        if not inside(folder, root):
+            raise ValueError(f"{folder.name}/ is a link out of the model repository; refused")
+    config = read_config(model_dir / "config.json", root=root)
+    manifest = read_manifest(version_dir, root)
     data = read_model(
         version_dir / MODEL_FILE,
         sha256=_manifest_sha(manifest, MODEL_FILE),
         max_bytes=options.max_model_bytes,
+        root=root,
     )
-    read_reference(version_dir, manifest, options.max_model_bytes)  # refuse a tampered reference
+    # refuse a tampered reference
+    read_reference(version_dir, manifest, options.max_model_bytes, root)
     external = external_data_files(data, version_dir, options.max_model_bytes)
     label = f"{model_dir.name}/{version}"
     try:
-        # With external data ORT must resolve paths next to the file (checked above).
-        runtime = Runtime(version_dir / MODEL_FILE if external else data, options, label=label)
+        runtime = Runtime(
+            data,
+            options,
+            label=label,
+            external_data_dir=version_dir.resolve() if external else None,
+        )
     except Exception as e:
         raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {_first_line(e)}") from None
     signature = build_signature(config, runtime.inputs, runtime.outputs)
@@ -127,6 +147,7 @@ class ServedModel:
         settings: Settings,
         executor: Executor,
         metrics: ModelMetrics,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self.name = opened.name
         self.version = opened.version
@@ -147,6 +168,8 @@ class ServedModel:
         self.max_queue_delay_ms = settings.max_queue_delay_ms if delay_ms is None else delay_ms
         queue = dyn.max_queue_size if dyn and dyn.max_queue_size is not None else None
         self.max_queue_size = settings.max_queue_size if queue is None else queue
+        eager = dyn.eager if dyn and dyn.eager is not None else settings.eager_batching
+        self.eager = eager
         self.batcher = Batcher(
             self.runtime.run,
             executor=executor,
@@ -156,6 +179,8 @@ class ServedModel:
             merge=self.batching,
             max_in_flight=settings.batches_in_flight,
             observer=metrics,
+            arrivals=arrivals if eager else None,
+            inline_below_s=settings.inline_below_ms / 1000,
         )
         self.inflight = 0
         self.retired = False
@@ -189,7 +214,8 @@ class ServedModel:
         except DeadlineExceeded as e:
             raise RequestTimeout(f"model {self.name!r}: {e}", retry_after=retry) from None
         except BatcherClosed as e:
-            raise Unavailable(f"model {self.name!r} is unavailable: {e}") from None
+            message = f"model {self.name!r} is unavailable: {e}"
+            raise Unavailable(message, retry_after=retry) from None
         except ServiceError:
             raise
         except Exception as e:
@@ -211,7 +237,9 @@ class ServedModel:
 
     def _open_reference(self) -> Runtime:
         options = runtime_options(self._settings)
-        data = read_reference(self.path, self.manifest, options.max_model_bytes)
+        data = read_reference(
+            self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
+        )
         return Runtime(data, options, label=f"{self.name}/{self.version}/reference")
 
     # --- descriptions

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .files import MAX_JSON_BYTES, read_file
 from .protocol import DATATYPES, TRITON_DATATYPES
 
 
@@ -39,6 +40,9 @@ class DynamicBatching(BaseModel):
     enabled: bool = True
     max_queue_delay_ms: Annotated[float | None, Field(ge=0, le=60_000)] = None
     max_queue_size: Annotated[int | None, Field(ge=1)] = None
+    # bnfold's own: leave at once when no other request is on its way
+    # (None: the server's BNFOLD_EAGER_BATCHING); Triton ignores the key.
+    eager: bool | None = None
 
 
 class Preprocessing(BaseModel):
@@ -85,13 +89,13 @@ class ModelConfig(BaseModel):
     preprocessing: Preprocessing | None = None
 
 
-def read_config(path: Path) -> ModelConfig:
-    """Parse ``config.json``; raises ``ValueError`` with a one-line reason."""
+def read_config(path: Path, root: Path | None = None) -> ModelConfig:
+    """Parse ``config.json`` (a regular file inside ``root``, its own folder
+    by default); raises ``ValueError`` with a one-line reason."""
+    data = read_file(path, root=path.parent if root is None else root, max_bytes=MAX_JSON_BYTES)
     try:
-        raw = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ValueError("config.json is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"config.json is not valid JSON: {e}") from None
     try:
         return ModelConfig.model_validate(raw)

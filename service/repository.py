@@ -20,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.repository import NAME_RE, versions
+from converter.repository import NAME_RE
 
+from .batching import Arrivals
 from .errors import BadRequest, LoadFailed, NotFound, Unavailable
+from .files import inside
 from .metrics import Metrics
 from .model import ServedModel, open_version, runtime_options
 from .settings import Settings
 
 log = logging.getLogger("bnfold.service")
 
+OUTSIDE = "the model folder is a link out of the repository; refused"
 READY = "READY"
 LOADING = "LOADING"
 UNAVAILABLE = "UNAVAILABLE"
@@ -45,8 +48,15 @@ def valid_name(name: str) -> bool:
 
 
 class Repository:
-    def __init__(self, settings: Settings, executor: Executor, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        metrics: Metrics,
+        arrivals: Arrivals | None = None,
+    ) -> None:
         self.root = Path(settings.repo)
+        self._arrivals = arrivals
         self._settings = settings
         self._executor = executor
         self._metrics = metrics
@@ -58,14 +68,28 @@ class Repository:
 
     # --- what is on disk
     def scan(self) -> dict[str, list[int]]:
-        """Model folders with a valid name, and their complete versions."""
+        """Model folders with a valid name, and their complete versions. A
+        folder that is a link out of the repository is listed, never read."""
         if not self.root.is_dir():
             return {}
         return {
-            p.name: versions(p)
+            p.name: self._versions(p.name)
             for p in sorted(self.root.iterdir())
             if p.is_dir() and valid_name(p.name)
         }
+
+    def _versions(self, name: str) -> list[int]:
+        model_dir = self.root / name
+        if not inside(model_dir, self.root):
+            self._model_reason[name] = OUTSIDE
+            return []
+        # Not converter.repository.versions: a folder named '²' passes
+        # str.isdigit() but not int(); only ASCII digits name a version.
+        return sorted(
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.name.isascii() and p.name.isdigit() and int(p.name) > 0 and p.is_dir()
+        )
 
     # --- the hot path
     def acquire(self, name: str, version: str | None = None) -> ServedModel:
@@ -75,7 +99,7 @@ class Repository:
         if served is None:
             raise self._not_serving(name)
         if version is not None and version != served.version_str:
-            if not version.isdigit() or int(version) < 1:
+            if not (version.isascii() and version.isdigit()) or int(version) < 1:
                 raise BadRequest(f"version must be a positive integer, got {version!r}")
             raise NotFound(
                 f"version {version} of model {name!r} is not served (serving {served.version})"
@@ -96,7 +120,9 @@ class Repository:
         if not on_disk and not any(key[0] == name for key in self._states):
             return NotFound(f"unknown model {name!r}")
         reason = self._model_reason.get(name) or self._latest_reason(name) or "not loaded"
-        return Unavailable(f"model {name!r} is not ready: {reason}")
+        return Unavailable(
+            f"model {name!r} is not ready: {reason}", retry_after=self._settings.retry_after_s
+        )
 
     def _latest_reason(self, name: str) -> str:
         states = sorted((v, s) for (n, v), s in self._states.items() if n == name)
@@ -118,7 +144,9 @@ class Repository:
         if not valid_name(name) or not (self.root / name).is_dir():
             raise NotFound(f"unknown model {name!r}")
         async with self._lock(name):
-            available = versions(self.root / name)
+            available = self._versions(name)
+            if not inside(self.root / name, self.root):
+                raise LoadFailed(f"model {name!r}: {OUTSIDE}")
             if not available:
                 self._model_reason[name] = "no version folder"
                 raise LoadFailed(f"model {name!r} has no version folder")
@@ -144,6 +172,7 @@ class Repository:
                 settings=self._settings,
                 executor=self._executor,
                 metrics=self._metrics.for_model(name, version),
+                arrivals=self._arrivals,
             )
             served.start()
             self._served[name] = served  # the swap: new requests see the new version

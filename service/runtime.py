@@ -6,15 +6,19 @@ falls back to CPU with nothing but a log line. So the provider reported
 everywhere is ``session.get_providers()[0]`` after creation, never the one
 asked for; after one failed CUDA attempt the process stops asking.
 
-A model file is read once: size-capped, hashed against the manifest, and
-handed to ONNX Runtime as the very bytes that were hashed. A graph with
-external data may only point at files inside its own version folder.
+A model file is read once (service/files.py: inside the repository, a
+regular file, size-capped), hashed against the manifest, and handed to ONNX
+Runtime as the very bytes that were hashed. Its declared tensor sizes are
+checked before ONNX Runtime allocates them. A graph with external data may
+only point at regular files inside its own version folder, which ONNX
+Runtime is told to read them from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .files import inside, read_file, regular_size
 from .signature import GraphTensor, Signature
 
 log = logging.getLogger("bnfold.service")
@@ -87,15 +92,12 @@ def cuda_usable(options: RuntimeOptions) -> bool:
 # --- reading a model file safely ------------------------------------------
 
 
-def read_model(path: Path, *, sha256: str | None, max_bytes: int) -> bytes:
-    """The bytes of ``path``, refused when too large or not matching ``sha256``."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ValueError(f"{path.name} is missing") from None
-    if size > max_bytes:
-        raise ValueError(f"{path.name} is {size} bytes, over the {max_bytes}-byte limit")
-    data = path.read_bytes()
+def read_model(
+    path: Path, *, sha256: str | None, max_bytes: int, root: Path | None = None
+) -> bytes:
+    """The bytes of ``path`` (a regular file inside ``root``, its own folder by
+    default), refused when too large or not matching ``sha256``."""
+    data = read_file(path, root=path.parent if root is None else root, max_bytes=max_bytes)
     if sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
@@ -107,8 +109,16 @@ def read_model(path: Path, *, sha256: str | None, max_bytes: int) -> bytes:
 
 
 def external_data_files(data: bytes, version_dir: Path, max_bytes: int) -> list[Path]:
-    """External data files the graph refers to, each checked to stay inside
-    ``version_dir``; raises ``ValueError`` for escapes and oversize totals."""
+    """Check what the graph declares before ONNX Runtime allocates any of it,
+    and return the external data files it refers to.
+
+    Refused (``ValueError``): bytes that are not an ONNX model; a tensor
+    whose declared shape alone is over ``max_bytes`` or whose stored bytes
+    disagree with it (a model bomb: a few bytes on disk declaring terabytes);
+    declared tensors adding up to more than ``max_bytes``; external data
+    outside ``version_dir`` (absolute, ``..``, a symlink out), missing, not a
+    regular file, or shorter than its declared offset and length.
+    """
     import onnx  # the protobuf classes only; no torch behind this import
 
     try:
@@ -117,23 +127,85 @@ def external_data_files(data: bytes, version_dir: Path, max_bytes: int) -> list[
         raise ValueError(f"not an ONNX model: {e}") from None
     root = version_dir.resolve()
     files: list[Path] = []
-    total = len(data)
+    declared_total = 0
+    external_total = 0
     for tensor in _tensors(model.graph):
+        declared = _declared_bytes(tensor, max_bytes)
+        declared_total += declared
+        if declared_total > max_bytes:
+            raise ValueError(
+                f"the graph declares over {max_bytes} bytes of tensors "
+                f"(at {tensor.name!r}); refused"
+            )
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            _check_embedded(tensor, declared)
             continue
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
-        target = (root / location).resolve()
-        if not location or os.path.isabs(location) or not target.is_relative_to(root):
+        if not location or os.path.isabs(location) or not inside(root / location, root):
             raise ValueError(f"external data {location!r} of {tensor.name!r} escapes the version")
-        if not target.is_file():
-            raise ValueError(f"external data {location!r} of {tensor.name!r} is missing")
-        if target not in files:
-            files.append(target)
-            total += target.stat().st_size
-    if total > max_bytes:
-        raise ValueError(f"model with external data is {total} bytes, over {max_bytes}")
+        target = root / location
+        try:
+            size = regular_size(target, root=root)
+        except ValueError as e:
+            raise ValueError(f"external data {location!r} of {tensor.name!r}: {e}") from None
+        offset, length = _int_entry(entries, "offset", 0), _int_entry(entries, "length", declared)
+        if length != declared or offset < 0 or offset + length > size:
+            raise ValueError(
+                f"external data {location!r} of {tensor.name!r}: offset {offset} and length "
+                f"{length} do not fit the {size}-byte file and the {declared} bytes declared"
+            )
+        real = target.resolve()
+        if real not in files:
+            files.append(real)
+            external_total += size
+    if len(data) + external_total > max_bytes:
+        raise ValueError(
+            f"model with external data is {len(data) + external_total} bytes, over {max_bytes}"
+        )
     return files
+
+
+def _declared_bytes(tensor: Any, max_bytes: int) -> int:
+    """``prod(dims) * itemsize`` of a tensor, refused past ``max_bytes``."""
+    import onnx
+
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ValueError(f"tensor {tensor.name!r} declares a negative dimension {dims}")
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return sum(len(v) for v in tensor.string_data)
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        raise ValueError(
+            f"tensor {tensor.name!r} has unknown data type {tensor.data_type}"
+        ) from None
+    declared = math.prod(dims) * itemsize
+    if declared > max_bytes:
+        raise ValueError(
+            f"tensor {tensor.name!r} declares shape {dims} ({declared} bytes), "
+            f"over the {max_bytes}-byte limit; refused"
+        )
+    return declared
+
+
+def _check_embedded(tensor: Any, declared: int) -> None:
+    """Raw bytes, when given, must be exactly what the shape declares."""
+    if tensor.HasField("raw_data") and len(tensor.raw_data) != declared:
+        raise ValueError(
+            f"tensor {tensor.name!r} declares {declared} bytes but holds "
+            f"{len(tensor.raw_data)}; refused"
+        )
+
+
+def _int_entry(entries: dict[str, str], key: str, default: int) -> int:
+    value = entries.get(key)
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"external data {key} {value!r} is not a non-negative integer")
+    return int(value)
 
 
 def _tensors(graph: Any) -> Iterator[Any]:
@@ -158,9 +230,22 @@ def _tensors(graph: Any) -> Iterator[Any]:
 class Runtime:
     """One ONNX Runtime session and the device it actually runs on."""
 
-    def __init__(self, source: bytes | Path, options: RuntimeOptions, *, label: str) -> None:
+    def __init__(
+        self,
+        source: bytes,
+        options: RuntimeOptions,
+        *,
+        label: str,
+        external_data_dir: Path | None = None,
+    ) -> None:
         self.label = label
         so = ort.SessionOptions()
+        if external_data_dir is not None:
+            # The graph comes as bytes (the ones hashed); its external data
+            # is read from this folder, checked by external_data_files.
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(external_data_dir)
+            )
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
@@ -174,8 +259,7 @@ class Runtime:
         if want_cuda:
             _cuda.preload()
             providers = [(CUDA, {"device_id": options.device_id}), CPU]
-        src = str(source) if isinstance(source, Path) else source
-        self.session = ort.InferenceSession(src, sess_options=so, providers=providers)
+        self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
         self.provider: str = self.session.get_providers()[0]
         self.device_id: int | None = options.device_id if self.provider == CUDA else None
         if options.device == "cuda" and self.provider != CUDA:

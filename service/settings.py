@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     batches_in_flight: Annotated[
         int, Field(ge=1, le=16, description="Batches of one model computing at once.")
     ] = 1
+    gil_switch_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=100,
+            description="Python's thread switch interval: how soon a runner thread back "
+            "from ONNX Runtime gets the GIL (0: CPython's default, 5 ms).",
+        ),
+    ] = 0.5
     warmup: Annotated[bool, Field(description="Run each model once before it reports ready.")] = (
         True
     )
@@ -62,6 +71,21 @@ class Settings(BaseSettings):
         bool, Field(description="Dynamic batching unless config.json disables it.")
     ] = True
     max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 1.0
+    eager_batching: Annotated[
+        bool,
+        Field(
+            description="A batch leaves at once when no other request is on its way, "
+            "instead of waiting out max_queue_delay_ms (config.json dynamic_batching.eager)."
+        ),
+    ] = True
+    inline_below_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="An eager model whose lone request computes in less than this "
+            "runs it on the event loop when idle (no thread switch); 0: never.",
+        ),
+    ] = 3.0
     max_queue_size: Annotated[int, Field(ge=1)] = 1024
     request_timeout_s: Annotated[
         float, Field(gt=0, description="Longest wait for one inference.")

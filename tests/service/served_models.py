@@ -164,18 +164,22 @@ def config(
     delay_ms: float = 1.0,
     queue: int = 1024,
     preprocessing: dict[str, Any] | None = None,
+    eager: bool | None = None,
 ) -> dict[str, Any]:
+    batching: dict[str, Any] = {
+        "enabled": max_batch_size > 0,
+        "max_queue_delay_ms": delay_ms,
+        "max_queue_size": queue,
+    }
+    if eager is not None:  # bnfold's own key: False holds even a lone request
+        batching["eager"] = eager
     return {
         "name": name,
         "platform": "onnxruntime_onnx",
         "max_batch_size": max_batch_size,
         "input": [{"name": input_name, "datatype": "FP32", "shape": input_shape}],
         "output": [{"name": "logits", "datatype": "FP32", "shape": output_shape or [10]}],
-        "dynamic_batching": {
-            "enabled": max_batch_size > 0,
-            "max_queue_delay_ms": delay_ms,
-            "max_queue_size": queue,
-        },
+        "dynamic_batching": batching,
         "labels": LABELS,
         "preprocessing": preprocessing,
     }
@@ -288,11 +292,12 @@ def converter_models(repo: Path) -> dict[str, ModelInfo]:
 def auxiliary_models(repo: Path) -> dict[str, ModelInfo]:
     """Models with roles of their own:
 
-    - ``slow``: waits 1.5 s to fill a batch, queue of 2 (overload, drain, unload)
+    - ``slow``: waits 1.5 s to fill a batch even when alone (not eager),
+      queue of 2 (overload, drain, unload)
     - ``swap``: reloaded by tests; ``nobatch``: ``max_batch_size`` 0, shape (1, 64)
     - ``bad-sha``, ``garbage``: refused at load; ``empty``: no version folder
     """
-    write_mlp(repo, "slow", delay_ms=1500.0, queue=2)
+    write_mlp(repo, "slow", delay_ms=1500.0, queue=2, eager=False)
     write_mlp(repo, "swap", seed=3)
 
     folded, reference = mlp(4, batch=1)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from service.batching import (
+    Arrivals,
     Batcher,
     BatcherClosed,
     DeadlineExceeded,
@@ -251,3 +252,91 @@ def test_the_delay_restarts_when_the_oldest_request_gives_up() -> None:
     seconds = run_with(rec, body, max_rows=64, max_delay_s=0.4)
     assert seconds >= 0.35
     assert rec.batches == [1]
+
+
+def test_eager_batch_leaves_when_no_other_request_is_on_its_way() -> None:
+    """With ``Arrivals``: a lone request is not held for ``max_delay_s``; a
+    request still on its way (entered, not queued) is waited for, and both
+    leave as one batch as soon as it is queued."""
+    rec = Recorder()
+    arrivals = Arrivals()
+
+    async def body(b: Batcher) -> tuple[float, list[Feeds]]:
+        token = arrivals.enter()  # the lone request, as the middleware marks it
+        t0 = time.perf_counter()
+        await b.submit(x(1), 1, timeout=5)
+        alone = time.perf_counter() - t0
+        arrivals.leave(token)
+
+        async def request(rows: int, start: float, pause: float) -> Feeds:
+            token = arrivals.enter()
+            try:
+                await asyncio.sleep(pause)  # still reading its body
+                return await b.submit(x(rows, start), rows, timeout=5)
+            finally:
+                arrivals.leave(token)
+
+        pair = await asyncio.gather(request(1, 0, 0.0), request(2, 10, 0.05))
+        return alone, list(pair)
+
+    alone, pair = run_with(rec, body, arrivals=arrivals, max_delay_s=2.0)
+    assert alone < 0.5  # not the 2 s delay
+    assert rec.batches == [1, 3]  # the first waited for the second: one batch
+    np.testing.assert_array_equal(pair[1]["y"], x(2, 10)["x"] * 2)
+    assert arrivals.pending == 0
+
+
+def test_a_lone_short_request_on_an_idle_model_runs_inline() -> None:
+    """Eager batching with ``inline_below_s``: once a lone request is known
+    to compute fast, the next lone one runs on the event loop's thread (no
+    thread switch); a burst still goes through the runner threads, batched."""
+    threads: list[str] = []
+    rec = Recorder()
+    arrivals = Arrivals()
+
+    def run(feeds: Feeds) -> Feeds:
+        threads.append(threading.current_thread().name)
+        return rec.run(feeds)
+
+    async def main() -> list[Feeds]:
+        with ThreadPoolExecutor(1, thread_name_prefix="runner") as pool:
+            b = Batcher(
+                run,
+                executor=pool,
+                max_rows=8,
+                max_delay_s=0.5,
+                max_queue_size=100,
+                arrivals=arrivals,
+                inline_below_s=1.0,
+                observer=rec,
+            )
+            b.start()
+            try:
+                out = []
+                for i in range(3):  # one after the other: each alone
+                    token = arrivals.enter()
+                    out.append(await b.submit(x(1, i), 1, timeout=5))
+                    arrivals.leave(token)
+
+                async def burst(i: int) -> Feeds:
+                    token = arrivals.enter()
+                    await asyncio.sleep(0)
+                    try:
+                        return await b.submit(x(1, 10 + i), 1, timeout=5)
+                    finally:
+                        arrivals.leave(token)
+
+                out += await asyncio.gather(*(burst(i) for i in range(4)))
+                return out
+            finally:
+                await b.close(timeout=5)
+
+    out = asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert threads[0].startswith("runner")  # compute time not known yet
+    assert threads[1:3] == [main_thread, main_thread]
+    assert threads[3].startswith("runner") and rec.batches[3:] == [4]  # the burst: one batch
+    for i, result in enumerate(out):
+        start = i if i < 3 else 10 + i - 3
+        np.testing.assert_array_equal(result["y"], x(1, start)["x"] * 2)
+    assert [rows for rows, _ in rec.done] == [1, 1, 1, 4]
