@@ -1,0 +1,2 @@
+"""Serving benchmarks: ``python -m bench.serve`` (see run.py), the soak
+(``python -m bench.serve.soak``), and the load generator they share."""
