@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"[0-9]{1,18}")
 STAGING_PREFIX = ".tmp-"
 
 
@@ -47,8 +48,11 @@ def versions(model_dir: Path) -> list[int]:
     """Complete versions of a model, ascending."""
     if not model_dir.is_dir():
         return []
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
     return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name)
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and VERSION_RE.fullmatch(p.name) and int(p.name)
     )
 
 

@@ -42,6 +42,9 @@ def test_layout_and_manifest_hashes(tmp_path: Path) -> None:
     }
     assert json.loads((tmp_path / "m" / "config.json").read_text()) == CONFIG
     assert versions(tmp_path / "m") == [1, 2]
+    for odd in ("²", "0", "v3", "1e3", ".tmp-3-ab"):  # never versions, never a crash
+        (tmp_path / "m" / odd).mkdir()
+    assert versions(tmp_path / "m") == [1, 2]
 
 
 def test_versions_are_immutable_and_names_checked(tmp_path: Path) -> None:
