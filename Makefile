@@ -33,8 +33,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Benchmarks write bench/results/ (folding ~3 min, serving ~10 min).
 bench: $(STAMP)
-	$(BIN)/python -m bench.fold.run
+	$(BIN)/python -m bench.fold.bench_fold
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
