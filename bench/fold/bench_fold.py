@@ -301,12 +301,29 @@ def delete_unused(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def randomise_bn(model: Any, gen: Any, *, positive: bool = False) -> None:
+    """Trained-looking BN statistics; gamma of mixed sign unless ``positive``."""
+    import torch
+
+    from converter.models import bn_modules
+
+    with torch.no_grad():
+        for name in bn_modules(model):
+            bn = model.get_submodule(name)
+            n = bn.num_features
+            sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+            bn.weight.copy_((1.0 if positive else sign) * (0.5 + torch.rand(n, generator=gen)))
+            bn.bias.copy_(0.5 * torch.randn(n, generator=gen))
+            bn.running_mean.copy_(0.5 * torch.randn(n, generator=gen))
+            bn.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+
+
 def architectures(positive_fer: bool = True) -> dict[str, tuple[onnx.ModelProto, onnx.ModelProto]]:
     """(with BN, BN deleted) per architecture, exported as the pipeline exports them."""
     import torch
 
     from converter.export import export_reference
-    from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
+    from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, build_model
 
     classes = {"mlp": 10, "cifar-cnn": 10, "fer-cnn": 7, "resnet": 10}
     nets = {}
@@ -315,15 +332,7 @@ def architectures(positive_fer: bool = True) -> dict[str, tuple[onnx.ModelProto,
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(1)
         with_bn = build_model(ArchConfig(arch, DEFAULT_INPUT_SHAPES[arch], classes[arch])).eval()
-        with torch.no_grad():
-            for name in bn_modules(with_bn):
-                bn = with_bn.get_submodule(name)
-                n = bn.num_features
-                sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-                bn.weight.copy_((1.0 if positive else sign) * (0.5 + torch.rand(n, generator=gen)))
-                bn.bias.copy_(0.5 * torch.randn(n, generator=gen))
-                bn.running_mean.copy_(0.5 * torch.randn(n, generator=gen))
-                bn.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+        randomise_bn(with_bn, gen, positive=positive)
         config = ArchConfig(arch, DEFAULT_INPUT_SHAPES[arch], classes[arch])
         no_bn_config = ArchConfig(arch, DEFAULT_INPUT_SHAPES[arch], classes[arch], bn=False)
         with quiet():

@@ -37,10 +37,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from bench.fold.bench_fold import ROOT, environment, quiet
+from bench.fold.bench_fold import ROOT, environment, quiet, randomise_bn
 from converter.export import export_reference
 from converter.folding import fold
-from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
+from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, build_model
 from converter.parity import compare
 
 CLASSES = {"mlp": 10, "cifar-cnn": 10, "fer-cnn": 7, "resnet": 10}
@@ -56,15 +56,7 @@ def networks() -> dict[str, dict[str, Any]]:
         config = ArchConfig(arch, DEFAULT_INPUT_SHAPES[arch], CLASSES[arch])
         no_bn_config = ArchConfig(arch, DEFAULT_INPUT_SHAPES[arch], CLASSES[arch], bn=False)
         with_bn = build_model(config).eval()
-        with torch.no_grad():  # same recipe as bench_fold.architectures()
-            for name in bn_modules(with_bn):
-                bn = with_bn.get_submodule(name)
-                n = bn.num_features
-                sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-                bn.weight.copy_((1.0 if positive else sign) * (0.5 + torch.rand(n, generator=gen)))
-                bn.bias.copy_(0.5 * torch.randn(n, generator=gen))
-                bn.running_mean.copy_(0.5 * torch.randn(n, generator=gen))
-                bn.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+        randomise_bn(with_bn, gen, positive=positive)
         no_bn = build_model(no_bn_config).eval()
         src = with_bn.state_dict()
         shared = {
