@@ -69,9 +69,16 @@ def _channels_only(
     return vec
 
 
-def _pre_scale_shift(aff: Affine) -> Affine:
-    """The shift to leave in front of a layer that took the scale: x + t / s."""
-    return Affine.make(np.ones_like(aff.s), aff.t / aff.s)
+def _shift_stays_before(
+    s: Search, node: onnx.NodeProto, aff: Affine, switch: bool, why: str
+) -> Plan:
+    """The layer took the scale; leave ``x + t / s`` in front of it, saying why.
+
+    layer(W s, x + t / s) = layer(W, s x + t) for any layer linear in x.
+    """
+    rest = s.settle_before(node, 0, Affine.make(np.ones_like(aff.s), aff.t / aff.s), switch)
+    rest.reasons.append(f"{label(node)} {why}: the shift cannot enter its bias")
+    return rest
 
 
 class ConvRule(Rule):
@@ -117,13 +124,12 @@ class ConvRule(Rule):
         if isinstance(actions, str):
             return actions
         plan = Plan.step("conv-forward", node, *actions)
-        if aff.has_shift and pads:  # conv(W s, x + t / s) = conv(W, s x + t)
-            rest = s.settle_before(node, 0, _pre_scale_shift(aff), switch)
-            rest.reasons.append(
-                f"{label(node)} pads with zeros (pads={attr_ints(node, 'pads')}, "
-                f"auto_pad={attr_str(node, 'auto_pad', 'NOTSET')}): the shift cannot enter its bias"
-            )
-            plan = plan + rest
+        if aff.has_shift and pads:
+            plan = plan + _shift_stays_before(
+                s, node, aff, switch,
+                f"pads with zeros (pads={attr_ints(node, 'pads')}, "
+                f"auto_pad={attr_str(node, 'auto_pad', 'NOTSET')})",
+            )  # fmt: skip
         return plan
 
 
@@ -182,12 +188,9 @@ class ConvTransposeRule(Rule):
             return actions
         plan = Plan.step("convtranspose-forward", node, *actions)
         if aff.has_shift and not fold_shift:
-            rest = s.settle_before(node, 0, _pre_scale_shift(aff), switch)
-            rest.reasons.append(
-                f"{label(node)} spreads a constant input unevenly over its output: "
-                "the shift cannot enter its bias"
+            plan = plan + _shift_stays_before(
+                s, node, aff, switch, "spreads a constant input unevenly over its output"
             )
-            plan = plan + rest
         return plan
 
 
