@@ -8,30 +8,19 @@ rather than copied.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from robust_models import small_repo
-from service_harness import Repo, RunningServer, base_settings, run_server
+from service_harness import Repo, http_fixture, server_fixture
+
+# Imported for pytest: the session fixtures `server` and `http` (service_harness.py).
+SHARED_FIXTURES = (server_fixture, http_fixture)
 
 
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return small_repo(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="session")
-def server(repo: Repo) -> Iterator[RunningServer]:
-    with run_server(base_settings(repo.path)) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client

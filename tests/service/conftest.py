@@ -11,10 +11,12 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from served_models import ModelInfo, converter_models, helper_models
-from service_harness import TOKEN, Repo, RunningServer, base_settings, run_server
+from service_harness import TOKEN, Repo, RunningServer, http_fixture, server_fixture
+
+# Imported for pytest: the session fixtures `server` and `http` (service_harness.py).
+SHARED_FIXTURES = (server_fixture, http_fixture)
 
 BUILD: Callable[[Path], dict[str, ModelInfo]] = (
     converter_models if importlib.util.find_spec("torch") else helper_models
@@ -25,18 +27,6 @@ BUILD: Callable[[Path], dict[str, ModelInfo]] = (
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     path = tmp_path_factory.mktemp("models")
     return Repo(path, BUILD(path))
-
-
-@pytest.fixture(scope="session")
-def server(repo: Repo) -> Iterator[RunningServer]:
-    with run_server(base_settings(repo.path)) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 import uvicorn
 from served_models import ModelInfo
 
@@ -94,3 +96,19 @@ def base_settings(repo: Path, **overrides: object) -> Settings:
 def rows(model: ModelInfo, n: int, seed: int = 0) -> np.ndarray:
     """``n`` samples for ``model`` from N(0, 1), float32."""
     return np.random.default_rng(seed).standard_normal((n, *model.row_shape)).astype(np.float32)
+
+
+# ----- session fixtures shared by every conftest that serves a ``repo`` fixture
+
+
+@pytest.fixture(scope="session", name="server")
+def server_fixture(repo: Repo) -> Iterator[RunningServer]:
+    """The real server on the session's repository, in a thread of this process."""
+    with run_server(base_settings(repo.path)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session", name="http")
+def http_fixture(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
