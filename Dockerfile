@@ -45,6 +45,7 @@ FROM service-base AS service-build
 RUN python3 -m venv /opt/bnfold
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY bnfold/ bnfold/
 COPY converter/ converter/
 COPY service/ service/
 # Core dependencies only (no `train` extra): no torch in the serving image.
@@ -66,6 +67,7 @@ RUN groupadd --system --gid ${APP_UID} bnfold \
     && python -m venv /opt/bnfold
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY bnfold/ bnfold/
 COPY converter/ converter/
 COPY service/ service/
 # constraints.txt pins torch; the extra index serves its CPU build (x.y.z+cpu),

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from converter import cli_fold
-from service.cli import serve
+from bnfold.converter import cli_fold
+from bnfold.service.cli import serve
 
 if TYPE_CHECKING:
-    from converter.pipeline import ConvertOptions
+    from bnfold.converter.pipeline import ConvertOptions
 
 app = typer.Typer(
     name="bnfold",
@@ -141,16 +141,16 @@ class _EpochBar:
 
 
 def _options(**kw: Any) -> ConvertOptions:
-    from converter.pipeline import ConvertOptions
+    from bnfold.converter.pipeline import ConvertOptions
 
     return ConvertOptions(**kw)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from converter.data import DataError
-    from converter.export import ExportError
-    from converter.repository import RepositoryError
-    from converter.train import RunError
+    from bnfold.converter.data import DataError
+    from bnfold.converter.export import ExportError
+    from bnfold.converter.repository import RepositoryError
+    from bnfold.converter.train import RunError
 
     return (DataError, ExportError, RepositoryError, RunError, ValueError, FileNotFoundError)
 
@@ -193,9 +193,9 @@ def train(
     _require_torch("train")
     from dataclasses import replace
 
-    from converter.pipeline import DEFAULT_EPOCHS, train_from_options
-    from converter.train import plot_curves, save_run
-    from converter.train import train as train_arch
+    from bnfold.converter.pipeline import DEFAULT_EPOCHS, train_from_options
+    from bnfold.converter.train import plot_curves, save_run
+    from bnfold.converter.train import train as train_arch
 
     opts = _options(
         arch=arch,
@@ -236,7 +236,7 @@ def train(
 
 
 def _train_distributed(opts: ConvertOptions, out: Path, nproc: int) -> None:
-    from converter import distributed
+    from bnfold.converter import distributed
 
     try:
         world = distributed.from_env()
@@ -297,8 +297,8 @@ def export(
     _require_torch("export")
     import onnx
 
-    from converter.export import count_batchnorm_nodes, export_reference
-    from converter.train import load_run
+    from bnfold.converter.export import count_batchnorm_nodes, export_reference
+    from bnfold.converter.train import load_run
 
     try:
         loaded = load_run(run)
@@ -340,8 +340,8 @@ def convert(
 ) -> None:
     """Train, export, fold, verify and write a model version: the one-shot offline pipeline."""
     _require_torch("convert")
-    from converter.pipeline import DEFAULT_EPOCHS, ParityError
-    from converter.pipeline import convert as run_convert
+    from bnfold.converter.pipeline import DEFAULT_EPOCHS, ParityError
+    from bnfold.converter.pipeline import convert as run_convert
 
     opts = _options(
         arch=arch,
@@ -389,7 +389,7 @@ def demo(
 ) -> None:
     """Build the default digits model if missing, serve it, and show a prediction."""
     _require_torch("demo")
-    from converter.demo import run_demo
+    from bnfold.converter.demo import run_demo
 
     try:
         code = run_demo(repo, name, host, port, once=once, log=_log, show=print)

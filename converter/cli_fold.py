@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL
+from bnfold.converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL
 
 console = Console(stderr=True)
 TWO_GB = 2**31
@@ -28,7 +28,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _load(path: Path) -> onnx.ModelProto:
-    from converter.verify import ModelFileError, load_model
+    from bnfold.converter.verify import ModelFileError, load_model
 
     try:
         return load_model(path)
@@ -51,7 +51,7 @@ def fold(
     ] = None,
 ) -> None:
     """Fold every BatchNormalization (node or Mul/Add chain) into its neighbours, exactly."""
-    from converter.folding import fold as fold_model
+    from bnfold.converter.folding import fold as fold_model
 
     model = _load(input)
     try:
@@ -145,7 +145,7 @@ def verify(
     ] = None,
 ) -> None:
     """Run both models on ONNX Runtime (optimizations off) and compare their outputs."""
-    from converter.verify import verify_onnx
+    from bnfold.converter.verify import verify_onnx
 
     ref_model, folded_model = _load(reference), _load(folded)
     inputs = _read_data(data, ref_model) if data else None
@@ -212,11 +212,11 @@ def _torch_parity(
     min_top1: float,
 ) -> dict[str, Any]:
     """PyTorch eval (the checkpoint in ``run``) vs the folded graph, plus BN health."""
-    from converter.bn_health import bn_health
-    from converter.export import torch_logits
-    from converter.parity import compare
-    from converter.train import RunError, load_run
-    from converter.verify import random_inputs, run_onnx
+    from bnfold.converter.bn_health import bn_health
+    from bnfold.converter.export import torch_logits
+    from bnfold.converter.parity import compare
+    from bnfold.converter.train import RunError, load_run
+    from bnfold.converter.verify import random_inputs, run_onnx
 
     try:
         loaded = load_run(run)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.repository import versions
+from bnfold.converter.repository import versions
 
 DEFAULT_NAME = "digits-mlp"
 
@@ -32,7 +32,7 @@ def ensure_model(repo: Path, name: str, log: Print) -> dict[str, Any]:
     """The newest manifest of ``name``, converting the default model first if none exists."""
     have = versions(repo / name)
     if not have:
-        from converter.pipeline import ConvertOptions, convert
+        from bnfold.converter.pipeline import ConvertOptions, convert
 
         log(f"{repo / name} has no version yet: building it (train, export, fold, verify)")
         convert(ConvertOptions(arch="mlp", data="digits", repo=repo, name=name), log=log)
@@ -91,7 +91,7 @@ def run_demo(
         f"{parity['max_rel_error']:.2e}, top-1 agreement {parity['top1_agreement']:.4f}"
     )
     base = f"http://{host}:{port}"
-    cmd = [sys.executable, "-m", "converter.cli", "serve", "--repo", str(repo),
+    cmd = [sys.executable, "-m", "bnfold", "serve", "--repo", str(repo),
            "--host", host, "--port", str(port)]  # fmt: skip
     log(f"starting the service: {' '.join(cmd[2:])}")
     proc = subprocess.Popen(cmd)

@@ -15,7 +15,7 @@ the gradients, exactly as torch's CUDA kernel does.
 Two ways in, both on the gloo backend (CPU):
 
 - ``bnfold train --nproc N ...`` spawns N processes itself;
-- ``torchrun --nproc-per-node N -m converter.cli train ...`` starts them, and
+- ``torchrun --nproc-per-node N -m bnfold train ...`` starts them, and
   :func:`from_env` joins the group torchrun describes in the environment.
 
 Rank 0 alone writes the run folder (one checkpoint, plain BatchNorm layers).
@@ -37,7 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 if TYPE_CHECKING:
-    from converter.pipeline import ConvertOptions
+    from bnfold.converter.pipeline import ConvertOptions
 
 BACKEND = "gloo"
 
@@ -165,8 +165,8 @@ def _free_port() -> int:
 
 def run_rank(world: World, opts: ConvertOptions, out: Path) -> dict[str, Any] | None:
     """Train on this rank; rank 0 writes the run folder and returns its summary."""
-    from converter.pipeline import train_from_options
-    from converter.train import save_run
+    from bnfold.converter.pipeline import train_from_options
+    from bnfold.converter.train import save_run
 
     # Share the cores instead of each rank oversubscribing all of them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.size))

@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from converter.models import ArchConfig, bn_modules
+from bnfold.converter.models import ArchConfig, bn_modules
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

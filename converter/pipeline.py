@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-import converter
-from converter import folding
-from converter.bn_health import bn_health
-from converter.data import Splits, load, prepare
-from converter.distributed import World
-from converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
-from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules
-from converter.parity import DEFAULT_RTOL, compare
-from converter.repository import check_name, write_version
-from converter.train import EpochCallback, TrainConfig, TrainResult, save_run, train
-from converter.verify import run_onnx
+import bnfold
+from bnfold.converter import folding
+from bnfold.converter.bn_health import bn_health
+from bnfold.converter.data import Splits, load, prepare
+from bnfold.converter.distributed import World
+from bnfold.converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
+from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules
+from bnfold.converter.parity import DEFAULT_RTOL, compare
+from bnfold.converter.repository import check_name, write_version
+from bnfold.converter.train import EpochCallback, TrainConfig, TrainResult, save_run, train
+from bnfold.converter.verify import run_onnx
 
 # Epochs when the user gives none: enough for each network to converge on digits
 # on 2 CPU cores in about a minute or less.
@@ -157,7 +157,7 @@ def library_versions() -> dict[str, str]:
     import torch
 
     return {
-        "bnfold": converter.__version__,
+        "bnfold": bnfold.__version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,

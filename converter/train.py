@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from converter.data import Splits
-from converter.distributed import World
-from converter.models import ArchConfig, build_model
+from bnfold.converter.data import Splits
+from bnfold.converter.distributed import World
+from bnfold.converter.models import ArchConfig, build_model
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
+from bnfold.converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
 
 ModelLike = onnx.ModelProto | str | Path
 PER_NODE_SAMPLES = 16  # enough to expose a wrong channel, small enough for every tensor

@@ -119,7 +119,7 @@ def serve(
             uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()  # type: ignore[arg-type]
         else:
             uvicorn.run(
-                "service.app:create_app",
+                "bnfold.service.app:create_app",
                 factory=True,
                 workers=settings.workers,
                 **common,  # type: ignore[arg-type]

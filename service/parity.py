@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.parity import DEFAULT_RTOL, compare
+from bnfold.converter.parity import DEFAULT_RTOL, compare
 
 from .batching import Feeds
 from .errors import BadRequest

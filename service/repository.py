@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.repository import NAME_RE
+from bnfold.converter.repository import NAME_RE
 
 from .batching import Arrivals
 from .errors import BadRequest, LoadFailed, NotFound, Unavailable

@@ -46,8 +46,8 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from converter.folding import fold  # noqa: E402
-from converter.verify import random_inputs, verify_onnx  # noqa: E402
+from bnfold.converter.folding import fold  # noqa: E402
+from bnfold.converter.verify import random_inputs, verify_onnx  # noqa: E402
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
@@ -305,7 +305,7 @@ def randomise_bn(model: Any, gen: Any, *, positive: bool = False) -> None:
     """Trained-looking BN statistics; gamma of mixed sign unless ``positive``."""
     import torch
 
-    from converter.models import bn_modules
+    from bnfold.converter.models import bn_modules
 
     with torch.no_grad():
         for name in bn_modules(model):
@@ -322,8 +322,8 @@ def architectures(positive_fer: bool = True) -> dict[str, tuple[onnx.ModelProto,
     """(with BN, BN deleted) per architecture, exported as the pipeline exports them."""
     import torch
 
-    from converter.export import export_reference
-    from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, build_model
+    from bnfold.converter.export import export_reference
+    from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, build_model
 
     classes = {"mlp": 10, "cifar-cnn": 10, "fer-cnn": 7, "resnet": 10}
     nets = {}

@@ -78,7 +78,7 @@ def bench_repo(repo: Path = WORK / "serve-models") -> tuple[Path, dict[str, Mode
     one quick epoch on digits: serving speed does not depend on the weights)."""
     for name, arch in ARCHS.items():
         if not (repo / name / "config.json").exists():
-            from converter.pipeline import ConvertOptions, convert
+            from bnfold.converter.pipeline import ConvertOptions, convert
 
             print(f"building {name} ({arch}) into {repo}", flush=True)
             convert(

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import onnx
 
-from converter.folding.constants import materialize
-from converter.folding.graph import Graph
-from converter.folding.lower import lower
-from converter.folding.passes import FoldPass, PassManager
-from converter.folding.recognize import count_bn_graph, recognize
-from converter.folding.report import BNOutcome, FoldReport
+from bnfold.converter.folding.constants import materialize
+from bnfold.converter.folding.graph import Graph
+from bnfold.converter.folding.lower import lower
+from bnfold.converter.folding.passes import FoldPass, PassManager
+from bnfold.converter.folding.recognize import count_bn_graph, recognize
+from bnfold.converter.folding.report import BNOutcome, FoldReport
 
 __all__ = ["BNOutcome", "FoldReport", "count_bn", "fold"]
 

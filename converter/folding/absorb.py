@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from converter.folding import algebra
-from converter.folding.affine import Affine
-from converter.folding.plan import Plan, best
-from converter.folding.rule import (
+from bnfold.converter.folding import algebra
+from bnfold.converter.folding.affine import Affine
+from bnfold.converter.folding.plan import Plan, best
+from bnfold.converter.folding.rule import (
     Rule,
     attr_float,
     attr_int,
@@ -33,8 +33,8 @@ from converter.folding.rule import (
 )
 
 if TYPE_CHECKING:
-    from converter.folding.graph import Graph
-    from converter.folding.plan import Action, Edge, Search
+    from bnfold.converter.folding.graph import Graph
+    from bnfold.converter.folding.plan import Action, Edge, Search
 
 
 def _weights(g: Graph, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray | None] | str:

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from converter.folding.affine import Affine, Shape, concat_extend
-from converter.folding.plan import Plan, best
-from converter.folding.rule import (
+from bnfold.converter.folding.affine import Affine, Shape, concat_extend
+from bnfold.converter.folding.plan import Plan, best
+from bnfold.converter.folding.rule import (
     Rule,
     attr_int,
     attr_ints,
@@ -41,7 +41,7 @@ from converter.folding.rule import (
 )
 
 if TYPE_CHECKING:
-    from converter.folding.plan import Edge, Search
+    from bnfold.converter.folding.plan import Edge, Search
 
 
 def through_backward(

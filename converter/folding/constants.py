@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from converter.folding.graph import Graph
+from bnfold.converter.folding.graph import Graph
 
 # Inputs that hold a layer's constants.
 WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {

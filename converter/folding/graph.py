@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from converter.folding.affine import Affine, Shape
+from bnfold.converter.folding.affine import Affine, Shape
 
 AFFINE_DOMAIN = "ai.bnfold"
 FLOAT_TYPES: dict[int, np.dtype] = {

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from converter.folding.graph import AffineInfo, Graph
-from converter.folding.report import BNOutcome
+from bnfold.converter.folding.graph import AffineInfo, Graph
+from bnfold.converter.folding.report import BNOutcome
 
 
 def _compact(a: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ from typing import Protocol
 import onnx
 from onnx import helper
 
-from converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
-from converter.folding.plan import Plan, Search
-from converter.folding.report import BNOutcome
+from bnfold.converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
+from bnfold.converter.folding.plan import Plan, Search
+from bnfold.converter.folding.report import BNOutcome
 
 
 class Pass(Protocol):

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from converter.folding.affine import ZERO, Affine, Cost, add_cost
+from bnfold.converter.folding.affine import ZERO, Affine, Cost, add_cost
 
 if TYPE_CHECKING:
-    from converter.folding.graph import Graph
+    from bnfold.converter.folding.graph import Graph
 
 Action = Callable[["Graph"], None]
 Edge = tuple[onnx.NodeProto, int]
@@ -86,7 +86,7 @@ class Search:
     """Plans for one root Affine node ``x -> A -> y``."""
 
     def __init__(self, g: Graph, root: onnx.NodeProto) -> None:
-        from converter.folding import rules  # rules import this module
+        from bnfold.converter.folding import rules  # rules import this module
 
         self.g = g
         self.root = root

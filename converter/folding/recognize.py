@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from converter.folding import algebra
-from converter.folding.affine import Affine
-from converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
+from bnfold.converter.folding import algebra
+from bnfold.converter.folding.affine import Affine
+from bnfold.converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
 
 _ELEMENTWISE = ("Mul", "Add", "Sub", "Div")
 

@@ -22,12 +22,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from converter.folding import algebra
-from converter.folding.affine import Affine
+from bnfold.converter.folding import algebra
+from bnfold.converter.folding.affine import Affine
 
 if TYPE_CHECKING:
-    from converter.folding.graph import Graph
-    from converter.folding.plan import Action, Edge, Plan, Search
+    from bnfold.converter.folding.graph import Graph
+    from bnfold.converter.folding.plan import Action, Edge, Plan, Search
 
 
 class Rule:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from converter.folding.absorb import ComposeRule, ConvRule, ConvTransposeRule, GemmRule, MatMulRule
-from converter.folding.across import (
+from bnfold.converter.folding.absorb import (
+    ComposeRule,
+    ConvRule,
+    ConvTransposeRule,
+    GemmRule,
+    MatMulRule,
+)
+from bnfold.converter.folding.across import (
     ActivationRule,
     AddRule,
     ConcatRule,
@@ -12,7 +18,7 @@ from converter.folding.across import (
     ReshapeRule,
     TransposeRule,
 )
-from converter.folding.rule import Rule
+from bnfold.converter.folding.rule import Rule
 
 RULES: tuple[Rule, ...] = (
     ConvRule(),

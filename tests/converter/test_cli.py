@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[2]
 def bnfold(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "converter.cli", *args],
+        [sys.executable, "-m", "bnfold", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -100,7 +100,8 @@ def test_every_command_explains_itself(tmp_path: Path, command: str) -> None:
 
 def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
     code = (
-        "import sys, converter.cli, converter.folding, converter.verify, service.app\n"
+        "import sys, bnfold.converter.cli, bnfold.converter.folding, bnfold.converter.verify\n"
+        "import bnfold.service.app\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -110,7 +111,7 @@ def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
 def test_verify_with_the_training_run_compares_pytorch_too(tmp_path: Path) -> None:
     import numpy as np
 
-    from converter.data import load, prepare
+    from bnfold.converter.data import load, prepare
 
     assert bnfold("train", "--out", "run", cwd=tmp_path).returncode == 0
     assert bnfold("export", "run", "--out", "ref.onnx", cwd=tmp_path).returncode == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.data import (
+from bnfold.converter.data import (
     DataError,
     fit_to,
     load,

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from converter.distributed import _free_port, convert_sync_batchnorm
+from bnfold.converter.distributed import _free_port, convert_sync_batchnorm
 
 ROOT = Path(__file__).parents[2]
 
@@ -71,7 +71,7 @@ def test_sync_batchnorm_on_two_ranks_equals_batchnorm_on_the_global_batch(tmp_pa
 def _train(
     args: list[str], cwd: Path, launcher: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = launcher or [sys.executable, "-m", "converter.cli"]
+    cmd = launcher or [sys.executable, "-m", "bnfold"]
     return subprocess.run(
         [*cmd, "train", *args],
         cwd=cwd,
@@ -102,7 +102,7 @@ def test_nproc_2_matches_one_process_and_writes_one_checkpoint(tmp_path: Path) -
         "run.json",
     ]
     exp = subprocess.run(
-        [sys.executable, "-m", "converter.cli", "export", "two", "--out", "two.onnx"],
+        [sys.executable, "-m", "bnfold", "export", "two", "--out", "two.onnx"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -128,7 +128,7 @@ def test_torchrun_launch(tmp_path: Path) -> None:
             "--master-port",
             str(_free_port()),
             "-m",
-            "converter.cli",
+            "bnfold",
         ],
     )
     assert r.returncode == 0, r.stderr

@@ -8,15 +8,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from converter.export import (
+from bnfold.converter.export import (
     INPUT_NAME,
     OUTPUT_NAME,
     count_batchnorm_nodes,
     export_reference,
     torch_logits,
 )
-from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
-from converter.parity import compare
+from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
+from bnfold.converter.parity import compare
 
 
 def randomise_bn(model: torch.nn.Module, seed: int) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
+from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
 
 # BatchNorm layers each architecture is defined with (see converter/models.py).
 BN_COUNTS = {"mlp": 2, "cifar-cnn": 5, "fer-cnn": 3, "resnet": 9}

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from converter.pipeline import ConvertOptions, convert
+from bnfold.converter.pipeline import ConvertOptions, convert
 
 
 def manifest_of(version_dir: Path) -> dict:
@@ -28,7 +28,7 @@ def test_digits_mlp_from_the_command_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "converter.cli",
+            "bnfold",
             "convert",
             "--arch",
             "mlp",

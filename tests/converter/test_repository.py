@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from converter import repository
-from converter.repository import RepositoryError, versions, write_version
+from bnfold.converter import repository
+from bnfold.converter.repository import RepositoryError, versions, write_version
 
 CONFIG = {"name": "m", "max_batch_size": 8}
 
@@ -81,7 +81,7 @@ def test_killed_writer_leaves_only_an_ignored_staging_folder(tmp_path: Path) -> 
     # A real process killed between writing files and the rename (SIGKILL: no cleanup).
     script = f"""
 import os, signal
-from converter import repository
+from bnfold.converter import repository
 real_rename = os.rename
 def die(src, dst):
     os.kill(os.getpid(), signal.SIGKILL)

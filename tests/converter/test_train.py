@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from converter.data import load, prepare
-from converter.models import ArchConfig
-from converter.train import RunError, TrainConfig, load_run, save_run, train
+from bnfold.converter.data import load, prepare
+from bnfold.converter.models import ArchConfig
+from bnfold.converter.train import RunError, TrainConfig, load_run, save_run, train
 
 
 @pytest.fixture(scope="module")

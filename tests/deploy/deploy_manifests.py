@@ -315,22 +315,22 @@ def k8s_docs() -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ the app side
 def settings_from_env(env: Mapping[str, str]) -> Any:
     """``Settings`` built from exactly ``env`` (validates names and values)."""
-    from service.settings import Settings
+    from bnfold.service.settings import Settings
 
     with mock.patch.dict(os.environ, dict(env), clear=True):
         return Settings()
 
 
 def settings_env_names() -> set[str]:
-    from service.settings import ENV_PREFIX, Settings
+    from bnfold.service.settings import ENV_PREFIX, Settings
 
     return {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
 
 
 @cache
 def _app() -> Any:
-    from service.app import create_app
-    from service.settings import Settings
+    from bnfold.service.app import create_app
+    from bnfold.service.settings import Settings
 
     return create_app(Settings(repo=Path("models")))
 
@@ -356,7 +356,7 @@ def bnfold_params(argv: list[str]) -> tuple[str, dict[str, Any]]:
     Raises the CLI's usage error for an unknown option or a bad value."""
     import typer
 
-    from converter.cli import app
+    from bnfold.converter.cli import app
 
     group = typer.main.get_command(app)
     assert argv and argv[0] == "bnfold", argv

@@ -49,7 +49,7 @@ from deploy_manifests import (
     url_port_path,
 )
 
-from converter.repository import NAME_RE
+from bnfold.converter.repository import NAME_RE
 
 READY = "/v2/health/ready"
 LIVE = "/v2/health/live"
@@ -228,7 +228,14 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     for stage in df.stages:
         for srcs, _ in copy_sources(stage, df):
             sources.update(srcs)
-    assert {"pyproject.toml", "README.md", "constraints.txt", "converter/", "service/"} <= sources
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "constraints.txt",
+        "bnfold/",
+        "converter/",
+        "service/",
+    } <= sources
     checked = 0
     for src in sorted(sources):
         path = ROOT / src
@@ -317,14 +324,14 @@ def check_convert_script(script: str, mount: Path) -> None:
     assert params["repo"] == mount, "converter writes into the volume the service reads"
     assert NAME_RE.fullmatch(params["name"]), params["name"]
     if importlib.util.find_spec("torch") is not None:
-        from converter.models import ARCHITECTURES
+        from bnfold.converter.models import ARCHITECTURES
 
         assert params["arch"] in ARCHITECTURES
     assert params["data"] == "digits"  # nothing to download in a container
     # "skipped if a version exists": the check looks at <repo>/<name>
     (checked,) = re.findall(r'Path\("([^"]+)"\)', script)
     assert Path(checked) == params["repo"] / params["name"]
-    assert "from converter.repository import versions" in script
+    assert "from bnfold.converter.repository import versions" in script
     assert re.search(r"then echo [^;]*; else exec bnfold convert", script)
 
 

@@ -78,9 +78,9 @@ def test_no_torch_and_the_package_is_installed_not_linked(venv: Path, tmp_path: 
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import importlib.util, json, sys; import converter.cli, service.app;"
+            "import importlib.util, json, sys; import bnfold.converter.cli, bnfold.service.app;"
             "print(json.dumps({'torch_spec': importlib.util.find_spec('torch') is not None,"
-            " 'torch_loaded': 'torch' in sys.modules, 'file': converter.cli.__file__}))",
+            " 'torch_loaded': 'torch' in sys.modules, 'file': bnfold.converter.cli.__file__}))",
         ],
         cwd=tmp_path,
     )
@@ -109,7 +109,7 @@ def test_torch_commands_fail_without_torch(venv: Path, tmp_path: Path) -> None:
 
 def test_serves_a_converted_model_without_torch(venv: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")  # to build the model in this (dev) environment
-    from converter.pipeline import ConvertOptions, convert
+    from bnfold.converter.pipeline import ConvertOptions, convert
 
     repo = tmp_path / "models"
     convert(ConvertOptions(arch="mlp", data="digits", repo=repo, name="digits-mlp", epochs=3))

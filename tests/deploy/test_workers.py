@@ -117,7 +117,7 @@ def _free_port() -> int:
 
 def _bnfold() -> list[str]:
     script = Path(sys.executable).with_name("bnfold")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "converter.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bnfold"]
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -133,7 +133,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from converter.pipeline import ConvertOptions, convert
+    from bnfold.converter.pipeline import ConvertOptions, convert
 
     path = tmp_path_factory.mktemp("models")
     convert(ConvertOptions(arch="mlp", data="digits", repo=path, name=MODEL, epochs=3))

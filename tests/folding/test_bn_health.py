@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from converter.bn_health import bn_health  # noqa: E402
+from bnfold.converter.bn_health import bn_health  # noqa: E402
 
 
 def net() -> torch.nn.Module:
@@ -71,7 +71,7 @@ def test_a_channel_dead_in_training_and_here_is_not_a_warning():
     import torch
     from torch import nn
 
-    from converter.bn_health import bn_health
+    from bnfold.converter.bn_health import bn_health
 
     bn = nn.BatchNorm1d(3).eval()
     with torch.no_grad():

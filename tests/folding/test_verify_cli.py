@@ -11,9 +11,9 @@ import typer
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from converter import cli_fold
-from converter.folding import fold
-from converter.verify import random_inputs, verify_onnx
+from bnfold.converter import cli_fold
+from bnfold.converter.folding import fold
+from bnfold.converter.verify import random_inputs, verify_onnx
 
 NET = """
 g (float[N, 3, 10, 10] input) => (float[N, 5] logits) {

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from service_harness import MAX_BODY, RunningServer
 
 from bench.serve.loadgen import Request, load
-from service.codec import decode_infer
-from service.errors import BadRequest, PayloadTooLarge
-from service.protocol import DATATYPES
-from service.signature import Signature, TensorSpec
+from bnfold.service.codec import decode_infer
+from bnfold.service.errors import BadRequest, PayloadTooLarge
+from bnfold.service.protocol import DATATYPES
+from bnfold.service.signature import Signature, TensorSpec
 
 HEADER = "Inference-Header-Content-Length"
 # Two inputs, as the server checks them: a float matrix and a small int one.

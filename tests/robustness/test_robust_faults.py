@@ -30,7 +30,7 @@ from served_models import write_mlp
 from service_harness import TOKEN, Repo, RunningServer, base_settings, run_server
 
 from bench.serve.loadgen import LoadResult, Request, load
-from converter.repository import write_version
+from bnfold.converter.repository import write_version
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

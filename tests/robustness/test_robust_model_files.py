@@ -28,9 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 from served_models import config, mlp, write_mlp
 from service_harness import TOKEN, base_settings, run_server
 
-from converter.repository import write_version
-from service.model import open_version
-from service.runtime import RuntimeOptions
+from bnfold.converter.repository import write_version
+from bnfold.service.model import open_version
+from bnfold.service.runtime import RuntimeOptions
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from robust_models import small_repo  # noqa: E402
 from service_harness import TOKEN, RunningServer, base_settings, run_server  # noqa: E402
 
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from bnfold.service.app import create_app  # noqa: E402
+from bnfold.service.settings import Settings  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERVED = ("mlp", "cnn", "other")

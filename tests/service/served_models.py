@@ -23,8 +23,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.parity import compare
-from converter.repository import write_version
+from bnfold.converter.parity import compare
+from bnfold.converter.repository import write_version
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ def helper_models(repo: Path) -> dict[str, ModelInfo]:
 
 def converter_models(repo: Path) -> dict[str, ModelInfo]:
     """``mlp`` and ``cnn`` (version 2) trained and written by converter.pipeline."""
-    from converter.pipeline import ConvertOptions, convert
+    from bnfold.converter.pipeline import ConvertOptions, convert
 
     quick = {"data": "digits", "repo": repo, "epochs": 1, "limit": 256}
     convert(ConvertOptions(arch="mlp", name="mlp", **quick))  # type: ignore[arg-type]

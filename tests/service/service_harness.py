@@ -21,9 +21,9 @@ import pytest
 import uvicorn
 from served_models import ModelInfo
 
-from converter.repository import versions
-from service.app import create_app
-from service.settings import Settings
+from bnfold.converter.repository import versions
+from bnfold.service.app import create_app
+from bnfold.service.settings import Settings
 
 TOKEN = "test-token"
 MAX_BODY = 1 << 20

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import (
+from bnfold.service.batching import (
     Arrivals,
     Batcher,
     BatcherClosed,

@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from served_models import write_mlp
 
-from service.binary import encode_body, split_body
-from service.codec import decode_infer, decompress, encode_infer, numbers
-from service.errors import BadRequest, PayloadTooLarge
-from service.model import open_version
-from service.model_config import ModelConfig, read_config
-from service.protocol import DATATYPE_OF, DATATYPES, ONNX_DATATYPES
-from service.runtime import RuntimeOptions, external_data_files, read_model
-from service.settings import Settings, settings_env
-from service.signature import Signature, TensorSpec, build_signature
+from bnfold.service.binary import encode_body, split_body
+from bnfold.service.codec import decode_infer, decompress, encode_infer, numbers
+from bnfold.service.errors import BadRequest, PayloadTooLarge
+from bnfold.service.model import open_version
+from bnfold.service.model_config import ModelConfig, read_config
+from bnfold.service.protocol import DATATYPE_OF, DATATYPES, ONNX_DATATYPES
+from bnfold.service.runtime import RuntimeOptions, external_data_files, read_model
+from bnfold.service.settings import Settings, settings_env
+from bnfold.service.signature import Signature, TensorSpec, build_signature
 
 DYNAMIC = Signature(
     inputs=(TensorSpec("x", "FP32", (-1, -1)), TensorSpec("k", "INT8", (-1, 2))),
@@ -273,7 +273,7 @@ def test_cli_rejects_bad_flags(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from service.cli import serve
+    from bnfold.service.cli import serve
 
     app = typer.Typer()
     app.command()(serve)
