@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnfold.converter.parity import compare
+from bnfold.contract import compare
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bnfold.converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL
+from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL
 
 console = Console(stderr=True)
 TWO_GB = 2**31
@@ -212,9 +212,9 @@ def _torch_parity(
     min_top1: float,
 ) -> dict[str, Any]:
     """PyTorch eval (the checkpoint in ``run``) vs the folded graph, plus BN health."""
+    from bnfold.contract import compare
     from bnfold.converter.bn_health import bn_health
     from bnfold.converter.export import torch_logits
-    from bnfold.converter.parity import compare
     from bnfold.converter.train import RunError, load_run
     from bnfold.converter.verify import random_inputs, run_onnx
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.converter.repository import versions
+from bnfold.contract import scan_versions
 
 DEFAULT_NAME = "digits-mlp"
 
@@ -30,13 +30,13 @@ Print = Callable[[str], None]
 
 def ensure_model(repo: Path, name: str, log: Print) -> dict[str, Any]:
     """The newest manifest of ``name``, converting the default model first if none exists."""
-    have = versions(repo / name)
+    have = scan_versions(repo / name).valid
     if not have:
         from bnfold.converter.pipeline import ConvertOptions, convert
 
         log(f"{repo / name} has no version yet: building it (train, export, fold, verify)")
         convert(ConvertOptions(arch="mlp", data="digits", repo=repo, name=name), log=log)
-        have = versions(repo / name)
+        have = scan_versions(repo / name).valid
     else:
         log(f"using {repo / name}/{have[-1]} (delete it to rebuild)")
     manifest: dict[str, Any] = json.loads(

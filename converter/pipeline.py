@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,14 @@ import numpy as np
 import onnx
 
 import bnfold
+from bnfold.contract import DEFAULT_RTOL, check_name, compare
 from bnfold.converter import folding
 from bnfold.converter.bn_health import bn_health
 from bnfold.converter.data import Splits, load, prepare
 from bnfold.converter.distributed import World
 from bnfold.converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules
-from bnfold.converter.parity import DEFAULT_RTOL, compare
-from bnfold.converter.repository import check_name, write_version
+from bnfold.converter.repository import write_version
 from bnfold.converter.train import EpochCallback, TrainConfig, TrainResult, save_run, train
 from bnfold.converter.verify import run_onnx
 
@@ -66,7 +66,6 @@ class ConvertOptions:
     rtol: float = DEFAULT_RTOL
     run_dir: Path | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH
-    extra_manifest: dict[str, Any] = field(default_factory=dict)
 
     def model_name(self) -> str:
         return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
@@ -230,7 +229,6 @@ def convert(
                     "report": report.to_dict(), "bn_health": health},
         "parity": parity,
         "versions": library_versions(),
-        **opts.extra_manifest,
     }  # fmt: skip
     version_dir = write_version(
         opts.repo,

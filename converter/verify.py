@@ -5,7 +5,7 @@ Both graphs run on ONNX Runtime's CPU provider with graph optimizations OFF
 ORT's own fusions make of them. Inputs: the held-out data given, plus
 ``n_random`` standard-normal samples drawn from the model's input signature.
 
-Every output is compared with :func:`converter.parity.compare`:
+Every output is compared with :func:`bnfold.contract.compare`:
 
 - ``max_rel_error`` = max |folded - reference| / max |reference| must be
   <= ``rtol``: 1e-5 by default for float32 (about 80 ulps of the output's
@@ -30,7 +30,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from bnfold.converter.parity import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
+from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
 
 ModelLike = onnx.ModelProto | str | Path
 PER_NODE_SAMPLES = 16  # enough to expose a wrong channel, small enough for every tensor

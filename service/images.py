@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bnfold.contract import Preprocessing
+
 from .errors import BadRequest, PayloadTooLarge
-from .model_config import Preprocessing
 
 FORMATS = ("PNG", "JPEG")
 

@@ -10,27 +10,32 @@ them has its answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnfold.contract import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    Manifest,
+    ModelConfig,
+    parse_json,
+)
+
 from .batching import Arrivals, Batcher, BatcherClosed, DeadlineExceeded, Feeds, QueueFull
 from .errors import InferenceFailed, Overloaded, RequestTimeout, ServiceError, Unavailable
 from .files import MAX_JSON_BYTES, inside, read_file
 from .metrics import ModelMetrics
-from .model_config import ModelConfig, read_config, triton_config
+from .model_config import read_config, triton_config
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
 from .signature import Signature, build_signature
 
 log = logging.getLogger("bnfold.service")
-
-MODEL_FILE = "model.onnx"
-REFERENCE_FILE = "reference.onnx"
-MANIFEST_FILE = "manifest.json"
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -52,41 +57,25 @@ class OpenedVersion:
     version: int
     path: Path
     config: ModelConfig
-    manifest: dict[str, Any]
+    manifest: Manifest
     runtime: Runtime
     signature: Signature
 
 
-def _manifest_sha(manifest: dict[str, Any], filename: str) -> str:
-    try:
-        sha = manifest["files"][filename]["sha256"]
-    except (KeyError, TypeError):
-        raise ValueError(f"manifest.json has no sha256 for {filename}") from None
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise ValueError(f"manifest.json sha256 of {filename} is malformed")
-    return sha
-
-
-def read_manifest(version_dir: Path, root: Path | None = None) -> dict[str, Any]:
+def read_manifest(version_dir: Path, root: Path | None = None) -> Manifest:
     raw = read_file(
         version_dir / MANIFEST_FILE,
         root=version_dir if root is None else root,
         max_bytes=MAX_JSON_BYTES,
     )
-    try:
-        manifest = json.loads(raw)
-    except ValueError as e:
-        raise ValueError(f"manifest.json is not valid JSON: {e}") from None
-    if not isinstance(manifest, dict):
-        raise ValueError("manifest.json is not a JSON object")
-    return manifest
+    return Manifest.from_dict(parse_json(raw, MANIFEST_FILE))
 
 
 def read_reference(
-    version_dir: Path, manifest: dict[str, Any], max_bytes: int, root: Path | None = None
+    version_dir: Path, manifest: Manifest, max_bytes: int, root: Path | None = None
 ) -> bytes:
     """reference.onnx, verified against the manifest."""
-    sha = _manifest_sha(manifest, REFERENCE_FILE)
+    sha = manifest.sha256(REFERENCE_FILE)
     return read_model(version_dir / REFERENCE_FILE, sha256=sha, max_bytes=max_bytes, root=root)
 
 
@@ -104,11 +93,11 @@ def open_version(
     for folder in (model_dir, version_dir):
         if not inside(folder, root):
             raise ValueError(f"{folder.name}/ is a link out of the model repository; refused")
-    config = read_config(model_dir / "config.json", root=root)
+    config = read_config(model_dir / CONFIG_FILE, root=root)
     manifest = read_manifest(version_dir, root)
     data = read_model(
         version_dir / MODEL_FILE,
-        sha256=_manifest_sha(manifest, MODEL_FILE),
+        sha256=manifest.sha256(MODEL_FILE),
         max_bytes=options.max_model_bytes,
         root=root,
     )

@@ -8,101 +8,21 @@ batch dimension, ``dynamic_batching``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from bnfold.contract import ModelConfig, parse_json
 
 from .files import MAX_JSON_BYTES, read_file
-from .protocol import DATATYPES, TRITON_DATATYPES
-
-
-class TensorConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    datatype: str
-    shape: list[int]  # without the batch dimension when max_batch_size > 0
-
-    @model_validator(mode="after")
-    def _check(self) -> TensorConfig:
-        if self.datatype not in DATATYPES:
-            raise ValueError(f"unsupported datatype {self.datatype!r}")
-        if any(d < -1 for d in self.shape):
-            raise ValueError(f"shape {self.shape} has a dimension below -1")
-        return self
-
-
-class DynamicBatching(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    enabled: bool = True
-    max_queue_delay_ms: Annotated[float | None, Field(ge=0, le=60_000)] = None
-    max_queue_size: Annotated[int | None, Field(ge=1)] = None
-    # bnfold's own: leave at once when no other request is on its way
-    # (None: the server's BNFOLD_EAGER_BATCHING); Triton ignores the key.
-    eager: bool | None = None
-
-
-class Preprocessing(BaseModel):
-    """How an uploaded image becomes the model input:
-    ``x = (pixel / pixel_scale - mean[c]) / std[c]``, resized to ``input_shape``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    layout: Literal["NCHW", "NC"]
-    input_shape: list[int]
-    pixel_scale: Annotated[float, Field(gt=0)] = 255.0
-    mean: list[float] = Field(default_factory=lambda: [0.0])
-    std: list[float] = Field(default_factory=lambda: [1.0])
-    color: Literal["grayscale", "rgb"] = "grayscale"
-
-    @model_validator(mode="after")
-    def _check(self) -> Preprocessing:
-        rank = 3 if self.layout == "NCHW" else 1
-        if len(self.input_shape) != rank or any(d < 1 for d in self.input_shape):
-            raise ValueError(f"input_shape {self.input_shape} does not fit layout {self.layout}")
-        if any(s == 0 for s in self.std):
-            raise ValueError("std has a zero entry")
-        channels = self.input_shape[0] if self.layout == "NCHW" else 1
-        for field in ("mean", "std"):
-            if len(getattr(self, field)) not in (1, channels):
-                raise ValueError(f"{field} needs 1 or {channels} entries")
-        if self.layout == "NC" and round(self.input_shape[0] ** 0.5) ** 2 != self.input_shape[0]:
-            raise ValueError(f"flat input_shape {self.input_shape} is not a square image")
-        if self.layout == "NCHW" and self.input_shape[0] != (3 if self.color == "rgb" else 1):
-            raise ValueError(f"{self.color} images need {3 if self.color == 'rgb' else 1} channels")
-        return self
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    platform: str = "onnxruntime_onnx"
-    max_batch_size: Annotated[int, Field(ge=0)] = 0
-    input: list[TensorConfig]
-    output: list[TensorConfig]
-    dynamic_batching: DynamicBatching | None = None
-    labels: list[str] = Field(default_factory=list)
-    preprocessing: Preprocessing | None = None
+from .protocol import TRITON_DATATYPES
 
 
 def read_config(path: Path, root: Path | None = None) -> ModelConfig:
     """Parse ``config.json`` (a regular file inside ``root``, its own folder
-    by default); raises ``ValueError`` with a one-line reason."""
+    by default); raises ``ValueError`` (the contract's ContractError) with a
+    one-line reason."""
     data = read_file(path, root=path.parent if root is None else root, max_bytes=MAX_JSON_BYTES)
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"config.json is not valid JSON: {e}") from None
-    try:
-        return ModelConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"config.json: {where}: {first['msg']}") from None
+    return ModelConfig.from_dict(parse_json(data, path.name))
 
 
 def triton_config(

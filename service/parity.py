@@ -1,5 +1,5 @@
 """Parity between reference.onnx (every BN kept) and model.onnx (folded),
-recomputed on the device that serves, through ``converter.parity.compare``
+recomputed on the device that serves, through ``bnfold.contract.compare``
 so the numbers speak the same terms as the converter's stored report.
 """
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.converter.parity import DEFAULT_RTOL, compare
+from bnfold.contract import DEFAULT_RTOL, compare
 
 from .batching import Feeds
 from .errors import BadRequest
@@ -34,9 +34,9 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
         {
             "model_name": served.name,
             "model_version": served.version_str,
-            "parity": manifest.get("parity") or {},
-            "folding": manifest.get("folding") or {},
-            "versions": manifest.get("versions") or {},
+            "parity": manifest.parity or {},
+            "folding": manifest.folding or {},
+            "versions": manifest.versions,
         }
     )
 

@@ -14,28 +14,15 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from bnfold.contract import DATATYPES
+
 SERVER_NAME = "bnfold"
 try:
     SERVER_VERSION = metadata.version("bnfold")
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     SERVER_VERSION = "0+unknown"
 
-# Open Inference Protocol datatype -> numpy dtype. BYTES (strings) has no
-# numeric model in this project and is refused as an input datatype.
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
+# Open Inference Protocol datatype -> numpy dtype: the contract's table.
 DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
 
 # ONNX Runtime's NodeArg.type -> datatype.

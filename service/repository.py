@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnfold.converter.repository import NAME_RE
+from bnfold.contract import ContractError, name_problem, parse_version, scan_versions
 
 from .batching import Arrivals
 from .errors import BadRequest, LoadFailed, NotFound, Unavailable
@@ -44,7 +44,7 @@ class VersionState:
 
 
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.fullmatch(name)) and ".." not in name
+    return name_problem(name) is None
 
 
 class Repository:
@@ -63,6 +63,7 @@ class Repository:
         self._served: dict[str, ServedModel] = {}
         self._states: dict[tuple[str, int], VersionState] = {}
         self._model_reason: dict[str, str] = {}  # model folders without a version
+        self._refused: dict[str, dict[str, str]] = {}  # folders that are not versions
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -83,13 +84,9 @@ class Repository:
         if not inside(model_dir, self.root):
             self._model_reason[name] = OUTSIDE
             return []
-        # Not converter.repository.versions: a folder named '²' passes
-        # str.isdigit() but not int(); only ASCII digits name a version.
-        return sorted(
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.name.isascii() and p.name.isdigit() and int(p.name) > 0 and p.is_dir()
-        )
+        found = scan_versions(model_dir)
+        self._refused[name] = found.refused
+        return found.valid
 
     # --- the hot path
     def acquire(self, name: str, version: str | None = None) -> ServedModel:
@@ -99,8 +96,10 @@ class Repository:
         if served is None:
             raise self._not_serving(name)
         if version is not None and version != served.version_str:
-            if not (version.isascii() and version.isdigit()) or int(version) < 1:
-                raise BadRequest(f"version must be a positive integer, got {version!r}")
+            try:
+                parse_version(version)
+            except ContractError as e:
+                raise BadRequest(str(e)) from None
             raise NotFound(
                 f"version {version} of model {name!r} is not served (serving {served.version})"
             )
@@ -232,7 +231,8 @@ class Repository:
             found = set(on_disk.get(name, [])) | {v for (n, v) in self._states if n == name}
             if served is not None:
                 found.add(served.version)
-            if not found:
+            refused = self._refused.get(name, {})
+            if not found and not refused:
                 reason = self._model_reason.get(name, "no version folder")
                 entries.append({"name": name, "state": UNAVAILABLE, "reason": reason})
                 continue
@@ -252,6 +252,10 @@ class Repository:
                         "state": state.state,
                         "reason": state.reason,
                     }
+                )
+            for folder, reason in refused.items():
+                entries.append(
+                    {"name": name, "version": folder, "state": UNAVAILABLE, "reason": reason}
                 )
         if ready_only:
             entries = [e for e in entries if e["state"] == READY]

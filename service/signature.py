@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from bnfold.contract import ModelConfig, TensorConfig
+
 from .errors import BadRequest
-from .model_config import ModelConfig, TensorConfig
 from .protocol import DATATYPES, ONNX_DATATYPES
 
 GraphTensor = tuple[str, str, Sequence[int | str | None]]  # (name, onnx type, shape)

@@ -22,6 +22,8 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
+from bnfold.contract import scan_versions
+
 DTYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
@@ -42,7 +44,7 @@ def create_app(repo: Path, device: str) -> FastAPI:
     sessions: dict[str, ort.InferenceSession] = {}
     for config in sorted(repo.glob("*/config.json")):
         name = json.loads(config.read_text())["name"]
-        version = max(int(p.name) for p in config.parent.iterdir() if p.name.isdigit())
+        version = scan_versions(config.parent).valid[-1]
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1

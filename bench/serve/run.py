@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from bnfold.contract import scan_versions
+
 from .loadgen import Request, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +89,7 @@ def bench_repo(repo: Path = WORK / "serve-models") -> tuple[Path, dict[str, Mode
     specs = {}
     for name in ARCHS:
         config = json.loads((repo / name / "config.json").read_text())
-        version = max(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
+        version = scan_versions(repo / name).valid[-1]
         tensor = config["input"][0]
         specs[name] = ModelSpec(
             name, tensor["name"], tuple(tensor["shape"]), repo / name / str(version) / "model.onnx"

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from bnfold.contract import compare
 from bnfold.converter.export import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -16,7 +17,6 @@ from bnfold.converter.export import (
     torch_logits,
 )
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
-from bnfold.converter.parity import compare
 
 
 def randomise_bn(model: torch.nn.Module, seed: int) -> None:

@@ -11,19 +11,25 @@ from pathlib import Path
 
 import pytest
 
+from bnfold.contract import scan_versions
 from bnfold.converter import repository
-from bnfold.converter.repository import RepositoryError, versions, write_version
+from bnfold.converter.repository import RepositoryError, write_version
 
-CONFIG = {"name": "m", "max_batch_size": 8}
+TENSOR = {"name": "x", "datatype": "FP32", "shape": [4]}
+CONFIG = {"name": "m", "max_batch_size": 8, "input": [TENSOR], "output": [TENSOR]}
 
 
-def write(repo: Path, **kw):  # type: ignore[no-untyped-def]
+def versions(model_dir: Path) -> list[int]:
+    return scan_versions(model_dir).valid
+
+
+def write(repo: Path, manifest: dict | None = None, **kw):  # type: ignore[no-untyped-def]
     return write_version(
         repo,
         "m",
         model_onnx=b"folded",
         reference_onnx=b"reference",
-        manifest={"format": 1},
+        manifest={"format": 1} if manifest is None else manifest,
         config=CONFIG,
         **kw,
     )
@@ -40,7 +46,8 @@ def test_layout_and_manifest_hashes(tmp_path: Path) -> None:
         "sha256": hashlib.sha256(b"folded").hexdigest(),
         "bytes": 6,
     }
-    assert json.loads((tmp_path / "m" / "config.json").read_text()) == CONFIG
+    written = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert written == CONFIG | {"format": 1, "platform": "onnxruntime_onnx", "labels": []}
     assert versions(tmp_path / "m") == [1, 2]
     for odd in ("²", "0", "v3", "1e3", ".tmp-3-ab"):  # never versions, never a crash
         (tmp_path / "m" / odd).mkdir()
@@ -58,6 +65,24 @@ def test_versions_are_immutable_and_names_checked(tmp_path: Path) -> None:
             )
     with pytest.raises(RepositoryError, match=r"no config\.json"):
         write_version(tmp_path, "fresh", model_onnx=b"", reference_onnx=b"", manifest={})
+
+
+def test_nothing_the_service_would_refuse_is_written(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="unknown key 'max_batch_sise'"):
+        write_version(
+            tmp_path,
+            "m",
+            model_onnx=b"",
+            reference_onnx=b"",
+            manifest={},
+            config={**CONFIG, "max_batch_sise": 4},
+        )
+    with pytest.raises(RepositoryError, match=r"manifest\.json: unknown key 'parity_report'"):
+        write(tmp_path, manifest={"parity_report": {}})
+    for bad in (0, -1, True):
+        with pytest.raises(RepositoryError, match="positive integer"):
+            write(tmp_path, version=bad)
+    assert not (tmp_path / "m").exists() or versions(tmp_path / "m") == []
 
 
 def test_failure_mid_write_leaves_no_version(tmp_path: Path, monkeypatch) -> None:
@@ -87,7 +112,7 @@ def die(src, dst):
     os.kill(os.getpid(), signal.SIGKILL)
 os.rename = die
 repository.write_version({str(tmp_path)!r}, "m", model_onnx=b"x" * 100000,
-    reference_onnx=b"y", manifest={{}}, config={{"name": "m"}})
+    reference_onnx=b"y", manifest={{}}, config={CONFIG!r})
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
     assert proc.returncode == -9

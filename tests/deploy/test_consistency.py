@@ -49,7 +49,7 @@ from deploy_manifests import (
     url_port_path,
 )
 
-from bnfold.converter.repository import NAME_RE
+from bnfold.contract import NAME_RE
 
 READY = "/v2/health/ready"
 LIVE = "/v2/health/live"
@@ -331,7 +331,7 @@ def check_convert_script(script: str, mount: Path) -> None:
     # "skipped if a version exists": the check looks at <repo>/<name>
     (checked,) = re.findall(r'Path\("([^"]+)"\)', script)
     assert Path(checked) == params["repo"] / params["name"]
-    assert "from bnfold.converter.repository import versions" in script
+    assert "from bnfold.contract import scan_versions" in script
     assert re.search(r"then echo [^;]*; else exec bnfold convert", script)
 
 

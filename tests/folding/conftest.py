@@ -22,8 +22,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from bnfold.contract import compare
 from bnfold.converter.folding import fold
-from bnfold.converter.parity import compare
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 

@@ -10,10 +10,10 @@ import onnx.parser
 import pytest
 from onnx import numpy_helper
 
+from bnfold.contract import compare
 from bnfold.converter.folding import count_bn, fold
 from bnfold.converter.folding.graph import Graph
 from bnfold.converter.folding.passes import PassManager
-from bnfold.converter.parity import compare
 
 CONV_BN = """
 g (float[N, 3, 6, 6] x) => (float[N, 4, 4, 4] z) {

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold.converter.parity import compare
+from bnfold.contract import compare
 from bnfold.converter.repository import write_version
 
 

@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 from served_models import ModelInfo
 
-from bnfold.converter.repository import versions
+from bnfold.contract import scan_versions
 from bnfold.service.app import create_app
 from bnfold.service.settings import Settings
 
@@ -73,7 +73,7 @@ class Repo:
 
     def expected(self, model: ModelInfo, x: np.ndarray, version: int | None = None) -> np.ndarray:
         """What ONNX Runtime computes for ``x`` on the served (highest) version."""
-        version = version or versions(self.path / model.name)[-1]
+        version = version or scan_versions(self.path / model.name).valid[-1]
         path = self.path / model.name / str(version) / "model.onnx"
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([model.output], {model.input: x})[0]

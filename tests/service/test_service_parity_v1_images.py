@@ -58,7 +58,7 @@ def test_parity_on_given_inputs_matches_a_direct_comparison(http: httpx.Client, 
     assert p["n_samples"] == 5 and p["passed"] is True
     import onnxruntime as ort
 
-    from bnfold.converter.parity import compare
+    from bnfold.contract import compare
 
     folder = repo.path / "mlp" / "1"
     run = {

@@ -1,0 +1,473 @@
+"""The model repository contract: the one thing the converter and the service share.
+
+The converter writes a repository, the service reads it, and this module is
+all that crosses between them (docs/repository.md). stdlib and numpy only:
+the service imports it without torch, the converter without uvicorn.
+
+- **Names and versions.** A model name matches :data:`NAME_RE`; a version
+  folder is a decimal integer >= 1 written without leading zeros or signs
+  (``1``, ``12``; never ``01``, ``+1``, ``1.0`` or ``²``). Anything else in a
+  model folder is refused with a reason (:func:`scan_versions`), except
+  hidden entries such as the writer's ``.tmp-*`` staging folders.
+- **File names** of a version and of a model folder.
+- **Schemas**: :class:`ModelConfig` (``<model>/config.json``) and
+  :class:`Manifest` (``<model>/<version>/manifest.json``), typed and
+  versioned by :data:`FORMAT`. Unknown keys are refused with the key and the
+  nearest known one (``max_batch_sise``: did you mean ``max_batch_size``?).
+- **Parity**: :func:`compare`, the one numerical comparison every report
+  uses (PyTorch vs reference.onnx vs model.onnx, stored and recomputed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import numpy as np
+
+# --- file names ------------------------------------------------------------------
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.onnx"
+REFERENCE_FILE = "reference.onnx"
+MANIFEST_FILE = "manifest.json"
+VERSION_FILES = (MODEL_FILE, REFERENCE_FILE)
+# Writers stage here; readers skip every hidden entry.
+STAGING_PREFIX = ".tmp-"
+# The format of config.json and manifest.json this module reads and writes.
+FORMAT = 1
+
+
+class ContractError(ValueError):
+    """A name, version, config.json or manifest.json breaks the contract.
+    The message is one line, fit for the repository index."""
+
+
+# --- names and versions ------------------------------------------------------------
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# 18 digits: every such version fits a signed 64-bit integer.
+VERSION_RE = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model, or None when it can."""
+    if NAME_RE.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"invalid model name {name!r}: use 1-64 letters, digits, '_', '.', '-' "
+        "starting with a letter or digit, without '..'"
+    )
+
+
+def check_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem:
+        raise ContractError(problem)
+    return name
+
+
+def version_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a version, or None when it can."""
+    if VERSION_RE.fullmatch(text):
+        return None
+    if text.isascii() and text.isdigit() and text.strip("0"):
+        if text.startswith("0"):
+            return f"version must be a positive integer without leading zeros, got {text!r}"
+        return f"version must be a positive integer of at most 18 digits, got {text!r}"
+    return f"version must be a positive integer (1, 2, ...), got {text!r}"
+
+
+def parse_version(text: str) -> int:
+    """The version that ``text`` names (``'7'`` -> 7); ContractError otherwise."""
+    problem = version_problem(text)
+    if problem:
+        raise ContractError(problem)
+    return int(text)
+
+
+def check_version(version: int) -> int:
+    """A version number a writer may use."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ContractError(f"version must be a positive integer, got {version!r}")
+    return parse_version(str(version))
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What a model folder holds: complete versions ascending, and the
+    folders that look like versions to a person but are not, with why."""
+
+    valid: list[int]
+    refused: dict[str, str]
+
+
+def scan_versions(model_dir: Path) -> Versions:
+    if not model_dir.is_dir():
+        return Versions([], {})
+    valid: list[int] = []
+    refused: dict[str, str] = {}
+    for p in model_dir.iterdir():
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        problem = version_problem(p.name)
+        if problem:
+            refused[p.name] = f"not a version folder: {problem}"
+        else:
+            valid.append(int(p.name))
+    return Versions(sorted(valid), dict(sorted(refused.items())))
+
+
+def next_version(model_dir: Path) -> int:
+    valid = scan_versions(model_dir).valid
+    return valid[-1] + 1 if valid else 1
+
+
+# --- datatypes ---------------------------------------------------------------------
+
+# Open Inference Protocol datatype -> numpy dtype. BYTES (strings) has no
+# numeric model in this project and is refused as an input datatype.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+
+
+# --- schemas -----------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _fail(where: str, message: str) -> typing.NoReturn:
+    raise ContractError(f"{where}: {message}")
+
+
+def _unknown_key(where: str, key: str, known: list[str]) -> typing.NoReturn:
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(known)}"
+    _fail(where, f"unknown key {key!r}{hint}")
+
+
+def _typename(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) checked against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _convert(inner, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            _fail(where, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(where, f"expected a list, got {_typename(value)}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(where, f"expected an object, got {_typename(value)}")
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(item, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(typing.cast(type, tp), value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(where, f"expected true or false, got {_typename(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(where, f"expected an integer, got {_typename(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(where, f"expected a number, got {_typename(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(where, f"expected a string, got {_typename(value)}")
+        return value
+    raise TypeError(f"no conversion for {tp!r}")  # a schema bug, not the file's
+
+
+def _from_dict(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        _fail(where, f"expected an object, got {_typename(data)}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            _unknown_key(where, key, known)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            _fail(where, f"missing key {f.name!r}")
+    try:
+        return cls(**kwargs)
+    except ContractError as e:
+        raise ContractError(f"{where}: {e}") from None
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    """The JSON object of a schema instance; unset optional keys left out."""
+    return {k: v for k, v in asdict(obj).items() if v is not None}
+
+
+@dataclass
+class TensorConfig:
+    """One input or output: Open Inference Protocol datatype, and the shape
+    without the batch dimension when ``max_batch_size > 0`` (-1: any size)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def __post_init__(self) -> None:
+        if self.datatype not in DATATYPES:
+            raise ContractError(
+                f"unsupported datatype {self.datatype!r} (one of {', '.join(DATATYPES)})"
+            )
+        if any(d < -1 for d in self.shape):
+            raise ContractError(f"shape {self.shape} has a dimension below -1")
+
+
+@dataclass
+class DynamicBatching:
+    enabled: bool = True
+    max_queue_delay_ms: float | None = None  # None: the server's default
+    max_queue_size: int | None = None
+    # bnfold's own: leave at once when no other request is on its way
+    # (None: the server's BNFOLD_EAGER_BATCHING); Triton ignores the key.
+    eager: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_queue_delay_ms is not None and not 0 <= self.max_queue_delay_ms <= 60_000:
+            raise ContractError("max_queue_delay_ms must be within 0 and 60000")
+        if self.max_queue_size is not None and self.max_queue_size < 1:
+            raise ContractError("max_queue_size must be at least 1")
+
+
+@dataclass
+class Preprocessing:
+    """How an uploaded image becomes the model input:
+    ``x = (pixel / pixel_scale - mean[c]) / std[c]``, resized to ``input_shape``
+    (``[C, H, W]`` for NCHW; ``[F]`` for flat NC inputs, a square image)."""
+
+    layout: Literal["NCHW", "NC"]
+    input_shape: list[int]
+    pixel_scale: float = 255.0
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    color: Literal["grayscale", "rgb"] = "grayscale"
+
+    def __post_init__(self) -> None:
+        rank = 3 if self.layout == "NCHW" else 1
+        if len(self.input_shape) != rank or any(d < 1 for d in self.input_shape):
+            raise ContractError(f"input_shape {self.input_shape} does not fit layout {self.layout}")
+        if self.pixel_scale <= 0:
+            raise ContractError("pixel_scale must be positive")
+        if any(s == 0 for s in self.std):
+            raise ContractError("std has a zero entry")
+        channels = self.input_shape[0] if self.layout == "NCHW" else 1
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, channels):
+                raise ContractError(f"{name} needs 1 or {channels} entries")
+        if self.layout == "NC" and round(self.input_shape[0] ** 0.5) ** 2 != self.input_shape[0]:
+            raise ContractError(f"flat input_shape {self.input_shape} is not a square image")
+        want = 3 if self.color == "rgb" else 1
+        if self.layout == "NCHW" and self.input_shape[0] != want:
+            raise ContractError(f"{self.color} images need {want} channels")
+
+
+@dataclass
+class ModelConfig:
+    """``<model>/config.json``: serving settings, written by the converter and
+    editable by hand. Field names follow Triton's model configuration."""
+
+    name: str
+    input: list[TensorConfig]
+    output: list[TensorConfig]
+    format: int = FORMAT
+    platform: str = "onnxruntime_onnx"
+    max_batch_size: int = 0
+    dynamic_batching: DynamicBatching | None = None
+    labels: list[str] = field(default_factory=list)
+    preprocessing: Preprocessing | None = None
+
+    def __post_init__(self) -> None:
+        _check_format(self.format)
+        if self.max_batch_size < 0:
+            raise ContractError("max_batch_size must be 0 (no batching) or more")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelConfig:
+        return _from_dict(cls, data, CONFIG_FILE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass
+class FileEntry:
+    sha256: str
+    bytes: int
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ContractError("sha256 is not 64 lowercase hex digits")
+        if self.bytes < 0:
+            raise ContractError("bytes is negative")
+
+
+@dataclass
+class Manifest:
+    """``<model>/<version>/manifest.json``: provenance and proofs of one
+    version. ``name``, ``version`` and ``files`` are filled in by the writer
+    from the bytes it writes; the reports are free-form objects."""
+
+    name: str
+    version: int
+    files: dict[str, FileEntry]
+    format: int = FORMAT
+    created: str | None = None
+    arch: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    labels: list[str] = field(default_factory=list)
+    preprocessing: Preprocessing | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    folding: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_format(self.format)
+        check_name(self.name)
+        check_version(self.version)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        return _from_dict(cls, data, MANIFEST_FILE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    def sha256(self, filename: str) -> str:
+        entry = self.files.get(filename)
+        if entry is None:
+            raise ContractError(f"{MANIFEST_FILE} has no sha256 for {filename}")
+        return entry.sha256
+
+
+def _check_format(value: int) -> None:
+    if value != FORMAT:
+        raise ContractError(f"format {value} is not supported (this bnfold reads format {FORMAT})")
+
+
+def parse_json(data: bytes, filename: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ContractError(f"{filename} is not valid JSON: {e}") from None
+
+
+def json_bytes(obj: Any) -> bytes:
+    """How the writer lays out config.json and manifest.json."""
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+# --- parity ------------------------------------------------------------------------
+
+# float32 folding reorders a handful of multiply-adds per output; 1e-5 of the
+# output's scale is ~80 float32 ulps, loose enough for that and tight enough
+# to catch any wrong channel, sign or epsilon.
+DEFAULT_RTOL = 1e-5
+# Fraction of rows whose predicted class may differ (ties broken differently).
+DEFAULT_MIN_TOP1 = 1.0
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Outcome of one comparison; ``passed`` applies the thresholds given.
+
+    - ``max_abs_error``: ``max |actual - expected|``.
+    - ``max_rel_error``: ``max_abs_error / max |expected|``, the error relative
+      to the output's scale. Element-wise relative error explodes on logits
+      near zero and says nothing about the model; the thresholds are stated
+      in this normwise form.
+    - ``top1_agreement``: share of rows whose arg-max over the last axis
+      agrees (outputs of rank >= 2 only).
+    """
+
+    max_abs_error: float
+    max_rel_error: float
+    top1_agreement: float | None
+    n_samples: int
+    rtol: float
+    min_top1: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(
+    expected: np.ndarray,
+    actual: np.ndarray,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    min_top1: float = DEFAULT_MIN_TOP1,
+) -> Parity:
+    """Compare ``actual`` against ``expected`` (the trusted side)."""
+    expected = np.asarray(expected)
+    actual = np.asarray(actual)
+    if expected.shape != actual.shape:
+        raise ValueError(f"shape mismatch: expected {expected.shape}, got {actual.shape}")
+    e = expected.astype(np.float64)
+    a = actual.astype(np.float64)
+    if not (np.isfinite(e).all() and np.isfinite(a).all()):
+        return Parity(float("inf"), float("inf"), None, _rows(e), rtol, min_top1, False)
+    abs_err = float(np.max(np.abs(a - e))) if e.size else 0.0
+    scale = float(np.max(np.abs(e))) if e.size else 0.0
+    rel_err = abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
+    top1: float | None = None
+    if e.ndim >= 2 and e.shape[-1] > 1 and e.size:
+        top1 = float(np.mean(np.argmax(e, axis=-1) == np.argmax(a, axis=-1)))
+    passed = rel_err <= rtol and (top1 is None or top1 >= min_top1)
+    return Parity(abs_err, rel_err, top1, _rows(e), rtol, min_top1, passed)
+
+
+def _rows(x: np.ndarray) -> int:
+    return int(x.shape[0]) if x.ndim else 1
