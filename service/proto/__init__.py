@@ -1,0 +1,1 @@
+"""Triton's protocol definitions, vendored, and the modules generated from them."""
