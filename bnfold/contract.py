@@ -43,6 +43,8 @@ VERSION_FILES = (MODEL_FILE, REFERENCE_FILE)
 STAGING_PREFIX = ".tmp-"
 # The format of config.json and manifest.json this module reads and writes.
 FORMAT = 1
+# What a model configuration may name as its platform.
+PLATFORMS = ("onnxruntime_onnx",)
 
 
 class ContractError(ValueError):
@@ -246,11 +248,13 @@ def _to_dict(obj: Any) -> dict[str, Any]:
 @dataclass
 class TensorConfig:
     """One input or output: Open Inference Protocol datatype, and the shape
-    without the batch dimension when ``max_batch_size > 0`` (-1: any size)."""
+    without the batch dimension when ``max_batch_size > 0`` (-1: any size).
+    ``format`` is Triton's layout hint for image inputs."""
 
     name: str
     datatype: str
     shape: list[int]
+    format: Literal["FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC"] | None = None
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
@@ -310,24 +314,120 @@ class Preprocessing:
 
 
 @dataclass
+class LatestVersions:
+    num_versions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_versions < 1:
+            raise ContractError("num_versions must be at least 1")
+
+
+@dataclass
+class SpecificVersions:
+    versions: list[int]
+
+    def __post_init__(self) -> None:
+        for v in self.versions:
+            check_version(v)
+
+
+@dataclass
+class VersionPolicy:
+    """Which versions serve, as Triton's ``version_policy``: exactly one of
+    ``latest`` (the N highest; the default, N = 1), ``all`` (``{}``) or
+    ``specific`` (the versions listed, where present)."""
+
+    latest: LatestVersions | None = None
+    all: dict[str, Any] | None = None
+    specific: SpecificVersions | None = None
+
+    def __post_init__(self) -> None:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ContractError(f"set one of latest, all, specific; got {', '.join(chosen)}")
+        if self.all:
+            raise ContractError("all takes no settings: write {}")
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of ``available``, ascending."""
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in set(self.specific.versions)]
+        n = self.latest.num_versions if self.latest is not None else 1
+        return ordered[-n:]
+
+    def describe(self) -> str:
+        if self.all is not None:
+            return "all versions"
+        if self.specific is not None:
+            return "versions " + ", ".join(map(str, self.specific.versions))
+        n = self.latest.num_versions if self.latest is not None else 1
+        return "the highest version" if n == 1 else f"the {n} highest versions"
+
+
+@dataclass
+class InstanceGroup:
+    """Where the model runs: ``KIND_GPU``, ``KIND_CPU``, or ``KIND_AUTO``
+    (the server's device). bnfold runs one session per served version, so
+    ``count`` is accepted as Triton writes it and not multiplied."""
+
+    kind: Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU"] = "KIND_AUTO"
+    count: int = 1
+    gpus: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ContractError("instance_group count must be at least 1")
+        if any(g < 0 for g in self.gpus):
+            raise ContractError("instance_group gpus must be device ids >= 0")
+
+
+@dataclass
 class ModelConfig:
     """``<model>/config.json``: serving settings, written by the converter and
-    editable by hand. Field names follow Triton's model configuration."""
+    editable by hand. Field names follow Triton's model configuration.
+
+    ``input``/``output`` may be left out: the service then completes them
+    from the graph, as Triton does. ``fold_on_load`` (bnfold's own; None:
+    the server's ``--fold-on-load``) folds the BNs of the graph in memory
+    when the version loads, served only if parity holds."""
 
     name: str
-    input: list[TensorConfig]
-    output: list[TensorConfig]
+    input: list[TensorConfig] = field(default_factory=list)
+    output: list[TensorConfig] = field(default_factory=list)
     format: int = FORMAT
     platform: str = "onnxruntime_onnx"
     max_batch_size: int = 0
     dynamic_batching: DynamicBatching | None = None
     labels: list[str] = field(default_factory=list)
     preprocessing: Preprocessing | None = None
+    version_policy: VersionPolicy | None = None
+    instance_group: list[InstanceGroup] = field(default_factory=list)
+    parameters: dict[str, str] = field(default_factory=dict)
+    fold_on_load: bool | None = None
 
     def __post_init__(self) -> None:
         _check_format(self.format)
         if self.max_batch_size < 0:
             raise ContractError("max_batch_size must be 0 (no batching) or more")
+        if self.platform not in PLATFORMS:
+            raise ContractError(
+                f"platform {self.platform!r} is not served: bnfold serves ONNX models "
+                f"({', '.join(PLATFORMS)})"
+            )
+        kinds = {g.kind for g in self.instance_group}
+        if len(kinds) > 1:
+            raise ContractError(f"instance_group mixes kinds {sorted(kinds)}; use one")
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return self.version_policy or VersionPolicy()
+
+    @property
+    def device_kind(self) -> str:
+        return self.instance_group[0].kind if self.instance_group else "KIND_AUTO"
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelConfig:

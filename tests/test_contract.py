@@ -138,10 +138,48 @@ def test_config_errors_name_the_key(change: dict, message: str) -> None:
 
 
 def test_config_missing_key_and_not_an_object() -> None:
-    with pytest.raises(ContractError, match=r"config\.json: missing key 'input'"):
-        ModelConfig.from_dict({"name": "m", "output": []})
+    with pytest.raises(ContractError, match=r"config\.json: missing key 'name'"):
+        ModelConfig.from_dict({"input": [], "output": []})
     with pytest.raises(ContractError, match=r"config\.json: expected an object, got a list"):
         ModelConfig.from_dict([])
+
+
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [
+        (None, [3]),
+        ({"latest": {}}, [3]),
+        ({"latest": {"num_versions": 2}}, [2, 3]),
+        ({"latest": {"num_versions": 9}}, [1, 2, 3]),
+        ({"all": {}}, [1, 2, 3]),
+        ({"specific": {"versions": [1, 3, 7]}}, [1, 3]),
+    ],
+)
+def test_version_policy_selects_as_triton_does(policy: dict | None, served: list[int]) -> None:
+    config = ModelConfig.from_dict(CONFIG | ({"version_policy": policy} if policy else {}))
+    assert config.policy.select([3, 1, 2]) == served
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version_policy": {"latest": {}, "all": {}}}, "set one of latest, all, specific"),
+        ({"version_policy": {"latest": {"num_versions": 0}}}, "num_versions must be at least 1"),
+        ({"version_policy": {"specific": {"versions": [0]}}}, "positive integer"),
+        ({"version_policy": {"newest": {}}}, "unknown key 'newest'"),
+        ({"platform": "tensorrt_plan"}, "bnfold serves ONNX models"),
+        ({"instance_group": [{"kind": "KIND_TPU"}]}, "must be one of 'KIND_AUTO'"),
+        (
+            {"instance_group": [{"kind": "KIND_GPU"}, {"kind": "KIND_CPU"}]},
+            "instance_group mixes kinds",
+        ),
+        ({"parameters": {"a": 1}}, "config.json.parameters.a: expected a string"),
+    ],
+)
+def test_triton_fields_are_checked(change: dict, message: str) -> None:
+    with pytest.raises(ContractError) as caught:
+        ModelConfig.from_dict(CONFIG | change)
+    assert message in str(caught.value)
 
 
 def test_manifest_schema() -> None:
