@@ -6,7 +6,8 @@
 Pipeline: recognise every BN as an internal per-channel affine map
 (``recognize``), move and absorb each map with the rules (``rules``) under a
 pass manager until nothing improves (``passes``), turn what is left back into
-at most one elementwise op per map (``lower``). See docs/folding.md.
+ONNX ops (``lower``: one op per map, or a Mul then an Add for a map that
+is not per channel on axis 1). See docs/folding.md.
 
 No torch here: this package runs in the serving image.
 """
@@ -21,6 +22,7 @@ from bnfold.converter.folding.lower import lower
 from bnfold.converter.folding.passes import FoldPass, PassManager
 from bnfold.converter.folding.recognize import count_bn_graph, recognize
 from bnfold.converter.folding.report import BNOutcome, FoldReport
+from bnfold.converter.folding.rules import REGISTRY
 
 __all__ = ["BNOutcome", "FoldReport", "count_bn", "fold"]
 
@@ -34,7 +36,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every BN that folds exactly; return the new model and the report."""
     g = Graph(model)
     bn_before = count_bn_graph(g)
-    materialize(g)
+    materialize(g, REGISTRY.weight_inputs())
     refused = recognize(g)
     records: dict[str, BNOutcome] = {}
     for node in g.affine_nodes():
@@ -51,7 +53,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
     for r in refused:
         residual = [f"{r.kind} '{r.name}'"]
         records[r.name] = BNOutcome(r.name, r.kind, residual=residual, reasons=[r.reason])
-    rounds = PassManager([FoldPass(records)]).run(g)
+    rounds = PassManager([FoldPass(records, REGISTRY)]).run(g)
     residual_ops = lower(g, records)
     residual_ops += len(refused)
     folded = g.to_model()

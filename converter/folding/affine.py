@@ -8,7 +8,7 @@ lets Transpose, Reshape, Flatten and Concat move it exactly and lets a rule
 ask "does it vary along the channel axis only?" with :meth:`Affine.vectors`.
 
 The map's cost is what it lowers to if it stays in the graph (see
-:meth:`Affine.cost`); the planner minimises it.
+:meth:`Affine.cost` and ``cost.py``); the planner minimises it.
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bnfold.converter.folding.cost import BATCHNORM, MUL_ADD, ONE_OP, ZERO, Cost
+from bnfold.converter.folding.refusal import Refusal
+
 Dim = int | str | None
 Shape = tuple[Dim, ...]
-# (ops, elementwise passes, rewrite steps): compared lexicographically.
-Cost = tuple[int, int, int]
-ZERO: Cost = (0, 0, 0)
-
-
-def add_cost(a: Cost, b: Cost) -> Cost:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
 
 
 def _minimal(a: np.ndarray) -> np.ndarray:
@@ -124,23 +120,23 @@ class Affine:
     def transpose(self, perm: Sequence[int]) -> Affine:
         return Affine(np.transpose(self.s, perm), np.transpose(self.t, perm))
 
-    def reshape(self, src: Shape, dst: Shape) -> Affine | str:
+    def reshape(self, src: Shape, dst: Shape) -> Affine | Refusal:
         """The same map on the tensor reshaped from ``src`` to ``dst``.
 
         Only the leading (batch) axis may be dynamic, it must be kept, and the
-        map must not vary along it; returns the reason as a string otherwise.
+        map must not vary along it; a refusal says which of these fails.
         """
         if not src or not dst or src[0] != dst[0] or src[0] is None:
-            return f"reshape {list(src)} -> {list(dst)} does not keep the leading axis"
+            return Refusal(f"reshape {list(src)} -> {list(dst)} does not keep the leading axis")
         rest_src, rest_dst = src[1:], dst[1:]
         if not all(isinstance(d, int) for d in (*rest_src, *rest_dst)):
-            return f"reshape {list(src)} -> {list(dst)} needs static non-batch dims"
+            return Refusal(f"reshape {list(src)} -> {list(dst)} needs static non-batch dims")
         if self.s.shape[0] != 1 or self.t.shape[0] != 1:
-            return "the map varies along the batch axis"
+            return Refusal("the map varies along the batch axis")
         src_full = (1, *(int(d) for d in rest_src))  # type: ignore[arg-type]
         dst_full = (1, *(int(d) for d in rest_dst))  # type: ignore[arg-type]
         if int(np.prod(src_full)) != int(np.prod(dst_full)):
-            return f"reshape {list(src)} -> {list(dst)} changes the element count"
+            return Refusal(f"reshape {list(src)} -> {list(dst)} changes the element count")
         s = np.broadcast_to(self.s, src_full).reshape(dst_full)
         t = np.broadcast_to(self.t, src_full).reshape(dst_full)
         return Affine.make(s, t)
@@ -158,10 +154,10 @@ class Affine:
         if self.is_identity:
             return ZERO
         if not self.has_shift or not self.has_scale:
-            return (1, 1, 0)
+            return ONE_OP
         if self.rank >= 2 and self.varying_axes() == {1}:
-            return (1, 2, 0)  # one BatchNormalization
-        return (2, 2, 0)
+            return BATCHNORM
+        return MUL_ADD
 
 
 def concat_extend(aff: Affine, axis: int, sizes: Sequence[int], index: int) -> Affine:

@@ -14,10 +14,10 @@ and the map followed by a linear layer (forward fold) becomes
 
 where the shift part is exact only when no zero padding is added (a padded
 position sees 0, not t[c]). Two maps compose: (s2, t2) after (s1, t1) is
-(s2 * s1, s2 * t1 + t2).
+(s2 * s1, s2 * t1 + t2) (``Affine.then``).
 
-Every function takes and returns float64 arrays; callers cast back to the
-model's dtype once, with :func:`cast_exact_dtype`.
+Every function takes and returns float64 arrays; rules cast back to the
+model's dtype once, with ``rule.cast`` (which calls :func:`cast_exact_dtype`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,6 @@ def bn_scale_shift(
     g, b, m, v = (np.asarray(a, dtype=np.float64) for a in (gamma, beta, mean, var))
     s = g / np.sqrt(v + np.float64(eps))
     return s, b - m * s
-
-
-def compose(
-    s1: FloatArray, t1: FloatArray, s2: FloatArray, t2: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """The map x -> s2 * (s1 * x + t1) + t2 as one (s, t)."""
-    return s2 * s1, s2 * t1 + t2
 
 
 def _f64(a: FloatArray | None, n: int) -> FloatArray:

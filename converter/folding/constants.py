@@ -11,28 +11,16 @@ that computed them are then dead and removed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from bnfold.converter.folding.graph import Graph
+from bnfold.converter.folding.nodes import attr
 
-# Inputs that hold a layer's constants.
-WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
-    "Conv": (1, 2),
-    "ConvTranspose": (1, 2),
-    "Gemm": (1, 2),
-    "MatMul": (1,),
-    "BatchNormalization": (1, 2, 3, 4),
-}
 MAX_ELEMENTS = 1 << 24
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _dtype_of(g: Graph, name: str) -> np.dtype | None:
@@ -59,7 +47,7 @@ def evaluate(g: Graph, name: str, depth: int = 0) -> np.ndarray | None:
         shape = g.shape(node.input[0])
         if shape is None or not all(isinstance(d, int) for d in shape):
             return None
-        start, end = int(_attr(node, "start", 0)), _attr(node, "end", None)  # type: ignore[call-overload]
+        start, end = int(attr(node, "start", 0)), attr(node, "end", None)  # type: ignore[call-overload]
         dims = list(shape)[start : None if end is None else int(end)]  # type: ignore[call-overload]
         return np.array(dims, dtype=np.int64)
     args = [evaluate(g, i, depth + 1) if i else None for i in node.input]
@@ -76,12 +64,12 @@ def _apply(node: onnx.NodeProto, args: list[np.ndarray | None]) -> np.ndarray | 
     if op == "Identity":
         return args[0]
     if op == "Cast":
-        return np.asarray(args[0]).astype(helper.tensor_dtype_to_np_dtype(int(_attr(node, "to"))))  # type: ignore[call-overload]
+        return np.asarray(args[0]).astype(helper.tensor_dtype_to_np_dtype(int(attr(node, "to"))))  # type: ignore[call-overload]
     if op == "Expand":
         x, shape = np.asarray(args[0]), np.asarray(args[1]).astype(int)
         return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))).copy()
     if op == "ConstantOfShape":
-        fill = _attr(node, "value", None)
+        fill = attr(node, "value", None)
         base = (
             numpy_helper.to_array(fill)
             if isinstance(fill, onnx.TensorProto)
@@ -97,15 +85,19 @@ def _apply(node: onnx.NodeProto, args: list[np.ndarray | None]) -> np.ndarray | 
         fn = np.expand_dims if op == "Unsqueeze" else np.squeeze
         return fn(np.asarray(args[0]), axes)
     if op == "Concat":
-        return np.concatenate([np.asarray(a) for a in args], axis=int(_attr(node, "axis", 0)))  # type: ignore[call-overload]
+        return np.concatenate([np.asarray(a) for a in args], axis=int(attr(node, "axis", 0)))  # type: ignore[call-overload]
     return None
 
 
-def materialize(g: Graph) -> int:
-    """Replace computed layer constants by initializers; return how many."""
+def materialize(g: Graph, weight_inputs: Mapping[str, tuple[int, ...]]) -> int:
+    """Replace computed layer constants by initializers; return how many.
+
+    ``weight_inputs``: by op type, the inputs that hold a layer's constants
+    (``rules.REGISTRY.weight_inputs()``).
+    """
     count = 0
     for node in list(g.nodes):
-        for index in WEIGHT_INPUTS.get(node.op_type, ()):
+        for index in weight_inputs.get(node.op_type, ()):
             if index >= len(node.input) or not node.input[index]:
                 continue
             name = node.input[index]

@@ -23,6 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bnfold.converter.folding.affine import Affine, Shape
+from bnfold.converter.folding.cost import Cost
+from bnfold.converter.folding.refusal import Refusal
 
 AFFINE_DOMAIN = "ai.bnfold"
 FLOAT_TYPES: dict[int, np.dtype] = {
@@ -40,15 +42,11 @@ class AffineInfo:
     dtype: np.dtype
     origins: tuple[str, ...]  # names of the BNs this map came from
     original: list[onnx.NodeProto] | None  # re-emitted verbatim while unmodified
-    original_cost: tuple[int, int, int] | None
-    original_io: tuple[str, str] | None = None  # (x, y) names of the original nodes
+    original_cost: Cost | None
+    original_input: str | None = None  # the input name the original nodes read
     reasons: list[str] = field(default_factory=list)
 
-    @property
-    def modified(self) -> bool:
-        return self.original is None
-
-    def current_cost(self) -> tuple[int, int, int]:
+    def current_cost(self) -> Cost:
         if self.original is not None and self.original_cost is not None:
             return self.original_cost
         return self.map.cost()
@@ -165,13 +163,13 @@ class Graph:
         self._index()
         return list(self._consumers.get(name, []))
 
-    def exclusive(self, name: str, consumer: onnx.NodeProto) -> str | None:
+    def exclusive(self, name: str, consumer: onnx.NodeProto) -> Refusal | None:
         """None if ``name`` feeds ``consumer`` only (once); else why not."""
         if name in self.pinned:
-            return f"'{name}' is a graph output"
+            return Refusal(f"'{name}' is a graph output")
         uses = self.consumers(name)
         if len(uses) != 1 or uses[0][0] is not consumer:
-            return f"'{name}' feeds {len(uses)} inputs"
+            return Refusal(f"'{name}' feeds {len(uses)} inputs")
         return None
 
     # ---- values ------------------------------------------------------------------

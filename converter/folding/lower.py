@@ -44,8 +44,8 @@ def lower(g: Graph, records: dict[str, BNOutcome]) -> int:
 
 
 def _restore(g: Graph, node: onnx.NodeProto, info: AffineInfo) -> list[onnx.NodeProto]:
-    assert info.original is not None and info.original_io is not None
-    old_x = info.original_io[0]
+    assert info.original is not None and info.original_input is not None
+    old_x = info.original_input
     nodes = [copy.deepcopy(n) for n in info.original]
     for i, name in enumerate(nodes[0].input):
         if name == old_x:

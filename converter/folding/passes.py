@@ -14,9 +14,12 @@ from typing import Protocol
 import onnx
 from onnx import helper
 
+from bnfold.converter.folding import cost
 from bnfold.converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
-from bnfold.converter.folding.plan import Plan, Search
+from bnfold.converter.folding.plan import Plan
 from bnfold.converter.folding.report import BNOutcome
+from bnfold.converter.folding.rules import Registry
+from bnfold.converter.folding.search import Search
 
 
 class Pass(Protocol):
@@ -44,8 +47,9 @@ class PassManager:
 class FoldPass:
     name = "fold"
 
-    def __init__(self, records: dict[str, BNOutcome]) -> None:
+    def __init__(self, records: dict[str, BNOutcome], rules: Registry) -> None:
         self.records = records
+        self.rules = rules
 
     def __call__(self, g: Graph) -> bool:
         changed = False
@@ -56,9 +60,9 @@ class FoldPass:
 
     def fold_one(self, g: Graph, node: onnx.NodeProto) -> bool:
         info = g.affine[node.name]
-        back, fwd = Search(g, node).root_options(info.map)
+        back, fwd = Search(g, node, self.rules).root_options(info.map)
         chosen = min((back, fwd), key=lambda p: p.cost)
-        if chosen.cost[:2] >= info.current_cost()[:2]:
+        if not cost.cheaper(chosen.cost, info.current_cost()):
             info.reasons = list(dict.fromkeys(back.reasons + fwd.reasons))
             return False
         self.apply(g, node, info, chosen)

@@ -21,11 +21,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnfold.converter.folding import algebra
+from bnfold.converter.folding import algebra, cost
 from bnfold.converter.folding.affine import Affine
+from bnfold.converter.folding.cost import Cost
 from bnfold.converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
+from bnfold.converter.folding.nodes import attr
+from bnfold.converter.folding.refusal import Refusal
 
 _ELEMENTWISE = ("Mul", "Add", "Sub", "Div")
+BN_PARAMETERS = (1, 2, 3, 4)  # scale, bias, mean, var: the inputs that must be constants
 
 
 @dataclass
@@ -37,43 +41,38 @@ class Refused:
     reason: str
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def bn_node_affine(g: Graph, node: onnx.NodeProto) -> Affine | str:
+def bn_node_affine(g: Graph, node: onnx.NodeProto) -> Affine | Refusal:
     """The BN's per-channel map on its input, or why it cannot be folded."""
-    if int(_attr(node, "training_mode", 0)):  # type: ignore[call-overload]
-        return "training_mode=1: output uses batch statistics"
+    if int(attr(node, "training_mode", 0)):  # type: ignore[call-overload]
+        return Refusal("training_mode=1: output uses batch statistics")
     for extra in node.output[1:]:
         if extra and (g.consumers(extra) or extra in g.pinned):
-            return f"running-statistics output '{extra}' is used"
+            return Refusal(f"running-statistics output '{extra}' is used")
     params = []
-    for role, name in zip(("scale", "bias", "mean", "var"), node.input[1:5], strict=True):
+    roles = ("scale", "bias", "mean", "var")
+    for role, index in zip(roles, BN_PARAMETERS, strict=True):
+        name = node.input[index]
         value = g.const(name)
         if value is None:
-            return f"BN {role} '{name}' is not a constant"
+            return Refusal(f"BN {role} '{name}' is not a constant")
         params.append(value)
     x = node.input[0]
     rank, dtype = g.rank(x), g.np_dtype(x)
     if rank is None or rank < 2:
-        return f"rank of input '{x}' is unknown"
+        return Refusal(f"rank of input '{x}' is unknown")
     if dtype is None:
-        return f"input '{x}' is not float16/float32/float64"
-    eps = float(_attr(node, "epsilon", 1e-5))  # type: ignore[arg-type]
+        return Refusal(f"input '{x}' is not float16/float32/float64")
+    eps = float(attr(node, "epsilon", 1e-5))  # type: ignore[arg-type]
     gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
     channels = g.shape(x)[1]  # type: ignore[index]
     sizes = {p.size for p in (gamma, beta, mean, var)}
     if len(sizes) != 1 or (isinstance(channels, int) and sizes != {channels}):
-        return f"parameter sizes {sorted(sizes)} do not match the {channels} channels"
+        return Refusal(f"parameter sizes {sorted(sizes)} do not match the {channels} channels")
     if np.any(var + eps <= 0):
-        return "var + epsilon <= 0 for some channel"
+        return Refusal("var + epsilon <= 0 for some channel")
     s, t = algebra.bn_scale_shift(gamma, beta, mean, var, eps)
     if not (np.isfinite(s).all() and np.isfinite(t).all()):
-        return "scale or shift is not finite"
+        return Refusal("scale or shift is not finite")
     return Affine.channel(s, t, rank, 1)
 
 
@@ -196,19 +195,18 @@ def recognize(g: Graph) -> list[Refused]:
         if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
             continue
         result = bn_node_affine(g, node)
-        if isinstance(result, str):
-            refused.append(Refused(node.name, "BatchNormalization", result))
+        if isinstance(result, Refusal):
+            refused.append(Refused(node.name, "BatchNormalization", result.reason))
             continue
         x = node.input[0]
         dtype = g.np_dtype(x)
         assert dtype is not None
-        _replace(g, [node], result, dtype, node.name, (1, 2, 0))
+        _replace(g, [node], result, dtype, node.name, cost.BATCHNORM)
     for chain, aff in decomposed_chains(g):
         x = next(i for i in chain[0].input if g.const(i) is None)
         dtype = g.np_dtype(x)
         assert dtype is not None
-        cost = (len(chain), len(chain), 0)
-        _replace(g, chain, aff, dtype, chain_name(chain), cost)
+        _replace(g, chain, aff, dtype, chain_name(chain), cost.elementwise_chain(len(chain)))
     return refused
 
 
@@ -218,7 +216,7 @@ def _replace(
     aff: Affine,
     dtype: np.dtype,
     origin: str,
-    cost: tuple[int, int, int],
+    current: Cost,
 ) -> None:
     x = next(i for i in nodes[0].input if g.const(i) is None)
     y = nodes[-1].output[0]
@@ -226,4 +224,4 @@ def _replace(
     g.insert_before(affine, nodes[0])
     for n in nodes:
         g.remove(n)
-    g.affine[affine.name] = AffineInfo(aff, dtype, (origin,), list(nodes), cost, (x, y))
+    g.affine[affine.name] = AffineInfo(aff, dtype, (origin,), list(nodes), current, x)

@@ -4,7 +4,7 @@ JSON shape (``FoldReport.to_dict()``)::
 
     {"bn_before": 3, "bn_after": 0, "residual_ops": 1, "iterations": 2,
      "bns": [{"name": "bn1", "kind": "BatchNormalization", "status": "partial",
-              "folded_into": ["conv2"], "rules": ["across-maxpool:pool1", ...],
+              "folded_into": ["conv2"], "rules": ["pool-forward:pool1", ...],
               "residual": ["Mul 'bn1_mul__bnfold7'"],
               "reasons": ["forward: MaxPool 'pool1': 3 channel(s) have a negative ..."]}]}
 
@@ -17,10 +17,12 @@ of the input and output models; ``residual_ops`` counts every op left by BNs.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-ABSORBING = ("conv-", "convtranspose-", "gemm-", "matmul-", "compose", "bias-add-")
+if TYPE_CHECKING:
+    from bnfold.converter.folding.plan import Step
 
 
 @dataclass
@@ -33,11 +35,11 @@ class BNOutcome:
     residual: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
-    def record_steps(self, steps: list[tuple[str, str]]) -> None:
-        for rule, node in steps:
-            self.rules.append(f"{rule}:{node}")
-            if rule.startswith(ABSORBING) and node not in self.folded_into:
-                self.folded_into.append(node)
+    def record_steps(self, steps: Iterable[Step]) -> None:
+        for step in steps:
+            self.rules.append(f"{step.rule}:{step.node}")
+            if step.absorbed and step.node not in self.folded_into:
+                self.folded_into.append(step.node)
 
     def finish(self) -> None:
         self.reasons = list(dict.fromkeys(self.reasons))

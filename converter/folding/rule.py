@@ -1,141 +1,117 @@
-"""What a folding rule is, and the small graph edits rules share.
+"""What a folding rule is: its facts, a match and a rewrite per direction.
 
-A rule serves one family of op types and answers two questions about a node
-of that family, each as pattern, check, rewrite:
+A rule serves a family of op types and states its facts once, as class
+attributes: ``name`` (step ids in the fold report are ``name-direction``),
+``op_types``, what it ``absorbs`` and which inputs hold the node's
+constants (``weights``, which ``constants.materialize`` evaluates when an
+exporter computes them in the graph). ``applies`` narrows the pattern beyond
+the op type (Add with a constant operand, Add of two branches).
 
-- ``backward(search, node, edge, aff, switch)``: the map ``aff`` is applied
-  to the node's output (sitting on ``edge``); can the node absorb it or let
-  it through to its inputs?
-- ``forward(search, node, index, aff, switch)``: the map is applied to input
-  ``index``; can the node absorb it or let it through to its output?
+For each direction the rule is two functions:
 
-Each returns a :class:`~converter.folding.plan.Plan` (its actions are run
-later, only if the planner picks it) or a refusal: a string saying why. A
-refusal is an expected outcome, never an exception.
+- ``match_backward(g, node, aff)`` / ``match_forward(g, node, index, aff)``:
+  the map ``aff`` is on the node's output / on input ``index``. Returns a
+  :class:`Match` (what was found, folded constants already cast) or a
+  :class:`~converter.folding.refusal.Refusal` saying why not. Reads the
+  graph, changes nothing.
+- ``rewrite_backward(search, match, edge, switch)`` /
+  ``rewrite_forward(search, match, switch)``: the
+  :class:`~converter.folding.plan.Plan` for the match; its actions (from
+  ``edits.py``) run later, only if the planner picks it. A rewrite that lets
+  the map through asks ``search`` to move it on.
+
+The math is not here: ``algebra.py`` computes folded weights in float64 and
+:func:`cast` casts them back once.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from bnfold.converter.folding import algebra
 from bnfold.converter.folding.affine import Affine
+from bnfold.converter.folding.nodes import label
+from bnfold.converter.folding.plan import Plan, Step
+from bnfold.converter.folding.refusal import Refusal
 
 if TYPE_CHECKING:
     from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.plan import Action, Edge, Plan, Search
+    from bnfold.converter.folding.plan import Action, Edge
+    from bnfold.converter.folding.search import Search
 
 
-class Rule:
-    name = "rule"
-    op_types: tuple[str, ...] = ()
-
-    def backward(
-        self, s: Search, node: onnx.NodeProto, edge: Edge, aff: Affine, switch: bool
-    ) -> Plan | str:
-        return f"{node.op_type} '{node.name}' cannot take a map from its output"
-
-    def forward(
-        self, s: Search, node: onnx.NodeProto, index: int, aff: Affine, switch: bool
-    ) -> Plan | str:
-        return f"{node.op_type} '{node.name}' cannot take a map on its input"
+class Direction(Enum):
+    BACKWARD = "backward"  # the map is on the node's output
+    FORWARD = "forward"  # the map is on one of the node's inputs
 
 
-def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+class Absorbs(Enum):
+    """Where a rule puts the map; anything but NOTHING lists the node in ``folded_into``."""
+
+    NOTHING = "nothing: the map passes through the node"
+    WEIGHTS = "the layer's weight and bias"
+    CONSTANT = "the shift, into the node's constant operand"
+    MAP = "the other BN's map: the two compose"
 
 
-def attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
-    return int(attr(node, name, default))  # type: ignore[call-overload]
+@dataclass(frozen=True, eq=False)
+class Match:
+    """What a rule found at a node: the node and the map it meets there."""
+
+    node: onnx.NodeProto
+    aff: Affine
 
 
-def attr_float(node: onnx.NodeProto, name: str, default: float) -> float:
-    return float(attr(node, name, default))  # type: ignore[arg-type]
+M = TypeVar("M", bound=Match)
 
 
-def attr_ints(node: onnx.NodeProto, name: str) -> list[int]:
-    value = attr(node, name, [])
-    return [int(v) for v in value] if isinstance(value, list | tuple) else []
+class Rule(ABC, Generic[M]):
+    name: ClassVar[str]
+    op_types: ClassVar[tuple[str, ...]]
+    absorbs: ClassVar[Absorbs] = Absorbs.NOTHING
+    weights: ClassVar[tuple[int, ...]] = ()
+
+    def applies(self, g: Graph, node: onnx.NodeProto) -> bool:
+        return True
+
+    @abstractmethod
+    def match_backward(self, g: Graph, node: onnx.NodeProto, aff: Affine) -> M | Refusal: ...
+
+    @abstractmethod
+    def rewrite_backward(self, s: Search, m: M, edge: Edge, switch: bool) -> Plan: ...
+
+    @abstractmethod
+    def match_forward(
+        self, g: Graph, node: onnx.NodeProto, index: int, aff: Affine
+    ) -> M | Refusal: ...
+
+    @abstractmethod
+    def rewrite_forward(self, s: Search, m: M, switch: bool) -> Plan: ...
+
+    def step_id(self, direction: Direction) -> str:
+        return f"{self.name}-{direction.value}"
+
+    def step(self, direction: Direction, node: onnx.NodeProto, *actions: Action) -> Plan:
+        """A plan of one step of this rule on ``node``, running ``actions``."""
+        absorbed = self.absorbs is not Absorbs.NOTHING
+        return Plan.step(Step(self.step_id(direction), node.name, absorbed), *actions)
 
 
-def attr_str(node: onnx.NodeProto, name: str, default: str) -> str:
-    value = attr(node, name, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
+def cast(node: onnx.NodeProto, like: np.ndarray, *values: np.ndarray) -> list[np.ndarray] | Refusal:
+    """Folded float64 ``values`` cast once to ``like``'s dtype; a refusal if one overflows it.
 
-
-def label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} '{node.name}'"
-
-
-def const_input(g: Graph, node: onnx.NodeProto, index: int, role: str) -> np.ndarray | str | None:
-    """Constant input ``index``; None if absent; a refusal if it is not constant."""
-    if len(node.input) <= index or not node.input[index]:
-        return None
-    value = g.const(node.input[index])
-    if value is None:
-        return f"{label(node)}: {role} '{node.input[index]}' is not a constant"
-    return value
-
-
-def cast_like(value: np.ndarray, like: np.ndarray, node: onnx.NodeProto) -> np.ndarray | str:
-    out = algebra.cast_exact_dtype(value, like.dtype)
-    if out is None:
-        return f"{label(node)}: folded values overflow {like.dtype}"
+    Every rule that writes constants calls this, once, on everything it writes.
+    """
+    out = []
+    for value in values:
+        cast_value = algebra.cast_exact_dtype(value, like.dtype)
+        if cast_value is None:
+            return Refusal(f"{label(node)}: folded values overflow {like.dtype}")
+        out.append(cast_value)
     return out
-
-
-def extra_outputs_used(g: Graph, node: onnx.NodeProto) -> str | None:
-    for out in node.output[1:]:
-        if out and (g.consumers(out) or out in g.pinned):
-            return f"{label(node)}: its output '{out}' is used"
-    return None
-
-
-def set_const(node: onnx.NodeProto, index: int, value: np.ndarray) -> Action:
-    """Action: point input ``index`` at a new initializer holding ``value``."""
-
-    def run(g: Graph) -> None:
-        base = node.input[index] if len(node.input) > index and node.input[index] else node.name
-        g.set_input(node, index, g.add_const(base, value))
-
-    return run
-
-
-def set_attr(node: onnx.NodeProto, name: str, value: object) -> Action:
-    return lambda g: g.set_attr(node, name, value)
-
-
-def rename_output(node: onnx.NodeProto) -> Action:
-    """Action: the node's output changes meaning, so it gets a fresh name."""
-
-    def run(g: Graph) -> None:
-        g.rename_output(node, 0)
-
-    return run
-
-
-def padded(node: onnx.NodeProto, kernel: tuple[int, ...]) -> bool:
-    """Whether a Conv/pool node adds zero padding anywhere."""
-    auto_pad = attr_str(node, "auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return any(k > 1 for k in kernel)  # may pad, depending on the input size
-    return any(p != 0 for p in attr_ints(node, "pads"))
-
-
-def to_rank(v: np.ndarray, rank: int) -> np.ndarray:
-    """Left-pad ``v`` with unit dims to ``rank``."""
-    return v.reshape((1,) * (rank - v.ndim) + v.shape)
-
-
-def trim_like(value: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Drop leading unit dims of ``value`` down to ``like``'s rank where possible."""
-    while value.ndim > like.ndim and value.shape[0] == 1:
-        value = value[0]
-    return value

@@ -1,40 +1,89 @@
-"""The rule registry: a plain tuple, looked up by op type."""
+"""The rule registry: one row per rule, looked up by op type.
+
+Each row is a rule instance whose class states its facts (name, op types,
+what it absorbs, weight inputs); :func:`table` lists them. For an op type
+the first rule whose ``applies`` holds serves the node (Add with a constant
+operand is ``bias-add``, Add of two branches is ``add``).
+"""
 
 from __future__ import annotations
 
-from bnfold.converter.folding.absorb import (
-    ComposeRule,
-    ConvRule,
-    ConvTransposeRule,
-    GemmRule,
-    MatMulRule,
-)
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import onnx
+
+from bnfold.converter.folding.absorb import ConvRule, ConvTransposeRule, GemmRule, MatMulRule
 from bnfold.converter.folding.across import (
-    ActivationRule,
-    AddRule,
     ConcatRule,
     IdentityRule,
     PoolRule,
+    ReluRule,
     ReshapeRule,
     TransposeRule,
 )
+from bnfold.converter.folding.add import AddRule, BiasAddRule
+from bnfold.converter.folding.compose import ComposeRule
+from bnfold.converter.folding.graph import AFFINE_DOMAIN, Graph
+from bnfold.converter.folding.recognize import BN_PARAMETERS
 from bnfold.converter.folding.rule import Rule
 
-RULES: tuple[Rule, ...] = (
+RULES: tuple[Rule[Any], ...] = (
     ConvRule(),
     ConvTransposeRule(),
     GemmRule(),
     MatMulRule(),
     ComposeRule(),
+    BiasAddRule(),
     IdentityRule(),
     TransposeRule(),
     ReshapeRule(),
     PoolRule(),
-    ActivationRule(),
+    ReluRule(),
     ConcatRule(),
     AddRule(),
 )
 
-BY_OP: dict[str, Rule] = {op: rule for rule in RULES for op in rule.op_types}
-BACKWARD = BY_OP
-FORWARD = BY_OP
+DOMAINS = ("", "ai.onnx", AFFINE_DOMAIN)
+
+
+class Registry:
+    def __init__(self, rules: Sequence[Rule[Any]]) -> None:
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names are not unique: {names}")
+        self.rules = tuple(rules)
+        self._by_op: dict[str, list[Rule[Any]]] = defaultdict(list)
+        for rule in self.rules:
+            for op in rule.op_types:
+                self._by_op[op].append(rule)
+
+    def find(self, g: Graph, node: onnx.NodeProto) -> Rule[Any] | None:
+        """The rule serving ``node``; None if no rule knows it (it does not commute)."""
+        if node.domain not in DOMAINS:
+            return None
+        for rule in self._by_op.get(node.op_type, ()):
+            if rule.applies(g, node):
+                return rule
+        return None
+
+    def weight_inputs(self) -> dict[str, tuple[int, ...]]:
+        """The inputs holding a layer's constants, by op type (for ``constants.materialize``)."""
+        table = {op: r.weights for r in self.rules for op in r.op_types if r.weights}
+        return {**table, "BatchNormalization": BN_PARAMETERS}
+
+    def table(self) -> list[dict[str, object]]:
+        """The registry as rows: name, op types, what it absorbs, weight inputs."""
+        return [
+            {
+                "name": r.name,
+                "op_types": r.op_types,
+                "absorbs": r.absorbs.value,
+                "weights": r.weights,
+            }
+            for r in self.rules
+        ]
+
+
+REGISTRY = Registry(RULES)

@@ -272,7 +272,7 @@ def test_bn_concat_forward(build, check):
     )
     _, report, ops = check(model)
     assert ops == {"Concat": 1, "Conv": 1}
-    assert report.bns[0].rules == ["across-concat:Concat_1", "conv-forward:Conv_2"]
+    assert report.bns[0].rules == ["concat-forward:Concat_1", "conv-forward:Conv_2"]
 
 
 def test_bn_output_read_by_two_convs(build, check):
