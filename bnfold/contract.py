@@ -26,6 +26,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
@@ -151,6 +152,25 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
 }
 
+
+# ONNX tensor type, as ONNX Runtime spells it (NodeArg.type) -> datatype.
+ONNX_DATATYPES: dict[str, str] = {
+    f"tensor({onnx_name})": name
+    for onnx_name, name in [
+        ("bool", "BOOL"),
+        ("uint8", "UINT8"),
+        ("uint16", "UINT16"),
+        ("uint32", "UINT32"),
+        ("uint64", "UINT64"),
+        ("int8", "INT8"),
+        ("int16", "INT16"),
+        ("int32", "INT32"),
+        ("int64", "INT64"),
+        ("float16", "FP16"),
+        ("float", "FP32"),
+        ("double", "FP64"),
+    ]
+}
 
 # --- schemas -----------------------------------------------------------------------
 
@@ -489,6 +509,52 @@ class Manifest:
         if entry is None:
             raise ContractError(f"{MANIFEST_FILE} has no sha256 for {filename}")
         return entry.sha256
+
+
+# (name, ONNX tensor type as ONNX Runtime spells it, shape with None or a
+# string for a symbolic dimension): a graph input or output.
+GraphTensor = tuple[str, str, Sequence[int | str | None]]
+
+
+def complete_config(
+    config: ModelConfig | None,
+    name: str,
+    inputs: Sequence[GraphTensor],
+    outputs: Sequence[GraphTensor],
+    *,
+    default_max_batch_size: int,
+) -> ModelConfig:
+    """``config`` with what it leaves out taken from the graph, as Triton
+    completes a configuration: every graph input and output when none is
+    listed (symbolic dimensions as -1); and with no configuration at all,
+    ``max_batch_size = default_max_batch_size`` when every input and output
+    has a symbolic first dimension (the graph batches), else 0."""
+    if config is None:
+        config = ModelConfig(name=name)
+        if default_max_batch_size > 0 and all(_symbolic_batch(t) for t in [*inputs, *outputs]):
+            config = dataclasses.replace(config, max_batch_size=default_max_batch_size)
+    batched = config.max_batch_size > 0
+    if not config.input:
+        config = dataclasses.replace(config, input=[_graph_tensor(t, batched) for t in inputs])
+    if not config.output:
+        config = dataclasses.replace(config, output=[_graph_tensor(t, batched) for t in outputs])
+    return config
+
+
+def _symbolic_batch(tensor: GraphTensor) -> bool:
+    shape = list(tensor[2])
+    return bool(shape) and not (isinstance(shape[0], int) and shape[0] >= 0)
+
+
+def _graph_tensor(tensor: GraphTensor, batched: bool) -> TensorConfig:
+    name, onnx_type, shape = tensor
+    datatype = ONNX_DATATYPES.get(onnx_type)
+    if datatype is None:
+        raise ContractError(f"graph tensor {name!r} has unsupported type {onnx_type}")
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+    if batched and not dims:
+        raise ContractError(f"graph tensor {name!r} is a scalar but max_batch_size > 0")
+    return TensorConfig(name=name, datatype=datatype, shape=dims[1:] if batched else dims)
 
 
 def _check_format(value: int) -> None:

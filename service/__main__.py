@@ -1,4 +1,4 @@
-"""``python -m service --repo models``: the server without the bnfold CLI."""
+"""``python -m bnfold.service --repo models``: the server without the bnfold CLI."""
 
 from __future__ import annotations
 

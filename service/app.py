@@ -9,6 +9,7 @@ requests finish and releases every session.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
@@ -50,11 +51,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _quiet_gc()
     _prompt_gil_handoff(settings.gil_switch_ms)
     state.started = True
+    watch = None
+    if settings.poll_s > 0:
+        watch = asyncio.get_running_loop().create_task(state.repository.watch(settings.poll_s))
+        log.info("watching %s every %g s", settings.repo.resolve(), settings.poll_s)
     try:
         with drain_on_sigterm(state, settings.drain_s):
             yield
     finally:
         state.draining = True
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()

@@ -12,25 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bnfold.contract import (
     CONFIG_FILE,
+    DEFAULT_RTOL,
     MANIFEST_FILE,
     MODEL_FILE,
     REFERENCE_FILE,
     Manifest,
     ModelConfig,
+    complete_config,
     parse_json,
 )
 
 from .batching import Arrivals, Batcher, BatcherClosed, DeadlineExceeded, Feeds, QueueFull
-from .errors import InferenceFailed, Overloaded, RequestTimeout, ServiceError, Unavailable
+from .errors import (
+    InferenceFailed,
+    NotFound,
+    Overloaded,
+    RequestTimeout,
+    ServiceError,
+    Unavailable,
+)
 from .files import MAX_JSON_BYTES, inside, read_file
+from .fold_on_load import FoldOutcome, fold_on_load
 from .metrics import ModelMetrics
-from .model_config import read_config, triton_config
+from .model_config import read_model_config, triton_config
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
 from .signature import Signature, build_signature
@@ -57,9 +67,13 @@ class OpenedVersion:
     version: int
     path: Path
     config: ModelConfig
-    manifest: Manifest
+    manifest: Manifest | None
     runtime: Runtime
     signature: Signature
+    config_source: str = CONFIG_FILE
+    notes: tuple[str, ...] = ()  # said in the index beside READY
+    folding: FoldOutcome | None = None  # fold on load, when it ran
+    reference: Runtime | None = None  # the original graph, when fold on load folded it
 
 
 def read_manifest(version_dir: Path, root: Path | None = None) -> Manifest:
@@ -79,30 +93,65 @@ def read_reference(
     return read_model(version_dir / REFERENCE_FILE, sha256=sha, max_bytes=max_bytes, root=root)
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a version loads, beyond ONNX Runtime's options."""
+
+    runtime: RuntimeOptions
+    warmup: bool = True
+    fold_on_load: bool = False  # the server's default; the model's configuration may override
+    fold_rtol: float = DEFAULT_RTOL
+    default_max_batch_size: int = 64
+
+
+def device_options(options: RuntimeOptions, config: ModelConfig | None) -> RuntimeOptions:
+    """The model's ``instance_group`` kind over the server's device."""
+    kind = config.device_kind if config is not None else "KIND_AUTO"
+    if kind == "KIND_CPU":
+        return replace(options, device="cpu")
+    if kind == "KIND_GPU":
+        gpus = config.instance_group[0].gpus if config is not None else []
+        return replace(options, device="cuda", device_id=gpus[0] if gpus else options.device_id)
+    return options
+
+
 def open_version(
-    model_dir: Path, version: int, options: RuntimeOptions, *, warmup: bool
+    model_dir: Path,
+    version: int,
+    load: LoadOptions,
+    *,
+    configured: tuple[ModelConfig | None, str] | None = None,
 ) -> OpenedVersion:
     """Load one version (blocking); raises ``ValueError``/``RuntimeError``
     whose message is the reason shown in the repository index.
 
-    Nothing outside the repository (``model_dir``'s parent) is read: a model
-    or version folder, or any file in them, that resolves outside is refused
-    before it is opened (service/files.py)."""
+    ``configured`` is the model's configuration and where it came from, as
+    :func:`read_model_config` gives them (read here when not given; None:
+    completed from the graph). Without a ``manifest.json`` the files are served unchecked and
+    the notes say so. Nothing outside the repository (``model_dir``'s
+    parent) is read: a model or version folder, or any file in them, that
+    resolves outside is refused before it is opened (service/files.py)."""
     root = model_dir.parent
     version_dir = model_dir / str(version)
     for folder in (model_dir, version_dir):
         if not inside(folder, root):
             raise ValueError(f"{folder.name}/ is a link out of the model repository; refused")
-    config = read_config(model_dir / CONFIG_FILE, root=root)
-    manifest = read_manifest(version_dir, root)
+    config, config_source = configured or read_model_config(model_dir, root)
+    options = device_options(load.runtime, config)
+    notes: list[str] = []
+    manifest: Manifest | None = None
+    if (version_dir / MANIFEST_FILE).exists():
+        manifest = read_manifest(version_dir, root)
+    else:
+        notes.append(f"no {MANIFEST_FILE}: files not checked against a sha256")
     data = read_model(
         version_dir / MODEL_FILE,
-        sha256=manifest.sha256(MODEL_FILE),
+        sha256=manifest.sha256(MODEL_FILE) if manifest else None,
         max_bytes=options.max_model_bytes,
         root=root,
     )
-    # refuse a tampered reference
-    read_reference(version_dir, manifest, options.max_model_bytes, root)
+    if manifest is not None and REFERENCE_FILE in manifest.files:
+        read_reference(version_dir, manifest, options.max_model_bytes, root)  # refuse tampering
     external = external_data_files(data, version_dir, options.max_model_bytes)
     label = f"{model_dir.name}/{version}"
     try:
@@ -114,13 +163,45 @@ def open_version(
         )
     except Exception as e:
         raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {_first_line(e)}") from None
-    signature = build_signature(config, runtime.inputs, runtime.outputs)
-    if warmup:
+    config = complete_config(
+        config,
+        model_dir.name,
+        runtime.inputs,
+        runtime.outputs,
+        default_max_batch_size=load.default_max_batch_size,
+    )
+    signature = build_signature(config, runtime.inputs, runtime.outputs, source=config_source)
+    folding: FoldOutcome | None = None
+    reference: Runtime | None = None
+    wants_fold = load.fold_on_load if config.fold_on_load is None else config.fold_on_load
+    if wants_fold and external:
+        notes.append("fold on load skipped: the graph keeps its weights in external data")
+    elif wants_fold:
+        folded, folding = fold_on_load(
+            data, runtime, signature, options, label=label, rtol=load.fold_rtol
+        )
+        if folded is not None:
+            reference, runtime = runtime, folded
+        if folding.reason:
+            notes.append(f"fold on load: {folding.reason}")
+    if load.warmup:
         try:
             runtime.warmup(signature)
         except Exception as e:
             raise ValueError(f"warm-up failed: {_first_line(e)}") from None
-    return OpenedVersion(model_dir.name, version, version_dir, config, manifest, runtime, signature)
+    return OpenedVersion(
+        model_dir.name,
+        version,
+        version_dir,
+        config,
+        manifest,
+        runtime,
+        signature,
+        config_source=config_source,
+        notes=tuple(notes),
+        folding=folding,
+        reference=reference,
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -146,6 +227,9 @@ class ServedModel:
         self.manifest = opened.manifest
         self.runtime = opened.runtime
         self.signature = opened.signature
+        self.config_source = opened.config_source
+        self.notes = opened.notes
+        self.folding = opened.folding
         self.metrics = metrics
         self._settings = settings
         self._executor = executor
@@ -174,7 +258,7 @@ class ServedModel:
         self.inflight = 0
         self.retired = False
         self._drained = asyncio.Event()
-        self._reference: Runtime | None = None
+        self._reference: Runtime | None = opened.reference
         self._reference_lock = asyncio.Lock()
 
     @property
@@ -224,8 +308,19 @@ class ServedModel:
                 self._reference = await asyncio.to_thread(self._open_reference)
             return self._reference
 
+    @property
+    def has_reference(self) -> bool:
+        stored = self.manifest is not None and REFERENCE_FILE in self.manifest.files
+        return self._reference is not None or stored
+
     def _open_reference(self) -> Runtime:
-        options = runtime_options(self._settings)
+        if self.manifest is None or REFERENCE_FILE not in self.manifest.files:
+            raise NotFound(
+                f"no {REFERENCE_FILE} is stored for model {self.name!r} version "
+                f"{self.version}: nothing to compare with (bnfold import or "
+                "--fold-on-load gives it one)"
+            )
+        options = device_options(runtime_options(self._settings), self.config)
         data = read_reference(
             self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
         )
@@ -244,6 +339,8 @@ class ServedModel:
                 "device_id": -1 if self.runtime.device_id is None else self.runtime.device_id,
                 "max_batch_size": self.signature.max_batch_size,
                 "dynamic_batching": self.batching,
+                "config_source": self.config_source,
+                **({"fold_on_load": self.folding.summary()} if self.folding else {}),
             },
         }
 

@@ -11,10 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnfold.contract import ModelConfig, parse_json
+from bnfold.contract import CONFIG_FILE, ContractError, ModelConfig, parse_json
 
 from .files import MAX_JSON_BYTES, read_file
 from .protocol import TRITON_DATATYPES
+from .triton_config import PBTXT_FILE, read_pbtxt
+
+GRAPH = "the graph"  # where the configuration comes from when no file exists
+
+
+def read_model_config(model_dir: Path, root: Path) -> tuple[ModelConfig | None, str]:
+    """The model folder's configuration and the file it came from: bnfold's
+    ``config.json``, Triton's ``config.pbtxt``, or (None, 'the graph') when
+    there is none and the graph completes it. Both files at once is refused."""
+    json_path, pbtxt_path = model_dir / CONFIG_FILE, model_dir / PBTXT_FILE
+    has_json, has_pbtxt = json_path.exists(), pbtxt_path.exists()
+    if has_json and has_pbtxt:
+        raise ContractError(f"both {CONFIG_FILE} and {PBTXT_FILE} are present; keep one")
+    if has_json:
+        return read_config(json_path, root=root), CONFIG_FILE
+    if has_pbtxt:
+        return read_pbtxt(pbtxt_path, root=root), PBTXT_FILE
+    return None, GRAPH
 
 
 def read_config(path: Path, root: Path | None = None) -> ModelConfig:

@@ -12,10 +12,8 @@ import numpy as np
 from bnfold.contract import DEFAULT_RTOL, compare
 
 from .batching import Feeds
-from .errors import BadRequest
 from .model import ServedModel
 from .runtime import Runtime
-from .signature import Signature
 
 
 def drop_none(value: Any) -> Any:
@@ -30,36 +28,17 @@ def drop_none(value: Any) -> Any:
 def stored_report(served: ServedModel) -> dict[str, Any]:
     """What the converter measured when it wrote the version."""
     manifest = served.manifest
-    return drop_none(
-        {
-            "model_name": served.name,
-            "model_version": served.version_str,
-            "parity": manifest.parity or {},
-            "folding": manifest.folding or {},
-            "versions": manifest.versions,
-        }
-    )
-
-
-def generate_inputs(signature: Signature, n: int, seed: int) -> Feeds:
-    """``n`` rows drawn from N(0, 1) (integers 0..9, booleans fair) per input."""
-    if not signature.batched and n != 1:
-        raise BadRequest("this model has no batch dimension: use n=1 or send inputs")
-    rng = np.random.default_rng(seed)
-    feeds: Feeds = {}
-    for spec in signature.inputs:
-        dims = list(spec.shape)
-        if signature.batched:
-            dims[0] = n
-        if any(d < 0 for d in dims):
-            raise BadRequest(f"input {spec.name!r} has a variable dimension; send inputs instead")
-        if spec.dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
-        elif spec.dtype.kind == "b":
-            feeds[spec.name] = rng.random(dims) < 0.5
-        else:
-            feeds[spec.name] = rng.integers(0, 10, size=dims).astype(spec.dtype)
-    return feeds
+    report: dict[str, Any] = {
+        "model_name": served.name,
+        "model_version": served.version_str,
+        "parity": (manifest.parity if manifest else None) or {},
+        "folding": (manifest.folding if manifest else None) or {},
+        "versions": manifest.versions if manifest else {},
+        "reference": "stored" if served.has_reference else "none",
+    }
+    if served.folding is not None:  # fold on load measured it here, on this device
+        report["fold_on_load"] = served.folding.to_dict()
+    return drop_none(report)
 
 
 async def _run_chunked(served: ServedModel, runtime: Runtime, feeds: Feeds) -> Feeds:

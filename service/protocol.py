@@ -25,22 +25,6 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
 # Open Inference Protocol datatype -> numpy dtype: the contract's table.
 DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
 
-# ONNX Runtime's NodeArg.type -> datatype.
-ONNX_DATATYPES: dict[str, str] = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-}
-
 # Triton's model configuration spells datatypes with a TYPE_ prefix.
 TRITON_DATATYPES: dict[str, str] = {name: f"TYPE_{name}" for name in DATATYPES}
 

@@ -66,6 +66,41 @@ class Settings(BaseSettings):
         int, Field(ge=1, description="Refuse model files (with external data) larger than this.")
     ] = 2 << 30
 
+    # --- the repository
+    poll_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Watch the repository every this many seconds and load new, changed "
+            "or removed versions atomically (0: only on an explicit load).",
+        ),
+    ] = 0.0
+    strict_readiness: Annotated[
+        bool,
+        Field(
+            description="/v2/health/ready is 503 while any model that should serve is not "
+            "ready, an empty repository included (Triton's --strict-readiness).",
+        ),
+    ] = True
+    fold_on_load: Annotated[
+        bool,
+        Field(
+            description="Fold the BNs of each model in memory when it loads and serve the "
+            "folded graph if parity holds (config.json fold_on_load overrides per model).",
+        ),
+    ] = False
+    fold_rtol: Annotated[
+        float, Field(ge=0, description="Parity tolerance of fold on load (relative error).")
+    ] = 1e-5
+    default_max_batch_size: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="max_batch_size of a model without a configuration whose graph has "
+            "a dynamic first dimension (0: no batching).",
+        ),
+    ] = 64
+
     # --- batching defaults, for models whose config.json leaves them out
     batching: Annotated[
         bool, Field(description="Dynamic batching unless config.json disables it.")

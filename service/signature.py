@@ -10,18 +10,15 @@ Runtime stack trace.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bnfold.contract import ModelConfig, TensorConfig
+from bnfold.contract import ONNX_DATATYPES, GraphTensor, ModelConfig, TensorConfig
 
 from .errors import BadRequest
-from .protocol import DATATYPES, ONNX_DATATYPES
-
-GraphTensor = tuple[str, str, Sequence[int | str | None]]  # (name, onnx type, shape)
+from .protocol import DATATYPES
 
 
 @dataclass(frozen=True)
@@ -89,12 +86,18 @@ class Signature:
 
 
 def build_signature(
-    config: ModelConfig, graph_inputs: list[GraphTensor], graph_outputs: list[GraphTensor]
+    config: ModelConfig,
+    graph_inputs: list[GraphTensor],
+    graph_outputs: list[GraphTensor],
+    *,
+    source: str = "config.json",
 ) -> Signature:
-    """Merge config.json with the graph; raises ``ValueError`` naming the mismatch."""
+    """Merge the configuration (read from ``source``) with the graph; raises
+    ``ValueError`` naming the mismatch."""
     batched = config.max_batch_size > 0
-    inputs = _merge("input", config.input, graph_inputs, batched, config.max_batch_size)
-    outputs = _merge("output", config.output, graph_outputs, batched, config.max_batch_size)
+    size = config.max_batch_size
+    inputs = _merge("input", config.input, graph_inputs, batched, size, source)
+    outputs = _merge("output", config.output, graph_outputs, batched, size, source)
     return Signature(inputs, outputs, config.max_batch_size)
 
 
@@ -104,12 +107,13 @@ def _merge(
     graph: list[GraphTensor],
     batched: bool,
     max_batch_size: int,
+    source: str,
 ) -> tuple[TensorSpec, ...]:
     by_name = {c.name: c for c in configured}
     graph_names = [g[0] for g in graph]
     if set(by_name) != set(graph_names):
         raise ValueError(
-            f"config.json {kind}s {sorted(by_name)} do not match the graph's {sorted(graph_names)}"
+            f"{source} {kind}s {sorted(by_name)} do not match the graph's {sorted(graph_names)}"
         )
     specs = []
     for name, onnx_type, graph_shape in graph:
@@ -118,7 +122,7 @@ def _merge(
         if datatype is None:
             raise ValueError(f"{kind} {name!r} has unsupported type {onnx_type}")
         if datatype != cfg.datatype:
-            raise ValueError(f"{kind} {name!r}: config.json says {cfg.datatype}, graph {datatype}")
+            raise ValueError(f"{kind} {name!r}: {source} says {cfg.datatype}, graph {datatype}")
         dims = [d if isinstance(d, int) and d >= 0 else -1 for d in graph_shape]
         if batched:
             if not dims:
@@ -133,13 +137,34 @@ def _merge(
             head = []
         if len(dims) != len(cfg.shape):
             raise ValueError(
-                f"{kind} {name!r}: config.json shape {cfg.shape} has rank {len(cfg.shape)}, "
+                f"{kind} {name!r}: {source} shape {cfg.shape} has rank {len(cfg.shape)}, "
                 f"the graph {len(dims)}{' after the batch dimension' if batched else ''}"
             )
         merged = []
         for g, c in zip(dims, cfg.shape, strict=True):
             if g != -1 and c != -1 and g != c:
-                raise ValueError(f"{kind} {name!r}: config.json shape {cfg.shape} vs graph {dims}")
+                raise ValueError(f"{kind} {name!r}: {source} shape {cfg.shape} vs graph {dims}")
             merged.append(g if g != -1 else c)
         specs.append(TensorSpec(name, datatype, tuple(head + merged)))
     return tuple(specs)
+
+
+def generate_inputs(signature: Signature, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` rows drawn from N(0, 1) (integers 0..9, booleans fair) per input."""
+    if not signature.batched and n != 1:
+        raise BadRequest("this model has no batch dimension: use n=1 or send inputs")
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        dims = list(spec.shape)
+        if signature.batched:
+            dims[0] = n
+        if any(d < 0 for d in dims):
+            raise BadRequest(f"input {spec.name!r} has a variable dimension; send inputs instead")
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+        elif spec.dtype.kind == "b":
+            feeds[spec.name] = rng.random(dims) < 0.5
+        else:
+            feeds[spec.name] = rng.integers(0, 10, size=dims).astype(spec.dtype)
+    return feeds

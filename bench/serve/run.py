@@ -211,7 +211,7 @@ def start_bnfold(repo: Path, *, batching: bool, device: str = "cpu") -> Iterator
         BNFOLD_BATCHING="true" if batching else "false",
         BNFOLD_DEVICE=device,
     )
-    argv = [sys.executable, "-m", "service", "--repo", str(repo), "--port", str(port)]
+    argv = [sys.executable, "-m", "bnfold.service", "--repo", str(repo), "--port", str(port)]
     with _process("bnfold" if batching else "bnfold-nobatch", argv, env, port) as server:
         yield server
 

@@ -41,7 +41,7 @@ async def _classify(
         served.signature.check_input(spec.name, spec.datatype, list(x.shape), x.size)
         outputs = await served.infer({spec.name: x}, 1, settings.request_timeout_s)
         scores = outputs[served.signature.outputs[0].name]
-        labels = served.config.labels or served.manifest.labels
+        labels = served.config.labels or (served.manifest.labels if served.manifest else [])
         return {
             "model_name": served.name,
             "model_version": served.version_str,

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends
 from ..codec import decode_infer
 from ..deps import RepositoryDep, SettingsDep, body_schema, json_body
 from ..errors import BadRequest
-from ..parity import generate_inputs, measure, stored_report
+from ..parity import measure, stored_report
 from ..protocol import ErrorBody, ParityRequest
 from ..repository import Repository
 from ..settings import Settings
+from ..signature import generate_inputs
 
 router = APIRouter(tags=["parity"])
 ParityBody = Annotated[ParityRequest | None, Depends(json_body(ParityRequest))]

@@ -53,11 +53,18 @@ async def live() -> Response:
 
 @router.get("/v2/health/ready", summary="Readiness", responses=NOT_READY)
 async def ready(state: StateDep) -> Response:
-    """200 once every model has been loaded and warmed; 503 while starting
-    or after SIGTERM (draining)."""
+    """200 once every model that should serve is loaded and warmed; 503
+    while starting, after SIGTERM (draining), and, with strict readiness
+    (the default; ``--no-strict-readiness`` turns it off), while the
+    repository is empty or any model failed to load or is not loaded yet."""
+    retry = state.settings.retry_after_s
     if not state.ready:
         why = "draining" if state.draining else "starting"
-        raise Unavailable(f"server is not ready: {why}", retry_after=state.settings.retry_after_s)
+        raise Unavailable(f"server is not ready: {why}", retry_after=retry)
+    if state.settings.strict_readiness and state.repository is not None:
+        ready, why = state.repository.readiness()
+        if not ready:
+            raise Unavailable(f"server is not ready: {why}", retry_after=retry)
     return Response(status_code=200)
 
 

@@ -52,12 +52,23 @@ def server_process(
         "BNFOLD_LOG_LEVEL": "warning",
         "BNFOLD_ACCESS_LOG": "false",
         "BNFOLD_API_TOKEN": "test-token",
+        # Repositories here hold broken models on purpose: "ready" means started.
+        "BNFOLD_STRICT_READINESS": "false",
         **(env or {}),
     }
     log = workdir / f"server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--repo", str(repo), "--port", str(port), *args],
+            [
+                sys.executable,
+                "-m",
+                "bnfold.service",
+                "--repo",
+                str(repo),
+                "--port",
+                str(port),
+                *args,
+            ],
             cwd=workdir,
             env=clean,
             stdout=out,

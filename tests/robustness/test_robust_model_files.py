@@ -29,7 +29,7 @@ from served_models import config, mlp, write_mlp
 from service_harness import TOKEN, base_settings, run_server
 
 from bnfold.converter.repository import write_version
-from bnfold.service.model import open_version
+from bnfold.service.model import LoadOptions, open_version
 from bnfold.service.runtime import RuntimeOptions
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -253,7 +253,7 @@ def test_loading_opens_nothing_outside_the_repository(hostile: tuple[Path, Path]
         recording[0] = True
         try:
             with pytest.raises(ValueError):
-                open_version(repo / name, 1, RuntimeOptions(device="cpu"), warmup=True)
+                open_version(repo / name, 1, LoadOptions(RuntimeOptions(device="cpu"), warmup=True))
         finally:
             recording[0] = False
     opened_files = {Path(p) for p in opened if not p.endswith((".py", ".pyc", ".so"))}

@@ -48,8 +48,12 @@ def test_server_metadata_names_extensions_and_provider(triton: Any, http: httpx.
 
 
 def test_health_live_and_ready(triton: Any, http: httpx.Client) -> None:
-    assert triton.is_server_live() and triton.is_server_ready()
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready"):
+    # This repository holds broken models on purpose: strict readiness (the
+    # default) says the server is not ready, and names one of them.
+    assert triton.is_server_live() and not triton.is_server_ready()
+    r = http.get("/v2/health/ready")
+    assert r.status_code == 503 and "is not ready: model 'bad-sha'" in r.json()["error"]
+    for path in ("/v2/health/live", "/v2/models/mlp/ready"):
         r = http.get(path)
         assert (r.status_code, r.content) == (200, b"")
     assert triton.is_model_ready("mlp")

@@ -36,7 +36,7 @@ def test_index_lists_every_model_with_state_and_reason(triton: Any) -> None:
     assert ("mlp", "1") in by_key and by_key["mlp", "1"]["state"] == "READY"
     assert by_key["cnn", "2"]["state"] == "READY"
     assert by_key["cnn", "1"]["state"] == "UNAVAILABLE"
-    assert "only the highest version" in by_key["cnn", "1"]["reason"]
+    assert "version_policy serves the highest version" in by_key["cnn", "1"]["reason"]
     assert by_key["bad-sha", "1"]["state"] == "UNAVAILABLE"
     assert "does not match the manifest" in by_key["bad-sha", "1"]["reason"]
     assert "not an ONNX model" in by_key["garbage", "1"]["reason"]

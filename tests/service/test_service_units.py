@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from served_models import write_mlp
 
-from bnfold.contract import ModelConfig
+from bnfold.contract import ONNX_DATATYPES, ModelConfig
 from bnfold.service.binary import encode_body, split_body
 from bnfold.service.codec import decode_infer, decompress, encode_infer, numbers
 from bnfold.service.errors import BadRequest, PayloadTooLarge
-from bnfold.service.model import open_version
+from bnfold.service.model import LoadOptions, open_version
 from bnfold.service.model_config import read_config
-from bnfold.service.protocol import DATATYPE_OF, DATATYPES, ONNX_DATATYPES
+from bnfold.service.protocol import DATATYPE_OF, DATATYPES
 from bnfold.service.runtime import RuntimeOptions, external_data_files, read_model
 from bnfold.service.settings import Settings, settings_env
 from bnfold.service.signature import Signature, TensorSpec, build_signature
@@ -210,12 +210,12 @@ def test_tampered_reference_refuses_the_version(tmp_path: Path) -> None:
     version = write_mlp(tmp_path, "m")
     (version / "reference.onnx").write_bytes(b"changed")
     with pytest.raises(ValueError, match=r"reference\.onnx sha256"):
-        open_version(tmp_path / "m", 1, RuntimeOptions(device="cpu"), warmup=False)
+        open_version(tmp_path / "m", 1, LoadOptions(RuntimeOptions(device="cpu"), warmup=False))
 
 
 def test_config_must_agree_with_the_graph(tmp_path: Path) -> None:
     version = write_mlp(tmp_path, "m")
-    opened = open_version(tmp_path / "m", 1, RuntimeOptions(device="cpu"), warmup=True)
+    opened = open_version(tmp_path / "m", 1, LoadOptions(RuntimeOptions(device="cpu"), warmup=True))
     assert opened.runtime.provider == "CPUExecutionProvider"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     cases = [
@@ -306,7 +306,7 @@ def test_cuda_required_without_a_gpu_is_a_load_failure(tmp_path: Path) -> None:
     write_mlp(tmp_path, "m")
     options = RuntimeOptions(device="cuda")
     try:
-        opened = open_version(tmp_path / "m", 1, options, warmup=False)
+        opened = open_version(tmp_path / "m", 1, LoadOptions(options, warmup=False))
     except ValueError as e:
         assert "CUDA was required" in str(e)
     else:  # a machine with a working GPU

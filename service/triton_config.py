@@ -1,0 +1,137 @@
+"""Triton's ``config.pbtxt``, read as Triton reads it, into the contract's ModelConfig.
+
+The text is parsed by protobuf's text format against Triton's own schema
+(``proto/model_config.proto``, vendored), so a field Triton does not know is
+an error with its line and column, as it is in Triton. The fields bnfold
+acts on are carried over: ``name``, ``platform``/``backend``,
+``max_batch_size``, ``input``/``output`` (``data_type``, ``dims``,
+``format``, ``label_filename``), ``dynamic_batching``, ``version_policy``,
+``instance_group`` and ``parameters`` (``fold_on_load: "true"`` is
+bnfold's per-model switch). Ensembles and sequence batching are refused
+(bnfold serves stateless single models); other Triton settings, such as
+``optimization`` or ``model_warmup``, are accepted and have no effect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from bnfold.contract import ContractError, ModelConfig
+
+from .files import MAX_JSON_BYTES, read_file
+from .proto import model_config_pb2 as pb
+
+PBTXT_FILE = "config.pbtxt"
+ONNX_BACKEND = "onnxruntime"
+ONNX_PLATFORM = "onnxruntime_onnx"
+REFUSED = {
+    "ensemble_scheduling": "ensembles are not served (bnfold serves single models)",
+    "sequence_batching": "sequence batching is not supported (bnfold serves stateless models)",
+}
+TRUE = {"true", "1", "yes", "on"}
+FALSE = {"false", "0", "no", "off"}
+
+
+def datatype(data_type: int) -> str:
+    """``TYPE_FP32`` -> ``FP32``; Triton's ``TYPE_STRING`` is the protocol's BYTES."""
+    name = pb.DataType.Name(data_type)
+    return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
+
+
+def read_pbtxt(path: Path, *, root: Path) -> ModelConfig:
+    """Parse ``<model>/config.pbtxt``; ContractError with a one-line reason."""
+    raw = read_file(path, root=root, max_bytes=MAX_JSON_BYTES)
+    try:
+        message = text_format.Parse(raw.decode("utf-8"), pb.ModelConfig())
+    except UnicodeDecodeError:
+        raise ContractError(f"{PBTXT_FILE} is not UTF-8 text") from None
+    except text_format.ParseError as e:
+        raise ContractError(f"{PBTXT_FILE}: {e}") from None
+    return from_proto(message, model_dir=path.parent, root=root)
+
+
+def from_proto(message: pb.ModelConfig, *, model_dir: Path, root: Path) -> ModelConfig:
+    folder = model_dir.name
+    for name, why in REFUSED.items():
+        if message.HasField(name):
+            raise ContractError(f"{PBTXT_FILE}: {why}")
+    if message.name and message.name != folder:
+        raise ContractError(
+            f"{PBTXT_FILE}: name {message.name!r} does not match the model folder {folder!r}"
+        )
+    if message.platform not in ("", ONNX_PLATFORM) or message.backend not in ("", ONNX_BACKEND):
+        given = message.platform or message.backend
+        raise ContractError(
+            f"{PBTXT_FILE}: {given!r} models are not served; bnfold serves ONNX models "
+            f"(platform {ONNX_PLATFORM!r} or backend {ONNX_BACKEND!r})"
+        )
+    config: dict[str, Any] = {
+        "name": folder,
+        "max_batch_size": message.max_batch_size,
+        "input": [_tensor(t, with_format=True) for t in message.input],
+        "output": [_tensor(t, with_format=False) for t in message.output],
+        "parameters": {k: v.string_value for k, v in message.parameters.items()},
+    }
+    labels = [t.label_filename for t in message.output if t.label_filename]
+    if labels:
+        config["labels"] = _labels(model_dir / labels[0], root)
+    if message.HasField("dynamic_batching"):
+        config["dynamic_batching"] = _batching(message.dynamic_batching)
+    if message.HasField("version_policy"):
+        config["version_policy"] = _policy(message.version_policy)
+    if message.instance_group:
+        config["instance_group"] = [
+            {
+                "kind": pb.ModelInstanceGroup.Kind.Name(g.kind),
+                "count": max(g.count, 1),
+                "gpus": list(g.gpus),
+            }
+            for g in message.instance_group
+        ]
+    fold = config["parameters"].get("fold_on_load")
+    if fold is not None:
+        if fold.lower() not in TRUE | FALSE:
+            raise ContractError(f"{PBTXT_FILE}: parameter fold_on_load must be true or false")
+        config["fold_on_load"] = fold.lower() in TRUE
+    if any(g["kind"] == "KIND_MODEL" for g in config.get("instance_group", [])):
+        raise ContractError(f"{PBTXT_FILE}: instance_group kind KIND_MODEL is not supported")
+    try:
+        return ModelConfig.from_dict(config)
+    except ContractError as e:
+        raise ContractError(str(e).replace("config.json", PBTXT_FILE, 1)) from None
+
+
+def _tensor(t: pb.ModelInput | pb.ModelOutput, *, with_format: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": t.name, "datatype": datatype(t.data_type), "shape": list(t.dims)}
+    if with_format and isinstance(t, pb.ModelInput) and t.format != pb.ModelInput.FORMAT_NONE:
+        out["format"] = pb.ModelInput.Format.Name(t.format)
+    return out
+
+
+def _batching(d: pb.ModelDynamicBatching) -> dict[str, Any]:
+    out: dict[str, Any] = {"enabled": True}
+    if d.max_queue_delay_microseconds:
+        out["max_queue_delay_ms"] = d.max_queue_delay_microseconds / 1000
+    if d.HasField("default_queue_policy") and d.default_queue_policy.max_queue_size:
+        out["max_queue_size"] = d.default_queue_policy.max_queue_size
+    return out
+
+
+def _policy(p: pb.ModelVersionPolicy) -> dict[str, Any]:
+    choice = p.WhichOneof("policy_choice")
+    if choice == "latest":
+        return {"latest": {"num_versions": p.latest.num_versions}}
+    if choice == "specific":
+        return {"specific": {"versions": list(p.specific.versions)}}
+    return {"all": {}}
+
+
+def _labels(path: Path, root: Path) -> list[str]:
+    try:
+        text = read_file(path, root=root, max_bytes=MAX_JSON_BYTES).decode("utf-8")
+    except (OSError, ValueError) as e:
+        raise ContractError(f"{PBTXT_FILE}: label_filename {path.name!r}: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
