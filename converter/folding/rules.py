@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 
@@ -27,7 +27,8 @@ from bnfold.converter.folding.add import AddRule, BiasAddRule
 from bnfold.converter.folding.compose import ComposeRule
 from bnfold.converter.folding.graph import AFFINE_DOMAIN, Graph
 from bnfold.converter.folding.recognize import BN_PARAMETERS
-from bnfold.converter.folding.rule import Rule
+from bnfold.converter.folding.resize import ResizeRule
+from bnfold.converter.folding.rule import Absorbs, Rule
 
 RULES: tuple[Rule[Any], ...] = (
     ConvRule(),
@@ -43,9 +44,17 @@ RULES: tuple[Rule[Any], ...] = (
     ReluRule(),
     ConcatRule(),
     AddRule(),
+    ResizeRule(),
 )
 
 DOMAINS = ("", "ai.onnx", AFFINE_DOMAIN)
+
+
+class Row(NamedTuple):
+    name: str
+    op_types: tuple[str, ...]
+    absorbs: Absorbs
+    weights: tuple[int, ...]
 
 
 class Registry:
@@ -73,17 +82,9 @@ class Registry:
         table = {op: r.weights for r in self.rules for op in r.op_types if r.weights}
         return {**table, "BatchNormalization": BN_PARAMETERS}
 
-    def table(self) -> list[dict[str, object]]:
-        """The registry as rows: name, op types, what it absorbs, weight inputs."""
-        return [
-            {
-                "name": r.name,
-                "op_types": r.op_types,
-                "absorbs": r.absorbs.value,
-                "weights": r.weights,
-            }
-            for r in self.rules
-        ]
+    def table(self) -> list[Row]:
+        """The registry as rows of facts (docs/folding.md, "The rules")."""
+        return [Row(r.name, r.op_types, r.absorbs, r.weights) for r in self.rules]
 
 
 REGISTRY = Registry(RULES)

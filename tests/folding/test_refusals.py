@@ -262,6 +262,75 @@ CASES = [
         {"w": [2, 3, 3, 3], "b": [3], **st(2)},
     ),
     Case(
+        "resize-linear",
+        f"""g (float[N, 3, 6, 6] x) => (float[N, 4, 8, 8] z) {{
+            c = Conv (x, w, b)
+            y = Resize <mode = "linear"> (c, , sc)
+            z = {BN}
+        }}""",
+        "only mode=nearest passes",
+        {"w": [4, 3, 3, 3], "b": [4], **st(4)},
+        values={"sc": np.array([1.0, 1.0, 2.0, 2.0])},
+    ),
+    Case(
+        "resize-cubic",
+        f"""g (float[N, 3, 6, 6] x) => (float[N, 4, 8, 8] z) {{
+            c = Conv (x, w, b)
+            y = Resize <mode = "cubic"> (c, , sc)
+            z = {BN}
+        }}""",
+        "Resize 'Resize_1': mode=cubic; only mode=nearest passes",
+        {"w": [4, 3, 3, 3], "b": [4], **st(4)},
+        values={"sc": np.array([1.0, 1.0, 2.0, 2.0])},
+    ),
+    Case(
+        "resize-crop",
+        f"""g (float[N, 3, 6, 6] x) => (float[N, 4, 8, 8] z) {{
+            c = Conv (x, w, b)
+            y = Resize <coordinate_transformation_mode = "tf_crop_and_resize"> (c, roi, sc)
+            z = {BN}
+        }}""",
+        "tf_crop_and_resize fills outside the crop",
+        {"w": [4, 3, 3, 3], "b": [4], **st(4)},
+        values={
+            "roi": np.array([0.0, 0.0, -0.25, -0.25, 1.0, 1.0, 1.25, 1.25]),
+            "sc": np.array([1.0, 1.0, 2.0, 2.0]),
+        },
+    ),
+    Case(
+        "resize-channel-axis",
+        f"""g (float[N, 2, 6, 6] x) => (float[N, 4, 4, 4] z) {{
+            c = Conv (x, w, b)
+            y = Resize <mode = "nearest"> (c, , sc)
+            z = {BN}
+        }}""",
+        "Resize 'Resize_1' resizes axis [1], along which the map varies",
+        {"w": [2, 2, 3, 3], "b": [2], **st(4)},
+        values={"sc": np.array([1.0, 2.0, 1.0, 1.0])},
+    ),
+    Case(
+        "resize-sizes-not-constant",
+        f"""g (float[N, 3, 6, 6] x, int64[4] sizes) => (float[N, 4, 8, 8] z) {{
+            c = Conv (x, w, b)
+            y = Resize <mode = "nearest"> (c, , , sizes)
+            z = {BN}
+        }}""",
+        "its scales and sizes are not constants",
+        {"w": [4, 3, 3, 3], "b": [4], **st(4)},
+        runnable=False,
+    ),
+    Case(
+        "resize-map-on-scales",
+        """g (float[N, 3, 4, 4] x, float[4] u) => (float[N, 3, 8, 8] z) {
+            m = Mul (u, a)
+            sc = Add (m, d)
+            z = Resize <mode = "nearest"> (x, , sc)
+        }""",
+        "the map is on its scales input",
+        {"a": [4], "d": [4]},
+        runnable=False,
+    ),
+    Case(
         "matmul-no-bias",
         """g (float[N, 2, 5] x) => (float[N, 2, 4] z) {
             y = MatMul (x, w)
