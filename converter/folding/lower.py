@@ -1,10 +1,11 @@
 """Turn the internal Affine nodes left after folding back into ONNX ops.
 
 An unchanged BN is re-emitted exactly as it came (the BatchNormalization node
-or its Mul/Add chain). A changed map becomes the cheapest single op that
-computes it: nothing (identity), ``Mul`` (no shift), ``Add`` (no scale),
-``BatchNormalization`` with mean 0, var 1, epsilon 0 (per channel on axis 1),
-else ``Mul`` then ``Add`` (a per-channel map on a channel-last tensor).
+or its Mul/Add chain). A changed map becomes what computes it in the fewest
+ops: nothing (identity), ``Mul`` (no shift), ``Add`` (no scale),
+``BatchNormalization`` with mean 0, var 1, epsilon 0 (both, varying along
+axis 1 only), else ``Mul`` then ``Add`` (both, on another axis such as a
+channel-last tensor's, or constant over the whole tensor).
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ JSON shape (``FoldReport.to_dict()``)::
               "residual": ["Mul 'bn1_mul__bnfold7'"],
               "reasons": ["forward: MaxPool 'pool1': 3 channel(s) have a negative ..."]}]}
 
-``status`` is ``folded`` (nothing left), ``partial`` (folded somewhere, one
-elementwise op left) or ``kept`` (nothing folded; the BN stays as it was, or
-as one op). ``bn_before``/``bn_after`` are :func:`converter.folding.count_bn`
+``status`` is ``folded`` (nothing left), ``partial`` (folded somewhere, ops
+left: see ``residual``) or ``kept`` (nothing folded; the BN stays as it was,
+or as what ``lower`` makes of it). ``rules`` lists the steps as
+``rule-direction:node``; ``folded_into`` the nodes of the steps whose rule
+absorbs. ``bn_before``/``bn_after`` are :func:`converter.folding.count_bn`
 of the input and output models; ``residual_ops`` counts every op left by BNs.
 """
 
