@@ -36,6 +36,7 @@ import numpy as np
 # --- file names ------------------------------------------------------------------
 
 CONFIG_FILE = "config.json"
+PBTXT_FILE = "config.pbtxt"  # Triton's configuration, read by the service as it is
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -261,8 +262,27 @@ def _from_dict(cls: type[T], data: Any, where: str) -> T:
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
-    """The JSON object of a schema instance; unset optional keys left out."""
-    return {k: v for k, v in asdict(obj).items() if v is not None}
+    """The JSON object of a schema instance; optional keys left unset (None,
+    or an empty list or object by default) are left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = _plain(getattr(obj, f.name))
+        if f.default is None and value is None:
+            continue
+        if f.default_factory is not dataclasses.MISSING and value in ([], {}):
+            continue
+        out[f.name] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _to_dict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -491,6 +511,7 @@ class Manifest:
     folding: dict[str, Any] | None = None
     parity: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] | None = None  # where an imported model came from
 
     def __post_init__(self) -> None:
         _check_format(self.format)

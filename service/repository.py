@@ -195,6 +195,9 @@ class Repository:
             f"model {name!r} is not ready: {reason}", retry_after=self._settings.retry_after_s
         )
 
+    def _on_disk(self, name: str) -> bool:
+        return (self.root / name).is_dir()
+
     def _latest_reason(self, name: str) -> str:
         states = sorted((v, s) for (n, v), s in self._states.items() if n == name)
         return states[-1][1].reason if states else ""
@@ -202,6 +205,8 @@ class Repository:
     # --- readiness
     def readiness(self) -> tuple[bool, str]:
         """Whether every model that should serve does; the reason when not."""
+        # A model whose folder was removed is no longer expected (unless it serves).
+        self._expected = {n for n in self._expected if n in self._served or self._on_disk(n)}
         if not self._expected:
             return False, "no model is served (the repository is empty or every model unloaded)"
         missing = sorted(n for n in self._expected if not self._served.get(n))

@@ -19,12 +19,11 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from bnfold.contract import ContractError, ModelConfig
+from bnfold.contract import PBTXT_FILE, ContractError, ModelConfig
 
 from .files import MAX_JSON_BYTES, read_file
 from .proto import model_config_pb2 as pb
 
-PBTXT_FILE = "config.pbtxt"
 ONNX_BACKEND = "onnxruntime"
 ONNX_PLATFORM = "onnxruntime_onnx"
 REFUSED = {

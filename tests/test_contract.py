@@ -100,6 +100,11 @@ def test_config_round_trip_fills_defaults() -> None:
     assert config.input[0].shape == [4]
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert "dynamic_batching" not in config.to_dict()  # unset optionals stay out
+    everything = ModelConfig.from_dict(
+        CONFIG | {"version_policy": {"all": {}}, "instance_group": [{"kind": "KIND_CPU"}]}
+    )
+    assert everything.to_dict()["version_policy"] == {"all": {}}
+    assert ModelConfig.from_dict(everything.to_dict()) == everything
 
 
 @pytest.mark.parametrize(
