@@ -46,6 +46,7 @@ RUN python3 -m venv /opt/bnfold
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY bnfold/ bnfold/
+COPY folding/ folding/
 COPY converter/ converter/
 COPY service/ service/
 # Core dependencies only (no `train` extra): no torch in the serving image.
@@ -68,6 +69,7 @@ RUN groupadd --system --gid ${APP_UID} bnfold \
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY bnfold/ bnfold/
+COPY folding/ folding/
 COPY converter/ converter/
 COPY service/ service/
 # constraints.txt pins torch; the extra index serves its CPU build (x.y.z+cpu),

@@ -65,7 +65,7 @@ def fold_on_load(
     rtol: float = DEFAULT_RTOL,
 ) -> tuple[Runtime | None, FoldOutcome]:
     """The folded runtime to serve (None: serve ``original``) and the outcome."""
-    from bnfold.converter.folding import count_bn, fold  # only when a model asks for it
+    from bnfold.folding import count_bn, fold  # only when a model asks for it
 
     start = time.perf_counter()
     try:

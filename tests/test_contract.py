@@ -212,7 +212,15 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize(("wing", "other"), [("service", "converter"), ("converter", "service")])
+@pytest.mark.parametrize(
+    ("wing", "other"),
+    [
+        ("service", "converter"),
+        ("converter", "service"),
+        ("folding", "converter"),  # the fold engine is a library both wings use
+        ("folding", "service"),
+    ],
+)
 def test_only_the_contract_crosses_between_the_wings(wing: str, other: str) -> None:
     crossing = {
         f"{path.relative_to(ROOT)}: {module}"
@@ -262,7 +270,7 @@ def test_a_misspelt_config_key_fails_that_model_only(tmp_path: Path) -> None:
 def test_fold_imports_neither_torch_nor_the_server(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "import bnfold.contract, bnfold.converter.folding, bnfold.converter.verify\n"
+        "import bnfold.contract, bnfold.folding, bnfold.converter.verify\n"
         "bad = [m for m in ('torch', 'uvicorn', 'fastapi') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

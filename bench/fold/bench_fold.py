@@ -46,8 +46,8 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bnfold.converter.folding import fold  # noqa: E402
 from bnfold.converter.verify import random_inputs, verify_onnx  # noqa: E402
+from bnfold.folding import fold  # noqa: E402
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}

@@ -40,8 +40,8 @@ import torch
 from bench.fold.bench_fold import ROOT, environment, quiet, randomise_bn
 from bnfold.contract import compare
 from bnfold.converter.export import export_reference
-from bnfold.converter.folding import fold
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, build_model
+from bnfold.folding import fold
 
 CLASSES = {"mlp": 10, "cifar-cnn": 10, "fer-cnn": 7, "resnet": 10}
 KINDS = ("unfolded", "folded", "deleted", "torch")

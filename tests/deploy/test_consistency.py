@@ -233,6 +233,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
         "README.md",
         "constraints.txt",
         "bnfold/",
+        "folding/",
         "converter/",
         "service/",
     } <= sources

@@ -23,7 +23,7 @@ import pytest
 from onnx import numpy_helper
 
 from bnfold.contract import compare
-from bnfold.converter.folding import fold
+from bnfold.folding import fold
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnfold.converter.folding import algebra
-from bnfold.converter.folding.affine import Affine, concat_extend
+from bnfold.folding import algebra
+from bnfold.folding.affine import Affine, concat_extend
 
 EXAMPLES = settings(max_examples=40, deadline=None)
 

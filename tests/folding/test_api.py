@@ -11,9 +11,9 @@ import pytest
 from onnx import numpy_helper
 
 from bnfold.contract import compare
-from bnfold.converter.folding import count_bn, fold
-from bnfold.converter.folding.graph import Graph
-from bnfold.converter.folding.passes import PassManager
+from bnfold.folding import count_bn, fold
+from bnfold.folding.graph import Graph
+from bnfold.folding.passes import PassManager
 
 CONV_BN = """
 g (float[N, 3, 6, 6] x) => (float[N, 4, 4, 4] z) {

@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bnfold.converter.export import export_reference  # noqa: E402
-from bnfold.converter.folding import fold  # noqa: E402
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model  # noqa: E402
 from bnfold.converter.verify import random_inputs, verify_onnx  # noqa: E402
+from bnfold.folding import fold  # noqa: E402
 
 
 def exported(arch: str, positive: bool, seed: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnfold.converter.folding import count_bn
+from bnfold.folding import count_bn
 
 
 def test_keras_style_nhwc_with_transposes(build, check):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from bnfold.converter.folding import fold
+from bnfold.folding import fold
 
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnfold.converter.folding.rule import Absorbs, Direction
-from bnfold.converter.folding.rules import REGISTRY, RULES
+from bnfold.folding.rule import Absorbs, Direction
+from bnfold.folding.rules import REGISTRY, RULES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "folding.md"
 

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bnfold.converter.folding.graph import Graph
-from bnfold.converter.folding.nodes import attr
+from bnfold.folding.graph import Graph
+from bnfold.folding.nodes import attr
 
 MAX_ELEMENTS = 1 << 24
 

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from bnfold.converter.folding import algebra, cost
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.edits import matmul_to_gemm, rename_output, set_const
-from bnfold.converter.folding.layer import BlockedShift, Channels, LayerMatch, LayerRule
-from bnfold.converter.folding.nodes import attr_float, attr_int, attr_ints, attr_str, label, padded
-from bnfold.converter.folding.plan import Plan, best
-from bnfold.converter.folding.refusal import Refusal
-from bnfold.converter.folding.rule import Direction, cast
+from bnfold.folding import algebra, cost
+from bnfold.folding.affine import Affine
+from bnfold.folding.edits import matmul_to_gemm, rename_output, set_const
+from bnfold.folding.layer import BlockedShift, Channels, LayerMatch, LayerRule
+from bnfold.folding.nodes import attr_float, attr_int, attr_ints, attr_str, label, padded
+from bnfold.folding.plan import Plan, best
+from bnfold.folding.refusal import Refusal
+from bnfold.folding.rule import Direction, cast
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.plan import Edge
-    from bnfold.converter.folding.search import Search
+    from bnfold.folding.graph import Graph
+    from bnfold.folding.plan import Edge
+    from bnfold.folding.search import Search
 
 Arrays = dict[int, np.ndarray]
 

@@ -14,12 +14,12 @@ from typing import Protocol
 import onnx
 from onnx import helper
 
-from bnfold.converter.folding import cost
-from bnfold.converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
-from bnfold.converter.folding.plan import Plan
-from bnfold.converter.folding.report import BNOutcome
-from bnfold.converter.folding.rules import Registry
-from bnfold.converter.folding.search import Search
+from bnfold.folding import cost
+from bnfold.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
+from bnfold.folding.plan import Plan
+from bnfold.folding.report import BNOutcome
+from bnfold.folding.rules import Registry
+from bnfold.folding.search import Search
 
 
 class Pass(Protocol):

@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bnfold.converter.folding.affine import Affine, Shape
-from bnfold.converter.folding.cost import Cost
-from bnfold.converter.folding.refusal import Refusal
+from bnfold.folding.affine import Affine, Shape
+from bnfold.folding.cost import Cost
+from bnfold.folding.refusal import Refusal
 
 AFFINE_DOMAIN = "ai.bnfold"
 FLOAT_TYPES: dict[int, np.dtype] = {

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import onnx
 
-from bnfold.converter.folding.constants import materialize
-from bnfold.converter.folding.graph import Graph
-from bnfold.converter.folding.lower import lower
-from bnfold.converter.folding.passes import FoldPass, PassManager
-from bnfold.converter.folding.recognize import count_bn_graph, recognize
-from bnfold.converter.folding.report import BNOutcome, FoldReport
-from bnfold.converter.folding.rules import REGISTRY
+from bnfold.folding.constants import materialize
+from bnfold.folding.graph import Graph
+from bnfold.folding.lower import lower
+from bnfold.folding.passes import FoldPass, PassManager
+from bnfold.folding.recognize import count_bn_graph, recognize
+from bnfold.folding.report import BNOutcome, FoldReport
+from bnfold.folding.rules import REGISTRY
 
 __all__ = ["BNOutcome", "FoldReport", "count_bn", "fold"]
 

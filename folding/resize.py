@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.nodes import attr_ints, attr_str, label
-from bnfold.converter.folding.refusal import Refusal
-from bnfold.converter.folding.through import Through, ThroughRule
+from bnfold.folding.affine import Affine
+from bnfold.folding.nodes import attr_ints, attr_str, label
+from bnfold.folding.refusal import Refusal
+from bnfold.folding.through import Through, ThroughRule
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
+    from bnfold.folding.graph import Graph
 
 INPUTS = ("X", "roi", "scales", "sizes")  # opset 11 and later
 

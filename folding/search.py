@@ -5,7 +5,7 @@ the producer of that edge's value to absorb it (Conv, Gemm, ...) or to let it
 through (Identity, Transpose, MaxPool if s > 0, ...); moving it forward asks
 the consumer the same. The registry (``rules.py``) names the rule for a node;
 the rule's ``match`` says whether it applies (or refuses, with the reason) and
-its ``rewrite`` turns the match into a :class:`~converter.folding.plan.Plan`,
+its ``rewrite`` turns the match into a :class:`~bnfold.folding.plan.Plan`,
 calling back into the search to move the map further. A rule may let only
 part of the map through and leave the rest on the edge (a *leftover*), e.g.
 ReLU passes the scale but not the shift. A leftover may then try the other
@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from bnfold.converter.folding import cost
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.plan import Edge, Plan, best
-from bnfold.converter.folding.refusal import Refusal
+from bnfold.folding import cost
+from bnfold.folding.affine import Affine
+from bnfold.folding.plan import Edge, Plan, best
+from bnfold.folding.refusal import Refusal
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.rules import Registry
+    from bnfold.folding.graph import Graph
+    from bnfold.folding.rules import Registry
 
 MAX_DEPTH = 48
 

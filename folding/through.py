@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.edits import rename_output, set_const
-from bnfold.converter.folding.plan import best
-from bnfold.converter.folding.rule import Direction, Match, Rule
+from bnfold.folding.affine import Affine
+from bnfold.folding.edits import rename_output, set_const
+from bnfold.folding.plan import best
+from bnfold.folding.rule import Direction, Match, Rule
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.plan import Action, Edge, Plan
-    from bnfold.converter.folding.search import Search
+    from bnfold.folding.plan import Action, Edge, Plan
+    from bnfold.folding.search import Search
 
 Up = tuple[tuple[int, Affine], ...]  # (input index, map sent up that input)
 

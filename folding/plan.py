@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from bnfold.converter.folding import cost
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.cost import ZERO, Cost
+from bnfold.folding import cost
+from bnfold.folding.affine import Affine
+from bnfold.folding.cost import ZERO, Cost
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
+    from bnfold.folding.graph import Graph
 
 Action = Callable[["Graph"], None]
 Edge = tuple[onnx.NodeProto, int]  # (consumer node, input index)

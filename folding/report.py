@@ -12,7 +12,7 @@ JSON shape (``FoldReport.to_dict()``)::
 left: see ``residual``) or ``kept`` (nothing folded; the BN stays as it was,
 or as what ``lower`` makes of it). ``rules`` lists the steps as
 ``rule-direction:node``; ``folded_into`` the nodes of the steps whose rule
-absorbs. ``bn_before``/``bn_after`` are :func:`converter.folding.count_bn`
+absorbs. ``bn_before``/``bn_after`` are :func:`bnfold.folding.count_bn`
 of the input and output models; ``residual_ops`` counts every op left by BNs.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.plan import Step
+    from bnfold.folding.plan import Step
 
 
 @dataclass

@@ -6,7 +6,7 @@ every layer:
 
 - match: read the constant weight (input 1) and bias (input 2), check that
   the map varies along the layer's channels only, fold in float64, cast
-  once (:func:`~converter.folding.rule.cast`); forward, say whether the
+  once (:func:`~bnfold.folding.rule.cast`); forward, say whether the
   shift can enter the bias (:meth:`LayerRule.shift_blocked`).
 - rewrite: swap in the folded initializers (and attributes, e.g. Gemm's
   beta); backward, the layer's output gets a fresh name; forward, a shift
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple
 import numpy as np
 import onnx
 
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.edits import rename_output, set_attr, set_const
-from bnfold.converter.folding.nodes import const_input, label
-from bnfold.converter.folding.refusal import Refusal
-from bnfold.converter.folding.rule import Absorbs, Direction, Match, Rule, cast
+from bnfold.folding.affine import Affine
+from bnfold.folding.edits import rename_output, set_attr, set_const
+from bnfold.folding.nodes import const_input, label
+from bnfold.folding.refusal import Refusal
+from bnfold.folding.rule import Absorbs, Direction, Match, Rule, cast
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.plan import Action, Edge, Plan
-    from bnfold.converter.folding.search import Search
+    from bnfold.folding.graph import Graph
+    from bnfold.folding.plan import Action, Edge, Plan
+    from bnfold.folding.search import Search
 
 
 # (weight, bias or None, scale vector, shift vector) of a layer a map meets

@@ -1,6 +1,6 @@
 """The graph edits a plan runs if it is chosen: swap an initializer, set an attribute, rename.
 
-Each function returns an :data:`~converter.folding.plan.Action` (a function of
+Each function returns an :data:`~bnfold.folding.plan.Action` (a function of
 the graph) and changes nothing itself: a rule's rewrite only collects them.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.plan import Action
+    from bnfold.folding.graph import Graph
+    from bnfold.folding.plan import Action
 
 
 def set_const(node: onnx.NodeProto, index: int, value: np.ndarray) -> Action:

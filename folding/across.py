@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from bnfold.converter.folding.affine import Affine, Shape, concat_extend
-from bnfold.converter.folding.nodes import (
+from bnfold.folding.affine import Affine, Shape, concat_extend
+from bnfold.folding.nodes import (
     attr_int,
     attr_ints,
     extra_outputs_used,
     label,
     padded,
 )
-from bnfold.converter.folding.refusal import Refusal
-from bnfold.converter.folding.through import Through, ThroughRule
+from bnfold.folding.refusal import Refusal
+from bnfold.folding.through import Through, ThroughRule
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
+    from bnfold.folding.graph import Graph
 
 
 class IdentityRule(ThroughRule):

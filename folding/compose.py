@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from bnfold.converter.folding import cost
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.edits import rename_output
-from bnfold.converter.folding.refusal import Refusal
-from bnfold.converter.folding.rule import Absorbs, Direction, Match, Rule
+from bnfold.folding import cost
+from bnfold.folding.affine import Affine
+from bnfold.folding.edits import rename_output
+from bnfold.folding.refusal import Refusal
+from bnfold.folding.rule import Absorbs, Direction, Match, Rule
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.plan import Action, Edge, Plan
-    from bnfold.converter.folding.search import Search
+    from bnfold.folding.graph import Graph
+    from bnfold.folding.plan import Action, Edge, Plan
+    from bnfold.folding.search import Search
 
 
 @dataclass(frozen=True, eq=False)

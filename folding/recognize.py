@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnfold.converter.folding import algebra, cost
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.cost import Cost
-from bnfold.converter.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
-from bnfold.converter.folding.nodes import attr
-from bnfold.converter.folding.refusal import Refusal
+from bnfold.folding import algebra, cost
+from bnfold.folding.affine import Affine
+from bnfold.folding.cost import Cost
+from bnfold.folding.graph import AFFINE_DOMAIN, AffineInfo, Graph
+from bnfold.folding.nodes import attr
+from bnfold.folding.refusal import Refusal
 
 _ELEMENTWISE = ("Mul", "Add", "Sub", "Div")
 BN_PARAMETERS = (1, 2, 3, 4)  # scale, bias, mean, var: the inputs that must be constants

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnfold.converter.folding.refusal import Refusal
+from bnfold.folding.refusal import Refusal
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
+    from bnfold.folding.graph import Graph
 
 
 def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import onnx
 
-from bnfold.converter.folding.absorb import ConvRule, ConvTransposeRule, GemmRule, MatMulRule
-from bnfold.converter.folding.across import (
+from bnfold.folding.absorb import ConvRule, ConvTransposeRule, GemmRule, MatMulRule
+from bnfold.folding.across import (
     ConcatRule,
     IdentityRule,
     PoolRule,
@@ -23,12 +23,12 @@ from bnfold.converter.folding.across import (
     ReshapeRule,
     TransposeRule,
 )
-from bnfold.converter.folding.add import AddRule, BiasAddRule
-from bnfold.converter.folding.compose import ComposeRule
-from bnfold.converter.folding.graph import AFFINE_DOMAIN, Graph
-from bnfold.converter.folding.recognize import BN_PARAMETERS
-from bnfold.converter.folding.resize import ResizeRule
-from bnfold.converter.folding.rule import Absorbs, Rule
+from bnfold.folding.add import AddRule, BiasAddRule
+from bnfold.folding.compose import ComposeRule
+from bnfold.folding.graph import AFFINE_DOMAIN, Graph
+from bnfold.folding.recognize import BN_PARAMETERS
+from bnfold.folding.resize import ResizeRule
+from bnfold.folding.rule import Absorbs, Rule
 
 RULES: tuple[Rule[Any], ...] = (
     ConvRule(),

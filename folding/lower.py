@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnfold.converter.folding.graph import AffineInfo, Graph
-from bnfold.converter.folding.report import BNOutcome
+from bnfold.folding.graph import AffineInfo, Graph
+from bnfold.folding.report import BNOutcome
 
 
 def _compact(a: np.ndarray) -> np.ndarray:

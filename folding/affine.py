@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bnfold.converter.folding.cost import BATCHNORM, MUL_ADD, ONE_OP, ZERO, Cost
-from bnfold.converter.folding.refusal import Refusal
+from bnfold.folding.cost import BATCHNORM, MUL_ADD, ONE_OP, ZERO, Cost
+from bnfold.folding.refusal import Refusal
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]

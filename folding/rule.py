@@ -12,11 +12,11 @@ For each direction the rule is two functions:
 - ``match_backward(g, node, aff)`` / ``match_forward(g, node, index, aff)``:
   the map ``aff`` is on the node's output / on input ``index``. Returns a
   :class:`Match` (what was found, folded constants already cast) or a
-  :class:`~converter.folding.refusal.Refusal` saying why not. Reads the
+  :class:`~bnfold.folding.refusal.Refusal` saying why not. Reads the
   graph, changes nothing.
 - ``rewrite_backward(search, match, edge, switch)`` /
   ``rewrite_forward(search, match, switch)``: the
-  :class:`~converter.folding.plan.Plan` for the match; its actions (from
+  :class:`~bnfold.folding.plan.Plan` for the match; its actions (from
   ``edits.py``) run later, only if the planner picks it. A rewrite that lets
   the map through asks ``search`` to move it on.
 
@@ -34,16 +34,16 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 import numpy as np
 import onnx
 
-from bnfold.converter.folding import algebra
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.nodes import label
-from bnfold.converter.folding.plan import Plan, Step
-from bnfold.converter.folding.refusal import Refusal
+from bnfold.folding import algebra
+from bnfold.folding.affine import Affine
+from bnfold.folding.nodes import label
+from bnfold.folding.plan import Plan, Step
+from bnfold.folding.refusal import Refusal
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
-    from bnfold.converter.folding.plan import Action, Edge
-    from bnfold.converter.folding.search import Search
+    from bnfold.folding.graph import Graph
+    from bnfold.folding.plan import Action, Edge
+    from bnfold.folding.search import Search
 
 
 class Direction(Enum):

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from bnfold.converter.folding.affine import Affine
-from bnfold.converter.folding.nodes import label
-from bnfold.converter.folding.refusal import Refusal
-from bnfold.converter.folding.rule import Absorbs, cast
-from bnfold.converter.folding.through import Through, ThroughRule
+from bnfold.folding.affine import Affine
+from bnfold.folding.nodes import label
+from bnfold.folding.refusal import Refusal
+from bnfold.folding.rule import Absorbs, cast
+from bnfold.folding.through import Through, ThroughRule
 
 if TYPE_CHECKING:
-    from bnfold.converter.folding.graph import Graph
+    from bnfold.folding.graph import Graph
 
 
 def _constant(g: Graph, node: onnx.NodeProto) -> tuple[int, np.ndarray] | None:
