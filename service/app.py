@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .deps import ServerState
-from .errors import install_error_handlers
+from .http_errors import install_error_handlers
 from .middleware import RequestContext, configure_logging
 from .protocol import SERVER_VERSION
 from .repository import Repository

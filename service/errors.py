@@ -1,56 +1,71 @@
-"""One error hierarchy for the service; one handler renders all of it.
+"""One error hierarchy for the service, and one table from internal errors to it.
 
-    ServiceError (500)
-    ├── BadRequest (400)            malformed JSON, wrong name/shape/dtype, NaN
-    │   └── LoadFailed (400)        a model version that cannot be served
-    ├── Unauthorized (401)          missing or wrong bearer token
-    ├── NotFound (404)              unknown model, version or route
-    ├── PayloadTooLarge (413)       body, image or tensor over a configured limit
-    ├── Unavailable (503)           model unloaded or broken, server not ready
-    │   ├── Overloaded (503)        the model's queue is full (Retry-After)
-    │   └── RequestTimeout (503)    no result within the request timeout (Retry-After)
-    └── InferenceFailed (500)       ONNX Runtime raised on valid input
+    ServiceError (500 INTERNAL)
+    ├── BadRequest (400 INVALID_ARGUMENT)    malformed JSON, wrong name/shape/dtype, NaN
+    │   └── LoadFailed (400)                 a model version that cannot be served
+    ├── Unauthorized (401 UNAUTHENTICATED)   missing or wrong bearer token
+    ├── NotFound (404 NOT_FOUND)             unknown model, version or route
+    ├── MethodNotAllowed (405 UNIMPLEMENTED) a route asked with the wrong method
+    ├── PayloadTooLarge (413 RESOURCE_EXHAUSTED)  body, image or tensor over a limit
+    ├── Unavailable (503 UNAVAILABLE)        model unloaded or broken, server not ready
+    │   ├── Overloaded (503)                 the model's queue is full
+    │   └── RequestTimeout (503 DEADLINE_EXCEEDED)  no result within the request timeout
+    └── InferenceFailed (500 INTERNAL)       ONNX Runtime raised on valid input
 
-Every response body is ``{"error": "<message>"}``. FastAPI's own 422 for
-request validation and Starlette's HTTP exceptions (404 route, 405 method)
-are rendered the same way, so no framework-shaped body ever leaks.
+Each class carries what any front end needs to answer: ``status`` (HTTP),
+``grpc_code`` (the name of a ``grpc.StatusCode``) and ``reason`` (the label
+of ``bnfold_inference_failures_total``); the 503s take a ``Retry-After``.
+
+``ERROR_MAP`` says which service error an internal exception (the batcher's,
+the contract's) is to a client, and ``map_errors`` raises it, as httpx maps
+httpcore's exceptions. HTTP rendering: service/http_errors.py.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from bnfold.contract import ContractError
 
-log = logging.getLogger("bnfold.service")
+from .batching import BatcherClosed, DeadlineExceeded, QueueFull
 
 
 class ServiceError(Exception):
     """Base of every error the service reports to a client."""
 
     status: ClassVar[int] = 500
-    reason: ClassVar[str] = "internal"  # label of bnfold_inference_failures_total
+    grpc_code: ClassVar[str] = "INTERNAL"
+    reason: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False  # a 503: the answer carries Retry-After
+    # How an internal error mapped to this class reads (``map_errors``):
+    # ``{error}`` is the first line of its message.
+    template: ClassVar[str] = "{error}"
     retry_after: float | None = None
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if retry_after is not None:
             self.retry_after = retry_after
+        self._headers = dict(headers) if headers else {}
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(0, round(self.retry_after)))}
+            return dict(self._headers)
+        return {**self._headers, "Retry-After": str(max(0, round(self.retry_after)))}
 
 
 class BadRequest(ServiceError):
     status = 400
+    grpc_code = "INVALID_ARGUMENT"
     reason = "bad_request"
 
 
@@ -60,78 +75,127 @@ class LoadFailed(BadRequest):
 
 class Unauthorized(ServiceError):
     status = 401
+    grpc_code = "UNAUTHENTICATED"
     reason = "unauthorized"
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
+        return {**super().headers(), "WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):
     status = 404
+    grpc_code = "NOT_FOUND"
     reason = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    grpc_code = "UNIMPLEMENTED"
+    reason = "method_not_allowed"
 
 
 class PayloadTooLarge(ServiceError):
     status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
     reason = "too_large"
 
 
 class Unavailable(ServiceError):
     status = 503
+    grpc_code = "UNAVAILABLE"
     reason = "unavailable"
+    retryable = True
+    template = "model {model!r} is unavailable: {error}"
 
 
 class Overloaded(Unavailable):
     reason = "overloaded"
+    template = "model {model!r} is overloaded: {error}"
 
 
 class RequestTimeout(Unavailable):
+    grpc_code = "DEADLINE_EXCEEDED"
     reason = "timeout"
+    template = "model {model!r}: {error}"
 
 
 class InferenceFailed(ServiceError):
-    status = 500
     reason = "inference_failed"
+    template = "model {model!r} version {version} failed: {error}"
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps({"error": message}).encode()
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+# Internal exceptions -> what they are to a client. Looked up along the
+# exception's MRO, so the most specific entry wins.
+ERROR_MAP: dict[type[Exception], type[ServiceError]] = {
+    QueueFull: Overloaded,
+    DeadlineExceeded: RequestTimeout,
+    BatcherClosed: Unavailable,
+    ContractError: BadRequest,  # a name or version that breaks the contract
+}
 
 
-async def _service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500 and not isinstance(exc, Unavailable):
-        log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return error_response(exc.status, exc.message, exc.headers())
+def error_class(exc: BaseException) -> type[ServiceError] | None:
+    """The service error ``exc`` is to a client: its own class for a service
+    error, the ``ERROR_MAP`` entry for an internal one, None when unmapped."""
+    if isinstance(exc, ServiceError):
+        return type(exc)
+    for cls in type(exc).__mro__:
+        mapped = ERROR_MAP.get(cls)
+        if mapped is not None:
+            return mapped
+    return None
 
 
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(400, describe_validation(exc.errors()))
+def service_error(
+    exc: Exception,
+    fallback: type[ServiceError] | None = None,
+    *,
+    model: str = "",
+    version: object = "",
+    retry_after: float | None = None,
+) -> ServiceError | None:
+    """``exc`` as the service error a client gets (itself if it is one), with
+    the message its class's ``template`` gives; ``fallback`` for an unmapped
+    exception, None without one."""
+    if isinstance(exc, ServiceError):
+        return exc
+    cls = error_class(exc) or fallback
+    if cls is None:
+        return None
+    message = cls.template.format(error=first_line(exc), model=model, version=version)
+    return cls(message, retry_after=retry_after if cls.retryable else None)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, str(exc.detail), headers)
+@contextmanager
+def map_errors(
+    fallback: type[ServiceError] | None = None,
+    *,
+    model: str = "",
+    version: object = "",
+    retry_after: float | None = None,
+) -> Iterator[None]:
+    """Re-raise an internal exception of the block as its service error
+    (``service_error``); service errors and unmapped exceptions pass."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except Exception as exc:
+        error = service_error(exc, fallback, model=model, version=version, retry_after=retry_after)
+        if error is None:
+            raise
+        raise error from None
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("%s %s failed", request.method, request.url.path)
-    return error_response(500, f"internal error: {type(exc).__name__}")
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def describe_validation(errors: Any) -> str:
+    """pydantic's (or FastAPI's) validation errors as one message."""
     parts = []
     for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
     return "invalid request: " + "; ".join(parts)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)

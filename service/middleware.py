@@ -26,7 +26,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import Arrivals
-from .errors import PayloadTooLarge, error_response
+from .errors import PayloadTooLarge
+from .http_errors import error_response
 from .metrics import Metrics
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -117,10 +118,10 @@ class RequestContext:
 
         try:
             if length > self.max_body:
-                response = error_response(
-                    413, f"body of {length} bytes is over the {self.max_body}-byte limit"
+                error = PayloadTooLarge(
+                    f"body of {length} bytes is over the {self.max_body}-byte limit"
                 )
-                await response(scope, receive, send_with_id)
+                await error_response(error)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         finally:

@@ -28,15 +28,8 @@ from bnfold.contract import (
     parse_json,
 )
 
-from .batching import Arrivals, Batcher, BatcherClosed, DeadlineExceeded, Feeds, QueueFull
-from .errors import (
-    InferenceFailed,
-    NotFound,
-    Overloaded,
-    RequestTimeout,
-    ServiceError,
-    Unavailable,
-)
+from .batching import Arrivals, Batcher, Feeds
+from .errors import InferenceFailed, NotFound, map_errors
 from .files import MAX_JSON_BYTES, inside, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .metrics import ModelMetrics
@@ -279,22 +272,16 @@ class ServedModel:
             self._drained.set()
 
     async def infer(self, feeds: Feeds, rows: int, timeout: float) -> Feeds:
-        retry = self._settings.retry_after_s
-        try:
+        """This request's outputs, through the batcher. The batcher's errors
+        are service errors by ``ERROR_MAP`` (queue full, timeout, unloaded);
+        any other is ONNX Runtime failing on valid input (InferenceFailed)."""
+        with map_errors(
+            InferenceFailed,
+            model=self.name,
+            version=self.version,
+            retry_after=self._settings.retry_after_s,
+        ):
             return await self.batcher.submit(feeds, rows, timeout=timeout)
-        except QueueFull as e:
-            raise Overloaded(f"model {self.name!r} is overloaded: {e}", retry_after=retry) from None
-        except DeadlineExceeded as e:
-            raise RequestTimeout(f"model {self.name!r}: {e}", retry_after=retry) from None
-        except BatcherClosed as e:
-            message = f"model {self.name!r} is unavailable: {e}"
-            raise Unavailable(message, retry_after=retry) from None
-        except ServiceError:
-            raise
-        except Exception as e:
-            raise InferenceFailed(
-                f"model {self.name!r} version {self.version} failed: {_first_line(e)}"
-            ) from None
 
     async def run_direct(self, runtime: Runtime, feeds: Feeds) -> Feeds:
         """Run ``feeds`` on ``runtime`` in the runner pool, bypassing the batcher."""

@@ -40,7 +40,7 @@ from bnfold.contract import (
 )
 
 from .batching import Arrivals
-from .errors import BadRequest, LoadFailed, NotFound, Unavailable
+from .errors import LoadFailed, NotFound, Unavailable, map_errors
 from .files import inside
 from .metrics import Metrics
 from .model import LoadOptions, ServedModel, open_version, runtime_options
@@ -162,10 +162,8 @@ class Repository:
 
     @staticmethod
     def _parse_version(version: str) -> int:
-        try:
+        with map_errors():  # a version that breaks the contract: 400 (ERROR_MAP)
             return parse_version(version)
-        except ContractError as e:
-            raise BadRequest(str(e)) from None
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """Like ``acquire`` for requests that do not run the model."""

@@ -1,0 +1,98 @@
+"""Every error as HTTP: ``{"error": "<message>"}`` with its class's status.
+
+One handler renders whatever reaches the app's exception handling: a
+service error as it is, FastAPI's request validation (its 422) as 400,
+Starlette's HTTP exceptions (404 route, 405 method) by status, internal
+exceptions through ``errors.ERROR_MAP``, anything else as 500; so no
+framework-shaped body ever leaks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .errors import (
+    ERROR_MAP,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    describe_validation,
+    service_error,
+)
+
+log = logging.getLogger("bnfold.service")
+
+# The statuses Starlette and FastAPI raise HTTPException with, as service errors.
+HTTP_STATUS: dict[int, type[ServiceError]] = {
+    400: BadRequest,  # a multipart body that does not parse
+    401: Unauthorized,
+    404: NotFound,  # no such route
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    503: Unavailable,
+}
+
+
+def error_response(error: ServiceError) -> Response:
+    body = json.dumps({"error": error.message}).encode()
+    return Response(
+        body, status_code=error.status, headers=error.headers(), media_type="application/json"
+    )
+
+
+def _from_validation(exc: RequestValidationError) -> ServiceError:
+    return BadRequest(describe_validation(exc.errors()))
+
+
+def _from_http(exc: StarletteHTTPException) -> ServiceError:
+    cls = HTTP_STATUS.get(exc.status_code)
+    if cls is None:  # not raised by the framework today; keep its family
+        cls = BadRequest if exc.status_code < 500 else ServiceError
+    return cls(str(exc.detail), headers=exc.headers)
+
+
+# The framework's own exceptions, by class.
+FRAMEWORK: dict[type[Exception], Callable[[Any], ServiceError]] = {
+    RequestValidationError: _from_validation,
+    StarletteHTTPException: _from_http,
+}
+
+
+def as_service_error(exc: Exception) -> ServiceError | None:
+    """What ``exc`` is to a client: itself, the framework's error as ours, an
+    internal exception through ``ERROR_MAP``; None for anything else (a bug)."""
+    for cls in type(exc).__mro__:
+        convert = FRAMEWORK.get(cls)
+        if convert is not None:
+            return convert(exc)
+    return service_error(exc)
+
+
+async def _render(request: Request, exc: Exception) -> Response:
+    error = as_service_error(exc)
+    if error is None:
+        log.exception("%s %s failed", request.method, request.url.path)
+        error = ServiceError(f"internal error: {type(exc).__name__}")
+    elif error.status >= 500 and not error.retryable:
+        log.error("%s %s: %s", request.method, request.url.path, error.message)
+    return error_response(error)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    # Exception itself goes to Starlette's outermost middleware, which logs
+    # and re-raises after the answer: only what nothing else catches.
+    handled: tuple[type[Exception], ...] = (ServiceError, *ERROR_MAP, *FRAMEWORK, Exception)
+    for cls in handled:
+        app.add_exception_handler(cls, _render)
