@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from bnfold.converter.errors import InputError
+
 CIFAR10_LABELS = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
@@ -33,7 +35,7 @@ FER2013_USAGE = {"Training": 0, "PublicTest": 1, "PrivateTest": 2}
 TRAIN, VAL, TEST = 0, 1, 2
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data source is missing, malformed or does not fit the architecture."""
 
 

@@ -22,8 +22,14 @@ from typing import Any
 import numpy as np
 
 from bnfold.contract import scan_versions
+from bnfold.converter.errors import InputError
 
 DEFAULT_NAME = "digits-mlp"
+
+
+class ServiceStartError(InputError):
+    """The service did not come up (its own log says why: often a port in use)."""
+
 
 Print = Callable[[str], None]
 
@@ -68,15 +74,16 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 120.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"the service exited with code {proc.returncode} before it was ready"
+            raise ServiceStartError(
+                f"the service exited with code {proc.returncode} before it was ready; its log "
+                f"above says why (is {base} already in use? try --port)"
             )
         try:
             urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2).close()
             return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(0.25)
-    raise RuntimeError(f"the service was not ready within {timeout:.0f} s")
+    raise ServiceStartError(f"the service at {base} was not ready within {timeout:.0f} s")
 
 
 def run_demo(

@@ -19,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from bnfold.converter.errors import ParityFailure
 from bnfold.converter.models import ArchConfig, bn_modules
 
 INPUT_NAME = "input"
@@ -26,8 +27,8 @@ OUTPUT_NAME = "logits"
 OPSET = 20
 
 
-class ExportError(RuntimeError):
-    """The exported graph is not the network it was exported from."""
+class ExportError(ParityFailure, RuntimeError):
+    """The exported graph is not the network it was exported from (exit 3, as parity)."""
 
 
 def export_reference(model: nn.Module, arch: ArchConfig) -> onnx.ModelProto:
