@@ -22,6 +22,7 @@ order, whose relative error exceeds ``rtol`` names the first diverging layer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,31 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from onnx.external_data_helper import (
+    ExternalDataInfo,
+    load_external_data_for_model,
+    uses_external_data,
+)
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
+from bnfold.converter.errors import InputError
 
 ModelLike = onnx.ModelProto | str | Path
 PER_NODE_SAMPLES = 16  # enough to expose a wrong channel, small enough for every tensor
+# What ONNX Runtime raises when it refuses a model or its inputs (Fail,
+# InvalidArgument, InvalidGraph, NotImplemented, ...: no common base class).
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    v for v in vars(_ort_state).values() if isinstance(v, type) and issubclass(v, Exception)
+)
 
 
-class ModelFileError(ValueError):
-    """A model file is missing or is not an ONNX model."""
+class ModelFileError(InputError):
+    """A model file is missing, is not an ONNX model, or lacks its external data."""
+
+
+class ModelRunError(InputError):
+    """ONNX Runtime refuses a model, or the inputs given do not fit the models."""
 
 
 def load_model(model: ModelLike) -> onnx.ModelProto:
@@ -47,12 +64,54 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     try:
-        loaded = onnx.load(str(path))
+        loaded = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
         raise ModelFileError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
     if not loaded.graph.node and not loaded.graph.output:
         raise ModelFileError(f"{path}: not an ONNX model (empty graph)")
+    _load_external_data(loaded, path)
     return loaded
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in ``graph``: initializers, constants, subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the tensors kept beside ``path``, naming any file that is not there."""
+    external = [t for t in _tensors(model.graph) if uses_external_data(t)]
+    if not external:
+        return
+    base = path.parent
+    locations = sorted({ExternalDataInfo(t).location for t in external})
+    missing = [loc for loc in locations if not (base / loc).is_file()]
+    if missing:
+        users = [t.name for t in external if ExternalDataInfo(t).location == missing[0]]
+        raise ModelFileError(
+            f"{path}: its external data file {missing[0]!r} is missing (looked for "
+            f"{base / missing[0]}; it holds {len(users)} tensor(s), e.g. '{users[0]}')"
+        )
+    try:
+        load_external_data_for_model(model, str(base))
+    except Exception as exc:  # a location outside the folder, a file too short, ...
+        raise ModelFileError(
+            f"{path}: cannot read its external data ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text.removeprefix("[ONNXRuntimeError] : ").strip()
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -89,7 +148,10 @@ def random_inputs(model: ModelLike, n: int, seed: int = 0) -> dict[str, np.ndarr
             elif axis == 0:
                 shape.append(n)
             else:
-                raise ValueError(f"input '{inp.name}': axis {axis} has no static size")
+                raise InputError(
+                    f"input '{inp.name}': axis {axis} has no static size, so random inputs "
+                    "cannot be drawn for it; give held-out inputs (--data) and --n-random 0"
+                )
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
         if dtype.kind == "f":
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
@@ -105,7 +167,13 @@ def _compare_outputs(
 ) -> dict[str, dict[str, Any]]:
     missing = set(ref) - set(out)
     if missing:
-        raise ValueError(f"folded model lacks outputs {sorted(missing)}")
+        raise ModelRunError(f"the folded model lacks the reference's outputs {sorted(missing)}")
+    for name in ref:
+        if ref[name].shape != out[name].shape:
+            raise ModelRunError(
+                f"output '{name}': the reference gives shape {ref[name].shape}, "
+                f"the folded model {out[name].shape}"
+            )
     return {
         name: compare(ref[name], out[name], rtol=rtol, min_top1=min_top1).to_dict() for name in ref
     }
@@ -129,20 +197,21 @@ def verify_onnx(
     ``per_node`` the intermediate comparisons and ``first_divergence``.
     """
     ref_model, folded_model = load_model(reference), load_model(folded)
+    check_same_inputs(ref_model, folded_model)
     sets: dict[str, dict[str, np.ndarray]] = {}
     if inputs:
-        sets["heldout"] = _coerce(inputs, ref_model)
+        sets["heldout"] = check_feeds(ref_model, inputs)
     if n_random > 0:
         sets["random"] = random_inputs(ref_model, n_random, seed)
     if not sets:
-        raise ValueError("nothing to compare: give held-out inputs or n_random > 0")
-    ref_sess, folded_sess = session(ref_model), session(folded_model)
+        raise InputError("nothing to compare: give held-out inputs or n_random > 0")
+    ref_sess, folded_sess = _session(ref_model, "reference"), _session(folded_model, "folded")
     ref_names = [o.name for o in ref_sess.get_outputs()]
     folded_names = [o.name for o in folded_sess.get_outputs()]
     results: dict[str, Any] = {}
     for set_name, feeds in sets.items():
-        ref = dict(zip(ref_names, ref_sess.run(ref_names, feeds), strict=True))
-        out = dict(zip(folded_names, folded_sess.run(folded_names, feeds), strict=True))
+        ref = dict(zip(ref_names, _run(ref_sess, ref_names, feeds, "reference"), strict=True))
+        out = dict(zip(folded_names, _run(folded_sess, folded_names, feeds, "folded"), strict=True))
         results[set_name] = _compare_outputs(ref, out, rtol, min_top1)
     every = [c for per_set in results.values() for c in per_set.values()]
     top1 = [c["top1_agreement"] for c in every if c["top1_agreement"] is not None]
@@ -163,16 +232,83 @@ def verify_onnx(
     return report
 
 
-def _coerce(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Cast float arrays to the float type each input declares (npz files hold float64)."""
-    types = {i.name: i.type.tensor_type.elem_type for i in _inputs(model)}
+def _session(model: onnx.ModelProto, which: str) -> ort.InferenceSession:
+    try:
+        return session(model)
+    except ORT_ERRORS as exc:
+        raise ModelRunError(
+            f"ONNX Runtime cannot load the {which} model: {_one_line(exc)}"
+        ) from exc
+
+
+def _run(
+    sess: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray], which: str
+) -> list[Any]:
+    try:
+        return list(sess.run(names, feeds))
+    except ORT_ERRORS as exc:
+        raise ModelRunError(f"ONNX Runtime cannot run the {which} model: {_one_line(exc)}") from exc
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | None]:
+    """Each axis's static size, None where it is symbolic (the batch axis)."""
+    return [
+        int(d.dim_value) if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim
+    ]
+
+
+def _describe(vi: onnx.ValueInfoProto) -> str:
+    tt = vi.type.tensor_type
+    dims = [
+        str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
+    ]
+    return f"'{vi.name}' {onnx.TensorProto.DataType.Name(tt.elem_type).lower()}[{', '.join(dims)}]"
+
+
+def _fits(a: list[int | None], b: list[int | None]) -> bool:
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b, strict=True)
+    )
+
+
+def check_same_inputs(reference: onnx.ModelProto, folded: onnx.ModelProto) -> None:
+    """Refuse two graphs that do not take the same inputs (names, types, static sizes)."""
+    ref, out = _inputs(reference), _inputs(folded)
+    same = len(ref) == len(out) and all(
+        r.name == o.name
+        and r.type.tensor_type.elem_type == o.type.tensor_type.elem_type
+        and _fits(_dims(r), _dims(o))
+        for r, o in zip(ref, out, strict=True)
+    )
+    if not same:
+        raise ModelRunError(
+            "the two models take different inputs, so they cannot be compared: the reference "
+            f"takes {', '.join(map(_describe, ref)) or 'none'}; the folded model takes "
+            f"{', '.join(map(_describe, out)) or 'none'}"
+        )
+
+
+def check_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` checked against the model's inputs and cast to the types they declare.
+
+    Numeric arrays become the declared float type (npz files hold float64 or
+    uint8 pixels); a missing input, a wrong rank or static size, or a
+    non-numeric array is refused with the input's name and what it takes.
+    """
     out = {}
-    for name, value in feeds.items():
-        arr = np.asarray(value)
-        want = np.dtype(helper.tensor_dtype_to_np_dtype(types[name])) if types.get(name) else None
-        if want is not None and want.kind == "f" and arr.dtype.kind == "f" and arr.dtype != want:
-            arr = arr.astype(want)
-        out[name] = arr
+    for inp in _inputs(model):
+        if inp.name not in feeds:
+            raise ModelRunError(f"no array for input {_describe(inp)}; got {sorted(feeds)}")
+        arr = np.asarray(feeds[inp.name])
+        if not _fits(list(arr.shape), _dims(inp)) or (arr.ndim and arr.shape[0] == 0):
+            raise ModelRunError(f"input {_describe(inp)} cannot take an array of shape {arr.shape}")
+        want = np.dtype(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
+        to_float = want.kind == "f" and arr.dtype.kind in "biuf"
+        if to_float or (want.kind in "iu" and arr.dtype.kind in "iu"):
+            arr = arr.astype(want, copy=False)
+        elif want != arr.dtype:
+            raise ModelRunError(f"input {_describe(inp)} cannot take an array of {arr.dtype}")
+        out[inp.name] = arr
     return out
 
 
