@@ -21,15 +21,23 @@ import numpy as np
 import onnx
 
 import bnfold
+from bnfold import folding
 from bnfold.contract import DEFAULT_RTOL, check_name, compare
-from bnfold.converter import folding
 from bnfold.converter.bn_health import bn_health
 from bnfold.converter.data import Splits, load, prepare
 from bnfold.converter.distributed import World
+from bnfold.converter.errors import InputError, ParityFailure
 from bnfold.converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
-from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules
+from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
 from bnfold.converter.repository import write_version
-from bnfold.converter.train import EpochCallback, TrainConfig, TrainResult, save_run, train
+from bnfold.converter.train import (
+    BatchCallback,
+    EpochCallback,
+    TrainConfig,
+    TrainResult,
+    save_run,
+    train,
+)
 from bnfold.converter.verify import run_onnx
 
 # Epochs when the user gives none: enough for each network to converge on digits
@@ -41,8 +49,8 @@ DEFAULT_MAX_BATCH = 64
 N_RANDOM_PARITY = 64
 
 
-class ParityError(RuntimeError):
-    """The folded graph does not compute what the trained network computes."""
+class ParityError(ParityFailure, RuntimeError):
+    """The folded graph does not compute what the trained network computes (exit 3)."""
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
@@ -90,13 +98,10 @@ def train_from_options(
     *,
     log: Log = _noop,
     on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
     world: World | None = None,
 ) -> tuple[TrainResult, Splits, TrainConfig]:
-    if opts.arch not in DEFAULT_INPUT_SHAPES:
-        raise ValueError(
-            f"unknown architecture {opts.arch!r}; choose one of {', '.join(DEFAULT_INPUT_SHAPES)}"
-        )
-    shape = opts.input_shape or DEFAULT_INPUT_SHAPES[opts.arch]
+    shape = check_arch(opts)
     log(f"loading {opts.data}")
     dataset = load(opts.data, input_shape=shape, seed=opts.seed)
     splits = prepare(dataset, shape, seed=opts.seed, limit=opts.limit)
@@ -112,7 +117,31 @@ def train_from_options(
         lr=opts.lr,
         seed=opts.seed,
     )
-    return train(arch, splits, cfg, on_epoch=on_epoch, world=world), splits, cfg
+    result = train(arch, splits, cfg, on_epoch=on_epoch, on_batch=on_batch, world=world)
+    return result, splits, cfg
+
+
+def check_arch(opts: ConvertOptions) -> tuple[int, ...]:
+    """The input shape to train at; an unknown architecture, or one that cannot take
+    that shape, is refused here, before any data is loaded."""
+    if opts.arch not in DEFAULT_INPUT_SHAPES:
+        raise InputError(
+            f"unknown architecture {opts.arch!r}; choose one of {', '.join(DEFAULT_INPUT_SHAPES)}"
+        )
+    shape = tuple(opts.input_shape or DEFAULT_INPUT_SHAPES[opts.arch])
+    try:  # the class count is not known yet; any count builds the same layers
+        build_model(ArchConfig(opts.arch, shape, 2, bn=opts.bn))
+    except (ValueError, RuntimeError) as e:  # RuntimeError: too small for its convolutions
+        raise InputError(f"--arch {opts.arch} cannot take input shape {list(shape)}: {e}") from None
+    return shape
+
+
+def check_new_version(opts: ConvertOptions, name: str) -> None:
+    """Refuse a --version that exists before any work: versions are immutable."""
+    if opts.version is not None:
+        final = Path(opts.repo) / name / str(opts.version)
+        if final.exists():
+            raise InputError(f"{final} already exists; versions are immutable")
 
 
 def check_parity(
@@ -178,11 +207,16 @@ def serving_config(name: str, arch: ArchConfig, splits: Splits, max_batch: int) 
 
 
 def convert(
-    opts: ConvertOptions, *, log: Log = _noop, on_epoch: EpochCallback | None = None
+    opts: ConvertOptions,
+    *,
+    log: Log = _noop,
+    on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> ConvertResult:
     """Train, export, fold, verify and write one version into the repository."""
     name = check_name(opts.model_name())
-    result, splits, cfg = train_from_options(opts, log=log, on_epoch=on_epoch)
+    check_new_version(opts, name)
+    result, splits, cfg = train_from_options(opts, log=log, on_epoch=on_epoch, on_batch=on_batch)
     log(
         f"test accuracy {result.metrics['test_accuracy']:.4f} after {cfg.epochs} epochs "
         f"({result.seconds:.1f} s)"

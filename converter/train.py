@@ -27,6 +27,7 @@ from torch import nn
 
 from bnfold.converter.data import Splits
 from bnfold.converter.distributed import World
+from bnfold.converter.errors import InputError
 from bnfold.converter.models import ArchConfig, build_model
 
 
@@ -52,6 +53,8 @@ class TrainResult:
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+# (epoch, batches done in this epoch, batches per epoch), after every optimiser step.
+BatchCallback = Callable[[int, int, int], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +87,7 @@ def train(
     config: TrainConfig,
     *,
     on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
     world: World | None = None,
 ) -> TrainResult:
     """Train ``arch`` on ``splits``; same seed and data give bit-identical weights.
@@ -108,16 +112,18 @@ def train(
     gen = torch.Generator().manual_seed(config.seed)
     n = len(x_train)
     min_batch = 2 * size if arch.bn else size  # BN cannot normalise a batch of one
+    # Batch starts of one epoch: a last batch too small for BN is skipped.
+    starts = [
+        i for i in range(0, n, config.batch_size) if min(config.batch_size, n - i) >= min_batch
+    ]
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         net.train()
         order = torch.randperm(n, generator=gen)
         seen, loss_sum, correct = 0.0, 0.0, 0.0
-        for i in range(0, n, config.batch_size):
+        for b, i in enumerate(starts, start=1):
             idx = order[i : i + config.batch_size]
-            if len(idx) < min_batch:
-                continue
             idx = idx[rank::size]  # this rank's share of the global batch
             xb, yb = x_train[idx], y_train[idx]
             opt.zero_grad(set_to_none=True)
@@ -128,6 +134,8 @@ def train(
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
+            if on_batch is not None:
+                on_batch(epoch, b, len(starts))
         if world is not None:
             seen, loss_sum, correct = world.sum([seen, loss_sum, correct])
         val = evaluate(model, splits.x_val, splits.y_val)
@@ -191,7 +199,7 @@ class LoadedRun:
     info: dict[str, Any]
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A run folder is missing files or does not match its architecture."""
 
 
