@@ -1,7 +1,10 @@
 """``bnfold fold`` and ``bnfold verify``: plain functions for the typer app (no torch).
 
-Exit codes: 0 success, 1 parity failure, 2 bad input (missing or corrupt
-file, unreadable data).
+The bnfold CLI imports this module only when one of the two runs. Failures
+are raised, not printed: the CLI's group turns them into a line and the exit
+code (bnfold.converter.errors): 0 success, 2 a missing or corrupt model
+file, unreadable data or models that do not fit each other, 3 a parity
+failure, 1 a bug (with its traceback).
 """
 
 from __future__ import annotations
@@ -13,27 +16,19 @@ from typing import Annotated, Any
 import numpy as np
 import onnx
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL
+from bnfold.converter.cli import console, require_torch
+from bnfold.converter.errors import InputError, ParityFailure
+from bnfold.converter.verify import check_feeds, load_model
 
-console = Console(stderr=True)
 TWO_GB = 2**31
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
 def _load(path: Path) -> onnx.ModelProto:
-    from bnfold.converter.verify import ModelFileError, load_model
-
-    try:
-        return load_model(path)
-    except ModelFileError as exc:
-        raise _fail(str(exc)) from exc
+    return load_model(path)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
@@ -51,13 +46,10 @@ def fold(
     ] = None,
 ) -> None:
     """Fold every BatchNormalization (node or Mul/Add chain) into its neighbours, exactly."""
-    from bnfold.converter.folding import fold as fold_model
+    from bnfold.folding import fold as fold_model
 
     model = _load(input)
-    try:
-        folded, fold_report = fold_model(model)
-    except Exception as exc:  # a broken invariant: say where, not a traceback
-        raise _fail(f"{input}: folding failed: {type(exc).__name__}: {exc}", code=1) from exc
+    folded, fold_report = fold_model(model)  # anything it raises is a bug: traceback, exit 1
     _save(folded, output)
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -71,35 +63,43 @@ def fold(
         where = ", ".join(b.folded_into) or "-"
         if b.residual:
             where += " | left: " + ", ".join(b.residual)
-        table.add_row(b.name, b.status, where, "; ".join(b.reasons[:2]))
+        table.add_row(*map(escape, (b.name, b.status, where, "; ".join(b.reasons[:2]))))
     console.print(table)
     console.print(
-        f"wrote {output} ({fold_report.count('folded')} folded, {fold_report.count('partial')} "
-        f"partial, {fold_report.count('kept')} kept; {fold_report.residual_ops} op(s) left)"
+        f"wrote {escape(str(output))} ({fold_report.count('folded')} folded, "
+        f"{fold_report.count('partial')} partial, {fold_report.count('kept')} kept; "
+        f"{fold_report.residual_ops} op(s) left)"
     )
 
 
 def _read_data(spec: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
     kind, _, path_text = spec.partition(":")
     if kind != "npz" or not path_text:
-        raise _fail(f"--data {spec!r}: expected npz:PATH")
+        raise InputError(f"--data {spec!r}: expected npz:PATH")
     path = Path(path_text)
     if not path.is_file():
-        raise _fail(f"--data: {path}: no such file")
+        raise InputError(f"--data: {path}: no such file")
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise _fail(f"--data: {path}: not an .npz file ({exc})") from exc
+    except Exception as exc:  # a zip that is not an npz, a pickled array, ...
+        raise InputError(f"--data: {path}: not an .npz file ({exc})") from exc
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     if set(names) <= set(arrays):
-        return {n: arrays[n] for n in names}
-    if len(names) == 1 and "x" in arrays:
-        return {names[0]: arrays["x"]}
-    if len(names) == 1 and len(arrays) == 1:
-        return {names[0]: next(iter(arrays.values()))}
-    raise _fail(f"--data: {path} has arrays {sorted(arrays)}; the model needs {names} (or 'x')")
+        feeds = {n: arrays[n] for n in names}
+    elif len(names) == 1 and "x" in arrays:
+        feeds = {names[0]: arrays["x"]}
+    elif len(names) == 1 and len(arrays) == 1:
+        feeds = {names[0]: next(iter(arrays.values()))}
+    else:
+        raise InputError(
+            f"--data: {path} has arrays {sorted(arrays)}; the model needs {names} (or 'x')"
+        )
+    try:
+        return check_feeds(model, feeds)
+    except InputError as exc:
+        raise InputError(f"--data: {path}: {exc}") from None
 
 
 def verify(
@@ -145,30 +145,31 @@ def verify(
     ] = None,
 ) -> None:
     """Run both models on ONNX Runtime (optimizations off) and compare their outputs."""
-    from bnfold.converter.verify import verify_onnx
+    from bnfold.converter.verify import check_same_inputs, verify_onnx
 
+    if run is not None:
+        require_torch("verify --run")
     ref_model, folded_model = _load(reference), _load(folded)
+    check_same_inputs(ref_model, folded_model)
     inputs = _read_data(data, ref_model) if data else None
     if inputs is None and n_random == 0:
-        raise _fail("nothing to compare: give --data or --n-random > 0")
-    try:
-        result = verify_onnx(
-            ref_model,
-            folded_model,
-            inputs,
-            n_random=n_random,
-            seed=seed,
-            rtol=rtol,
-            min_top1=min_top1,
-            per_node=per_node,
-        )
-    except Exception as exc:  # ORT refuses a model or the inputs do not fit it
-        raise _fail(f"could not run the models: {type(exc).__name__}: {exc}") from exc
+        raise InputError("nothing to compare: give --data or --n-random > 0")
+    result = verify_onnx(
+        ref_model,
+        folded_model,
+        inputs,
+        n_random=n_random,
+        seed=seed,
+        rtol=rtol,
+        min_top1=min_top1,
+        per_node=per_node,
+    )
+    onnx_passed = bool(result["passed"])
     if run is not None:
         result["torch_vs_folded"] = _torch_parity(
             run, ref_model, folded_model, inputs, n_random, seed, rtol, min_top1
         )
-        result["passed"] = bool(result["passed"] and result["torch_vs_folded"]["passed"])
+        result["passed"] = bool(onnx_passed and result["torch_vs_folded"]["passed"])
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
     top1 = result["top1_agreement"]
@@ -182,7 +183,8 @@ def verify(
     if per_node:
         if first:
             console.print(
-                f"first diverging tensor: '{first['tensor']}' from node '{first['node']}' "
+                f"first diverging tensor: '{escape(first['tensor'])}' from node "
+                f"'{escape(first['node'])}' "
                 f"(max rel error {first.get('max_rel_error', float('nan')):.3g})"
             )
         else:
@@ -196,9 +198,15 @@ def verify(
                ("healthy" if t["bn_health"]["healthy"] else "[yellow]suspect[/]"))
         )  # fmt: skip
         for warning in t["bn_health"]["warnings"]:
-            console.print(f"[yellow]warning:[/] {warning}")
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
     if not result["passed"]:
-        raise typer.Exit(1)
+        against = [str(reference)] if not onnx_passed else []
+        if run is not None and not result["torch_vs_folded"]["passed"]:
+            against.append(f"the PyTorch run {run}")
+        raise ParityFailure(
+            f"parity failed: {folded} does not compute what {' nor '.join(against)} computes "
+            f"(rtol {rtol:g}, min top-1 agreement {min_top1:g})"
+        )
 
 
 def _torch_parity(
@@ -215,13 +223,10 @@ def _torch_parity(
     from bnfold.contract import compare
     from bnfold.converter.bn_health import bn_health
     from bnfold.converter.export import torch_logits
-    from bnfold.converter.train import RunError, load_run
+    from bnfold.converter.train import load_run
     from bnfold.converter.verify import random_inputs, run_onnx
 
-    try:
-        loaded = load_run(run)
-    except RunError as e:
-        raise _fail(str(e)) from None
+    loaded = load_run(run)
     parts = [v for v in (inputs or {}).values()][:1]
     if n_random:
         parts += list(random_inputs(reference, n_random, seed).values())[:1]

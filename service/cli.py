@@ -25,6 +25,12 @@ from .middleware import configure_logging
 from .settings import Settings, settings_env
 
 
+def _default(field: str) -> str:
+    """A flag's default for ``--help``: the setting's, used when neither the flag
+    nor its BNFOLD_* variable is given."""
+    return str(Settings.model_fields[field].default)
+
+
 @contextmanager
 def metrics_dir(workers: int) -> Iterator[Path | None]:
     """The folder where ``workers`` processes keep their Prometheus values.
@@ -55,29 +61,47 @@ def metrics_dir(workers: int) -> Iterator[Path | None]:
 def serve(
     repo: Annotated[
         Path | None,
-        typer.Option(help="Model repository folder (docs/repository.md). (env BNFOLD_REPO)"),
+        typer.Option(
+            help="Model repository folder (docs/repository.md). "
+            f"(env BNFOLD_REPO; default {_default('repo')})"
+        ),
     ] = None,
     host: Annotated[
         str | None,
-        typer.Option(help="Interface to bind; 0.0.0.0 for all. (env BNFOLD_HOST)"),
+        typer.Option(
+            help="Interface to bind; 0.0.0.0 for all. "
+            f"(env BNFOLD_HOST; default {_default('host')})"
+        ),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port. (env BNFOLD_PORT)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help=f"TCP port. (env BNFOLD_PORT; default {_default('port')})")
+    ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Worker processes sharing the port. (env BNFOLD_WORKERS)"),
+        typer.Option(
+            help="Worker processes sharing the port. "
+            f"(env BNFOLD_WORKERS; default {_default('workers')})"
+        ),
     ] = None,
     device: Annotated[
         str | None,
         typer.Option(
-            help="auto (CUDA when it loads, else CPU), cuda (required) or cpu. (env BNFOLD_DEVICE)"
+            help="auto (CUDA when it loads, else CPU), cuda (required) or cpu. "
+            f"(env BNFOLD_DEVICE; default {_default('device')})"
         ),
     ] = None,
     device_id: Annotated[
-        int | None, typer.Option(help="CUDA device ordinal. (env BNFOLD_DEVICE_ID)")
+        int | None,
+        typer.Option(
+            help=f"CUDA device ordinal. (env BNFOLD_DEVICE_ID; default {_default('device_id')})"
+        ),
     ] = None,
     log_level: Annotated[
         str | None,
-        typer.Option(help="critical, error, warning, info or debug. (env BNFOLD_LOG_LEVEL)"),
+        typer.Option(
+            help="critical, error, warning, info or debug. "
+            f"(env BNFOLD_LOG_LEVEL; default {_default('log_level')})"
+        ),
     ] = None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2).

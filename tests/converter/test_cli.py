@@ -62,24 +62,26 @@ def test_train_export_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--arch", "vgg", "--epochs", "1"], "unknown architecture 'vgg'"),
+        (["train", "--arch", "vgg", "--epochs", "1"], "'vgg' is not one of 'mlp', 'cifar-cnn'"),
         (["train", "--data", "npz:/nonexistent.npz", "--epochs", "1"], "no such file"),
         (["train", "--data", "imagenet", "--epochs", "1"], "unknown data set 'imagenet'"),
         (
             ["train", "--arch", "resnet", "--input-shape", "64", "--epochs", "1"],
-            "expects an image input shape",
+            "--arch resnet cannot take input shape [64]: resnet expects an image input shape",
         ),
-        (["export", "no-such-run"], "is not a training run"),
-        (["convert", "--name", "../escape", "--epochs", "1"], "invalid model name"),
+        (["export", "no-such-run"], "no-such-run is not a training run: run.json is missing"),
+        (["convert", "--name", "../escape", "--epochs", "1"], "invalid model name '../escape'"),
+        (["convert", "--arch", "vgg"], "'vgg' is not one of"),
     ],
 )
-def test_user_errors_exit_non_zero_with_a_message(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_user_errors_exit_2_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
     r = bnfold(*args, cwd=tmp_path)
-    assert r.returncode == 1
+    assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+    assert "epoch" not in r.stderr  # refused before any training
+    if "--arch" in args or "--input-shape" in args:
+        assert "loading" not in r.stderr  # and before any data is loaded
 
 
 def test_bad_option_values_are_usage_errors(tmp_path: Path) -> None:
@@ -96,11 +98,13 @@ def test_every_command_explains_itself(tmp_path: Path, command: str) -> None:
     r = bnfold(command, "--help", cwd=tmp_path)
     assert r.returncode == 0
     assert "Usage:" in r.stdout and len(r.stdout) > 300
+    assert "Exit codes: 0 success; 2 usage or input error; 3 parity failure" in r.stdout
+    assert "<bool>" not in r.stdout  # a flag takes no value
 
 
 def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
     code = (
-        "import sys, bnfold.converter.cli, bnfold.converter.folding, bnfold.converter.verify\n"
+        "import sys, bnfold.converter.cli, bnfold.folding, bnfold.converter.verify\n"
         "import bnfold.service.app\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
@@ -136,10 +140,13 @@ def test_verify_with_the_training_run_compares_pytorch_too(tmp_path: Path) -> No
     assert t["passed"] and t["max_rel_error"] <= 1e-5 and t["top1_agreement"] == 1.0
     assert t["n_samples"] == len(splits.x_test) + 16
     assert t["bn_health"]["healthy"] is True and t["bn_health"]["n_bn"] == 2
-    # A run whose weights are not the exported ones fails the comparison, exit 1.
+    # A run whose weights are not the exported ones fails the comparison: exit 3.
     assert (
         bnfold("train", "--epochs", "1", "--seed", "5", "--out", "other", cwd=tmp_path).returncode
         == 0
     )
     r = bnfold("verify", "ref.onnx", "folded.onnx", "--run", "other", cwd=tmp_path)
-    assert r.returncode == 1
+    assert r.returncode == 3, r.stderr
+    assert "parity failed: folded.onnx does not compute what the PyTorch run other computes" in (
+        r.stderr
+    )

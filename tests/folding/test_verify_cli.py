@@ -1,4 +1,4 @@
-"""verify_onnx and the fold/verify commands."""
+"""verify_onnx and the fold/verify commands (run in-process through the bnfold CLI)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import json
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 import typer
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from bnfold.converter import cli_fold
-from bnfold.converter.folding import fold
-from bnfold.converter.verify import random_inputs, verify_onnx
+from bnfold.converter.cli import app as bnfold_app
+from bnfold.converter.verify import ModelRunError, random_inputs, verify_onnx
+from bnfold.folding import fold
 
 NET = """
 g (float[N, 3, 10, 10] input) => (float[N, 5] logits) {
@@ -83,10 +84,7 @@ def test_random_inputs_follow_the_signature(models):
 
 
 def app() -> typer.Typer:
-    cli = typer.Typer()
-    cli.command()(cli_fold.fold)
-    cli.command()(cli_fold.verify)
-    return cli
+    return bnfold_app
 
 
 def test_cli_fold_then_verify(models, tmp_path):
@@ -113,8 +111,9 @@ def test_cli_verify_fails_on_a_broken_model(models, tmp_path):
     result = CliRunner().invoke(
         app(), ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "bad.onnx"), "--per-node"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a parity failure
     assert "FAIL" in result.output and "'c2'" in result.output
+    assert "parity failed" in result.output
 
 
 def test_cli_reports_missing_and_corrupt_files(tmp_path):
@@ -137,3 +136,78 @@ def test_cli_rejects_bad_data_spec(models, tmp_path):
         app(), ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "out.onnx"), "--data", "csv:x"]
     )
     assert result.exit_code == 2 and "expected npz:PATH" in result.output
+
+
+OTHER_INPUT = """
+g (float[N, 8] x) => (float[N, 5] logits) {
+    logits = Gemm <transB = 1> (x, w, b)
+}"""
+
+
+def test_cli_refuses_models_that_take_different_inputs(models, build, tmp_path):
+    reference, _, _ = models
+    onnx.save(reference, tmp_path / "ref.onnx")
+    onnx.save(build(OTHER_INPUT, w=[5, 8], b=[5]), tmp_path / "other.onnx")
+    result = CliRunner().invoke(
+        app(), ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "other.onnx")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "the two models take different inputs" in result.output
+    assert "'input' float[N, 3, 10, 10]" in result.output and "'x' float[N, 8]" in result.output
+    assert "ONNXRuntimeError" not in result.output and "Traceback" not in result.output
+    with pytest.raises(ModelRunError, match="different inputs"):
+        verify_onnx(reference, build(OTHER_INPUT, w=[5, 8], b=[5]))
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((4, 3, 10, 9), np.float32), "cannot take an array of shape (4, 3, 10, 9)"),
+        (np.zeros((4, 300), np.float32), "cannot take an array of shape (4, 300)"),
+        (np.full((2, 3, 10, 10), "a"), "cannot take an array of <U1"),
+    ],
+)
+def test_cli_names_held_out_data_of_the_wrong_shape(models, tmp_path, array, message):
+    reference, folded, _ = models
+    onnx.save(reference, tmp_path / "ref.onnx")
+    onnx.save(folded, tmp_path / "out.onnx")
+    np.savez(tmp_path / "x.npz", x=array)
+    args = ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "out.onnx")]
+    result = CliRunner().invoke(app(), [*args, "--data", f"npz:{tmp_path / 'x.npz'}"])
+    assert result.exit_code == 2, result.output
+    assert f"--data: {tmp_path / 'x.npz'}: input 'input' float[N, 3, 10, 10] {message}" in (
+        " ".join(result.output.split())
+    )
+    assert "ONNXRuntimeError" not in result.output
+
+
+def test_cli_accepts_integer_pixels_for_a_float_input(models, tmp_path):
+    reference, folded, _ = models
+    onnx.save(reference, tmp_path / "ref.onnx")
+    onnx.save(folded, tmp_path / "out.onnx")
+    np.savez(tmp_path / "x.npz", x=np.arange(2 * 300, dtype=np.uint8).reshape(2, 3, 10, 10))
+    args = ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "out.onnx")]
+    result = CliRunner().invoke(app(), [*args, "--data", f"npz:{tmp_path / 'x.npz'}"])
+    assert result.exit_code == 0, result.output
+    assert "PASS 18 samples" in result.output
+
+
+def test_cli_names_a_missing_external_data_file(models, tmp_path):
+    reference, folded, _ = models
+    onnx.save(reference, tmp_path / "ref.onnx")
+    onnx.save_model(
+        folded,
+        str(tmp_path / "out.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="out.onnx.data",
+        size_threshold=0,
+    )
+    args = ["verify", str(tmp_path / "ref.onnx"), str(tmp_path / "out.onnx")]
+    assert CliRunner().invoke(app(), args).exit_code == 0  # with its data beside it
+    (tmp_path / "out.onnx.data").unlink()
+    for command in (args, ["fold", str(tmp_path / "out.onnx"), str(tmp_path / "o.onnx")]):
+        result = CliRunner().invoke(app(), command)
+        assert result.exit_code == 2, result.output
+        assert "its external data file 'out.onnx.data' is missing" in result.output
+        assert "not an ONNX model" not in result.output
