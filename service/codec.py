@@ -124,8 +124,30 @@ def decode_infer(
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("id must be a string")
+    feeds, rows = decode_inputs(
+        inputs,
+        signature,
+        binary=binary_part,
+        max_elements=max_elements,
+        allow_nonfinite=allow_nonfinite,
+    )
+    binary_default = params.get("binary_data_output") is True
+    outputs = _requested_outputs(request.get("outputs"), signature, binary_default)
+    return InferRequest(request_id, feeds, rows, outputs, _timeout(params.get("timeout")))
 
-    reader = BinaryReader(binary_part)
+
+def decode_inputs(
+    inputs: list[Any],
+    signature: Signature,
+    *,
+    binary: memoryview = memoryview(b""),
+    max_elements: int,
+    allow_nonfinite: bool,
+) -> tuple[Feeds, int]:
+    """V2 request ``inputs`` (parsed JSON objects) as feeds and their batch
+    size, each checked against ``signature``; ``binary`` holds the bytes of
+    the inputs sent with ``binary_data_size``."""
+    reader = BinaryReader(binary)
     feeds: Feeds = {}
     for entry in inputs:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -166,10 +188,7 @@ def decode_infer(
         if len(set(sizes.values())) > 1:
             raise BadRequest(f"inputs disagree on the batch size: {sizes}")
         rows = next(iter(sizes.values()))
-
-    binary_default = params.get("binary_data_output") is True
-    outputs = _requested_outputs(request.get("outputs"), signature, binary_default)
-    return InferRequest(request_id, feeds, rows, outputs, _timeout(params.get("timeout")))
+    return feeds, rows
 
 
 def _requested_outputs(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from ..codec import decode_infer
+from ..codec import decode_inputs
 from ..deps import RepositoryDep, SettingsDep, body_schema, json_body
 from ..errors import BadRequest
 from ..parity import measure, stored_report
@@ -48,14 +47,12 @@ async def _measure(
     served = repo.acquire(name, version)
     try:
         if body.inputs:
-            raw = json.dumps({"inputs": [i.model_dump() for i in body.inputs]}).encode()
-            feeds = decode_infer(
-                raw,
-                None,
+            feeds, _ = decode_inputs(
+                [i.model_dump() for i in body.inputs],  # parsed once, by the body's model
                 served.signature,
                 max_elements=settings.max_body_bytes,
                 allow_nonfinite=settings.allow_nonfinite,
-            ).feeds
+            )
         else:
             if body.n > settings.max_parity_samples:
                 raise BadRequest(f"n is {body.n}; at most {settings.max_parity_samples}")
