@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from bnfold.contract import DATATYPES
 
@@ -100,24 +101,36 @@ class InferenceRequest(_Model):
     outputs: list[RequestOutput] = Field(default_factory=list)
 
 
+def _absent(schema: dict[str, Any]) -> None:
+    """A response field the server leaves out when it has no value: no
+    default (and no null) in the schema."""
+    schema.pop("default", None)
+
+
 class ResponseOutput(_Model):
     """``$response_output = {"name": $string, "shape": [$number, ...],
-    "datatype": $string, "parameters": $parameters, "data": $tensor_data}``"""
+    "datatype": $string, "parameters": $parameters, "data": $tensor_data}``
+
+    ``data`` is absent for an output returned in binary (its
+    ``parameters.binary_data_size`` bytes follow the JSON)."""
 
     name: str
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] = Field(default_factory=dict)
-    data: list[Any] = Field(default_factory=list)
+    data: list[Any] | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_absent)
 
 
 class InferenceResponse(_Model):
     """``$inference_response = {"model_name": $string, "model_version": $string,
-    "id": $string, "parameters": $parameters, "outputs": [$response_output, ...]}``"""
+    "id": $string, "parameters": $parameters, "outputs": [$response_output, ...]}``
+
+    ``id`` echoes the request's ``id``, as the protocol asks; it is absent
+    when the request had none."""
 
     model_name: str
     model_version: str
-    id: str = ""
+    id: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_absent)
     outputs: list[ResponseOutput]
 
 
