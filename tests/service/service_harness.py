@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,25 @@ from served_models import ModelInfo
 
 from bnfold.contract import scan_versions
 from bnfold.service.app import create_app
+from bnfold.service.model import ServedModel
 from bnfold.service.settings import Settings
 
 TOKEN = "test-token"
 MAX_BODY = 1 << 20
+# How long a test waits for an event (a state reached, N requests answered)
+# before it gives up: a guard against hanging, sized for a loaded 2-core
+# machine. No test measures time with it; quiet runs meet every event in
+# milliseconds.
+WAIT_S = 120.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout:g} s: {what}")
+        time.sleep(0.005)
 
 
 @dataclass
@@ -35,6 +50,16 @@ class RunningServer:
     host_port: str
     settings: Settings
     server: uvicorn.Server
+
+    def served(self, name: str) -> ServedModel:
+        """The version of ``name`` this in-thread server serves now, to watch
+        its queue (``batcher.pending``) and the requests holding it
+        (``inflight``); read only, never driven from the test's thread."""
+        repository = self.server.config.app.state.bnfold.repository
+        for model in repository.served():
+            if model.name == name:
+                return model
+        raise LookupError(f"{name!r} is not served")
 
 
 @contextmanager
@@ -50,7 +75,7 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_S  # loading every model, on a busy machine too
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from typing import Any
 
 import httpx
 import numpy as np
-from service_harness import Repo, RunningServer, rows
+from service_harness import Repo, RunningServer, rows, wait_until
 
 
 def v2(x: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -33,6 +32,7 @@ def test_full_queue_is_503_with_retry_after(
     server: RunningServer, http: httpx.Client, repo: Repo
 ) -> None:
     x = rows(repo["slow"], 1)  # slow: max_queue_size 2, 1.5 s queue delay
+    slow = server.served("slow")
     before = http.get("/metrics").text
     answers: list[httpx.Response] = []
 
@@ -43,10 +43,11 @@ def test_full_queue_is_503_with_retry_after(
     threads = [threading.Thread(target=queued) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    t0 = time.perf_counter()
+    wait_until(lambda: slow.batcher.pending == 2, "both requests queued")
     r = http.post("/v2/models/slow/infer", json=v2(x))
-    assert time.perf_counter() - t0 < 0.5  # refused at once, not queued
+    # refused at once, not queued: answered while the two queued requests
+    # still wait for their batch
+    assert answers == [] and slow.batcher.pending == 2
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "1"
     assert "overloaded" in r.json()["error"]
@@ -66,14 +67,25 @@ def test_full_queue_is_503_with_retry_after(
     )
 
 
-def test_request_timeout_is_503(http: httpx.Client, repo: Repo) -> None:
+def test_request_timeout_is_503(server: RunningServer, http: httpx.Client, repo: Repo) -> None:
     x = rows(repo["slow"], 1)
-    t0 = time.perf_counter()
+    slow = server.served("slow")
+    witness: list[httpx.Response] = []
+
+    def queued() -> None:  # no timeout: answered when the 1.5 s batch window ends
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            witness.append(c.post("/v2/models/slow/infer", json=v2(x)))
+
+    t = threading.Thread(target=queued)
+    t.start()
+    wait_until(lambda: slow.batcher.pending == 1, "the witness request queued")
     r = http.post("/v2/models/slow/infer", json=v2(x, parameters={"timeout": 100_000}))
-    assert time.perf_counter() - t0 < 1.0
+    assert witness == []  # answered at its 0.1 s deadline, not when the batch left
     assert r.status_code == 503
     assert "no result within 0.1 s" in r.json()["error"]
     assert r.headers["Retry-After"] == "1"
+    t.join()
+    assert witness[0].status_code == 200
 
 
 def test_prometheus_metrics_per_model_and_version(http: httpx.Client, repo: Repo) -> None:

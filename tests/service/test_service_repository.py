@@ -4,7 +4,6 @@ and unload under traffic (no accepted request fails)."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from served_models import write_mlp
-from service_harness import TOKEN, Repo, RunningServer, rows
+from service_harness import TOKEN, WAIT_S, Repo, RunningServer, rows, wait_until
 from tritonclient.utils import InferenceServerException
 
 
@@ -93,6 +92,7 @@ def test_unload_waits_for_the_request_in_flight(
     model = repo["slow"]  # holds a lone request 1.5 s waiting for a batch
     x = rows(model, 1, seed=9)
     results: dict[str, httpx.Response] = {}
+    slow = server.served("slow")
 
     def slow_request() -> None:
         with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -100,11 +100,12 @@ def test_unload_waits_for_the_request_in_flight(
 
     t = threading.Thread(target=slow_request)
     t.start()
-    time.sleep(0.3)  # the request is queued now
-    t0 = time.perf_counter()
+    wait_until(lambda: slow.batcher.pending == 1, "the slow request queued")
     r = http.post("/v2/repository/models/slow/unload", headers=auth)
     assert r.status_code == 200 and r.json() == {"name": "slow", "state": "UNAVAILABLE"}
-    assert time.perf_counter() - t0 > 0.5  # it waited for the request
+    # it waited for the request: by its answer the request was done with the
+    # version (an unload that did not wait fails it with 503 BatcherClosed)
+    assert slow.inflight == 0 and slow.batcher.pending == 0
     t.join()
     assert results["r"].status_code == 200
     np.testing.assert_allclose(logits(results["r"]), repo.expected(model, x), rtol=1e-5)
@@ -120,15 +121,44 @@ def test_unload_waits_for_the_request_in_flight(
     assert http.get("/v2/models/slow/ready").status_code == 200
 
 
-def hammer(
-    url: str, model_input: str, x: np.ndarray, stop: threading.Event
-) -> list[tuple[int, str]]:
-    seen: list[tuple[int, str]] = []
-    with httpx.Client(base_url=url, timeout=30) as c:
-        while not stop.is_set():
-            r = c.post("/v2/models/swap/infer", json=v2(model_input, x))
-            seen.append((r.status_code, r.text))
-    return seen
+class Hammer:
+    """Clients that each send to ``swap`` in a loop, one request at a time,
+    recording every (status, text) in order, until stopped."""
+
+    def __init__(self, url: str, model_input: str, x: np.ndarray, clients: int = 4) -> None:
+        self.seen: list[list[tuple[int, str]]] = [[] for _ in range(clients)]
+        self._stop = threading.Event()
+        body = v2(model_input, x)
+        self._pool = ThreadPoolExecutor(clients)
+        self._futures = [self._pool.submit(self._client, url, body, s) for s in self.seen]
+
+    def _client(self, url: str, body: dict[str, Any], seen: list[tuple[int, str]]) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not self._stop.is_set():
+                r = c.post("/v2/models/swap/infer", json=body)
+                seen.append((r.status_code, r.text))
+
+    def count(self, status: int) -> int:
+        return sum(s == status for client in self.seen for s, _ in list(client))
+
+    def wait_for(self, status: int, n: int, what: str) -> None:
+        """Until ``n`` more answers with ``status`` than now have come back."""
+        target = self.count(status) + n
+        wait_until(lambda: self.count(status) >= target, what)
+        for f in self._futures:
+            if f.done():
+                f.result()  # a client that died: its error, not a timeout
+
+    def wait_each(self, status: int, what: str) -> None:
+        """Until every client has had at least one answer with ``status``."""
+        wait_until(lambda: all(any(s == status for s, _ in c) for c in self.seen), what)
+
+    def finish(self) -> list[list[tuple[int, str]]]:
+        self._stop.set()
+        for f in self._futures:
+            f.result(timeout=WAIT_S)
+        self._pool.shutdown()
+        return self.seen
 
 
 def test_reload_and_new_version_under_traffic_fail_nothing(
@@ -137,17 +167,17 @@ def test_reload_and_new_version_under_traffic_fail_nothing(
     model = repo["swap"]
     x = rows(model, 2, seed=5)
     v1 = repo.expected(model, x, version=1)
-    stop = threading.Event()
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(hammer, server.url, model.input, x, stop) for _ in range(4)]
+    hammer = Hammer(server.url, model.input, x)
+    try:
+        hammer.wait_for(200, 4, "traffic flowing before the reloads")
         for _ in range(3):  # same version, reloaded: a fresh session swapped in
             assert http.post("/v2/repository/models/swap/load", headers=auth).status_code == 200
         write_mlp(repo.path, "swap", seed=6)  # version 2 appears atomically
         r = http.post("/v2/repository/models/swap/load", headers=auth)
         assert r.status_code == 200 and r.json()["version"] == "2"
-        time.sleep(0.2)
-        stop.set()
-        seen = [s for f in futures for s in f.result()]
+        hammer.wait_for(200, 21, "21 answers after version 2 was loaded")
+    finally:
+        seen = [s for client in hammer.finish() for s in client]
     assert len(seen) > 20
     assert {status for status, _ in seen} == {200}, [t for s, t in seen if s != 200][:3]
     v2_out = repo.expected(model, x, version=2)
@@ -170,15 +200,14 @@ def test_unload_under_traffic_never_fails_an_accepted_request(
 ) -> None:
     model = repo["swap"]
     x = rows(model, 1, seed=7)
-    stop = threading.Event()
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(hammer, server.url, model.input, x, stop) for _ in range(4)]
-        time.sleep(0.2)
+    hammer = Hammer(server.url, model.input, x)
+    try:
+        hammer.wait_each(200, "an answer for every client before the unload")
         assert http.post("/v2/repository/models/swap/unload", headers=auth).status_code == 200
-        time.sleep(0.2)
-        stop.set()
-        per_client = [[status for status, _ in f.result()] for f in futures]
-        texts = [text for f in futures for status, text in f.result() if status != 200]
+        hammer.wait_each(503, "a refusal for every client after the unload")
+    finally:
+        per_client = [[status for status, _ in client] for client in hammer.finish()]
+    texts = [text for client in hammer.seen for status, text in client if status != 200]
     statuses = [s for client in per_client for s in client]
     assert statuses.count(200) > 0 and statuses.count(503) > 0
     assert set(statuses) == {200, 503}
