@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from .deps import ServerState
 from .http_errors import install_error_handlers
 from .middleware import RequestContext, configure_logging
+from .openapi import install_openapi
 from .protocol import SERVER_VERSION
 from .repository import Repository
 from .routes import ROUTERS
@@ -50,6 +51,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("ready: %d model(s) on %s", len(served), ", ".join(providers))
     _quiet_gc()
     _prompt_gil_handoff(settings.gil_switch_ms)
+    try:
+        grpc_server = await _start_grpc(app, state)
+    except BaseException:
+        await state.repository.close()
+        state.executor.shutdown(wait=True)
+        raise
     state.started = True
     watch = None
     if settings.poll_s > 0:
@@ -63,10 +70,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watch is not None:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
+        if grpc_server is not None:  # its calls in flight finish, new ones are refused
+            await grpc_server.stop(settings.shutdown_timeout_s)
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()
         log.info("models released")
+
+
+async def _start_grpc(app: FastAPI, state: ServerState) -> GrpcServer | None:
+    """The gRPC server on ``--grpc-port`` (none for 0), in this event loop.
+    ``app.state.grpc_bind`` (``host:port``; port 0 for a free one) overrides
+    the address, for tests; the server is ``app.state.grpc_server``."""
+    settings = state.settings
+    bind: str | None = getattr(app.state, "grpc_bind", None)
+    if bind is None:
+        if settings.grpc_port == 0:
+            return None
+        bind = address(settings.host, settings.grpc_port)
+    server = await GrpcServer.start(state, bind, reuse_port=settings.workers > 1)
+    app.state.grpc_server = server
+    return server
 
 
 def _quiet_gc() -> None:
@@ -103,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.bnfold = state
     install_error_handlers(app)
+    install_openapi(app)
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(

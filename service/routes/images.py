@@ -9,18 +9,21 @@ from fastapi import APIRouter, File, Query, UploadFile
 from ..deps import RepositoryDep, SettingsDep
 from ..errors import BadRequest
 from ..images import image_input, top_labels
-from ..protocol import ErrorBody
 from ..repository import Repository
 from ..settings import Settings
+from .responses import MODEL, errors
 
 router = APIRouter(tags=["inference"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Not an image, or no preprocessing for the model."},
-    404: {"model": ErrorBody, "description": "Unknown model or version."},
-    413: {"model": ErrorBody, "description": "Image or body over the limit."},
-    503: {"model": ErrorBody, "description": "Not ready or overloaded."},
-}
+ERRORS = errors(
+    {
+        400: "Not an image, no preprocessing for the model, a bad top_k (or version).",
+        404: MODEL[404],
+        413: "Image or body over the limit.",
+        500: "ONNX Runtime failed on input that passed every check.",
+        503: "Not ready, overloaded or timed out (Retry-After).",
+    }
+)
 FileDep = Annotated[UploadFile, File(description="A PNG or JPEG image.")]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many labels to return.")]
 

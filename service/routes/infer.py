@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -22,23 +21,29 @@ from ..deps import RepositoryDep, StateDep
 from ..errors import ServiceError
 from ..model import ServedModel
 from ..protocol import (
-    ErrorBody,
     InferenceRequest,
     InferenceResponse,
     PredictRequestV1,
     PredictResponseV1,
     inline_schema,
 )
+from .responses import MODEL, Responses, errors
 
 router = APIRouter(tags=["inference"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    200: {"model": InferenceResponse, "description": "Outputs (JSON, or binary framing)."},
-    400: {"model": ErrorBody, "description": "Bad input: JSON, name, shape, datatype, NaN."},
-    404: {"model": ErrorBody, "description": "Unknown model or version."},
-    413: {"model": ErrorBody, "description": "Body over the size limit."},
-    503: {"model": ErrorBody, "description": "Not ready, overloaded or timed out (Retry-After)."},
+ERRORS = errors(
+    {
+        400: "Bad input: JSON, name, shape, datatype, NaN (or version).",
+        404: MODEL[404],
+        413: "Body over the size limit.",
+        500: "ONNX Runtime failed on input that passed every check.",
+        503: "Not ready, overloaded or timed out (Retry-After).",
+    }
+)
+OUTPUTS: Responses = {
+    200: {"model": InferenceResponse, "description": "Outputs (JSON, or binary framing)."}
 }
+V1_OUTPUTS: Responses = {200: {"model": PredictResponseV1}}
 V2_BODY = {
     "requestBody": {
         "required": True,
@@ -108,7 +113,7 @@ def _v2(request: Request, state: StateDep) -> Callable[[bytes, ServedModel], Awa
 @router.post(
     "/v2/models/{name}/infer",
     summary="Inference (V2)",
-    responses=ERRORS,
+    responses=OUTPUTS | ERRORS,
     openapi_extra=V2_BODY,
     response_class=Response,
 )
@@ -123,7 +128,7 @@ async def infer(name: str, request: Request, repo: RepositoryDep, state: StateDe
 @router.post(
     "/v2/models/{name}/versions/{version}/infer",
     summary="Inference on a version (V2)",
-    responses=ERRORS,
+    responses=OUTPUTS | ERRORS,
     openapi_extra=V2_BODY,
     response_class=Response,
 )
@@ -136,7 +141,7 @@ async def infer_version(
 @router.post(
     "/v1/models/{name}:predict",
     summary="Prediction (KServe V1)",
-    responses={**ERRORS, 200: {"model": PredictResponseV1}},
+    responses=V1_OUTPUTS | ERRORS,
     openapi_extra=V1_BODY,
     response_class=Response,
 )

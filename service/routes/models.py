@@ -8,17 +8,20 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from ..deps import MetricsDep, RepositoryDep
-from ..protocol import ErrorBody, ModelMetadata
+from ..protocol import ModelMetadata
+from .responses import MODEL, VERSION, errors
 
 router = APIRouter(tags=["models"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "Unknown model or version."},
-    503: {"model": ErrorBody, "description": "Model not loaded or broken."},
-}
+ERRORS = errors(MODEL)
+VERSION_ERRORS = errors(VERSION | MODEL)
 
 
-@router.get("/v2/models/stats", summary="Statistics of every served model", responses=ERRORS)
+@router.get(
+    "/v2/models/stats",
+    summary="Statistics of every served model",
+    responses=errors({503: "The server is starting."}),
+)
 async def all_stats(repo: RepositoryDep, metrics: MetricsDep) -> dict[str, Any]:
     """Triton's statistics extension for every served model version."""
     return {"model_stats": [metrics.model_stats(m.name, m.version) for m in repo.served()]}
@@ -40,7 +43,7 @@ async def model_metadata(name: str, repo: RepositoryDep) -> dict[str, Any]:
     "/v2/models/{name}/versions/{version}",
     response_model=ModelMetadata,
     summary="Model version metadata",
-    responses=ERRORS,
+    responses=VERSION_ERRORS,
 )
 async def model_version_metadata(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
     return repo.get(name, version).metadata()
@@ -61,7 +64,7 @@ async def model_ready(name: str, repo: RepositoryDep) -> Response:
 @router.get(
     "/v2/models/{name}/versions/{version}/ready",
     summary="Model version readiness",
-    responses=ERRORS,
+    responses=VERSION_ERRORS,
 )
 async def model_version_ready(name: str, version: str, repo: RepositoryDep) -> Response:
     return _ready(repo, name, version)
@@ -78,7 +81,7 @@ async def model_config(name: str, repo: RepositoryDep) -> dict[str, Any]:
 @router.get(
     "/v2/models/{name}/versions/{version}/config",
     summary="Triton model configuration of a version",
-    responses=ERRORS,
+    responses=VERSION_ERRORS,
 )
 async def model_version_config(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
     return repo.get(name, version).triton_config()
@@ -95,7 +98,7 @@ async def model_stats(name: str, repo: RepositoryDep, metrics: MetricsDep) -> di
 @router.get(
     "/v2/models/{name}/versions/{version}/stats",
     summary="Model version statistics",
-    responses=ERRORS,
+    responses=VERSION_ERRORS,
 )
 async def model_version_stats(
     name: str, version: str, repo: RepositoryDep, metrics: MetricsDep

@@ -10,23 +10,22 @@ from ..codec import decode_inputs
 from ..deps import RepositoryDep, SettingsDep, body_schema, json_body
 from ..errors import BadRequest
 from ..parity import measure, stored_report
-from ..protocol import ErrorBody, ParityRequest
+from ..protocol import ParityRequest
 from ..repository import Repository
 from ..settings import Settings
 from ..signature import generate_inputs
+from .responses import MODEL, VERSION, errors
 
 router = APIRouter(tags=["parity"])
 ParityBody = Annotated[ParityRequest | None, Depends(json_body(ParityRequest))]
 PARITY_BODY = body_schema(ParityRequest)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Bad inputs or sample count."},
-    404: {"model": ErrorBody, "description": "Unknown model or version."},
-    503: {"model": ErrorBody, "description": "Model not loaded."},
-}
+TOO_LARGE = {413: "Body over the size limit."}
+STORED_ERRORS = errors(MODEL)
+MEASURE_ERRORS = errors({400: "Bad inputs or sample count.", **TOO_LARGE, **MODEL})
 
 
-@router.get("/v2/models/{name}/parity", summary="Stored parity report", responses=ERRORS)
+@router.get("/v2/models/{name}/parity", summary="Stored parity report", responses=STORED_ERRORS)
 async def stored(name: str, repo: RepositoryDep) -> dict[str, Any]:
     """The converter's parity and folding report from manifest.json."""
     return stored_report(repo.get(name))
@@ -35,7 +34,7 @@ async def stored(name: str, repo: RepositoryDep) -> dict[str, Any]:
 @router.get(
     "/v2/models/{name}/versions/{version}/parity",
     summary="Stored parity report of a version",
-    responses=ERRORS,
+    responses=errors(VERSION | MODEL),
 )
 async def stored_version(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
     return stored_report(repo.get(name, version))
@@ -65,7 +64,7 @@ async def _measure(
 @router.post(
     "/v2/models/{name}/parity",
     summary="Measure parity now",
-    responses=ERRORS,
+    responses=MEASURE_ERRORS,
     openapi_extra=PARITY_BODY,
 )
 async def measure_now(
@@ -80,7 +79,7 @@ async def measure_now(
 @router.post(
     "/v2/models/{name}/versions/{version}/parity",
     summary="Measure parity of a version now",
-    responses=ERRORS,
+    responses=errors({400: "Bad inputs, sample count or version.", **TOO_LARGE, **MODEL}),
     openapi_extra=PARITY_BODY,
 )
 async def measure_version(

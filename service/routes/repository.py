@@ -10,17 +10,27 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from ..deps import AuthDep, RepositoryDep, body_schema, json_body
-from ..protocol import ErrorBody, LoadRequest, RepositoryIndexRequest, RepositoryModel
+from ..protocol import LoadRequest, RepositoryIndexRequest, RepositoryModel
+from .responses import errors
 
 router = APIRouter(tags=["repository"])
 IndexBody = Annotated[RepositoryIndexRequest | None, Depends(json_body(RepositoryIndexRequest))]
 LoadBody = Annotated[LoadRequest | None, Depends(json_body(LoadRequest))]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "The version failed to load (reason given)."},
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token."},
-    404: {"model": ErrorBody, "description": "No such model folder."},
+COMMON = {
+    401: "Missing or wrong bearer token.",
+    413: "Body over the size limit.",
+    503: "The server is starting.",
 }
+INDEX_ERRORS = errors({400: "A body that is not the request.", **COMMON})
+LOAD_ERRORS = errors(
+    {
+        400: "The version failed to load (reason given), or a bad body.",
+        404: "No such model folder.",
+        **COMMON,
+    }
+)
+UNLOAD_ERRORS = errors({400: "A body that is not the request.", 404: "No such model.", **COMMON})
 
 
 @router.post(
@@ -28,7 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=list[RepositoryModel],
     response_model_exclude_none=True,
     summary="Repository index",
-    responses=ERRORS,
+    responses=INDEX_ERRORS,
     openapi_extra=body_schema(RepositoryIndexRequest),
 )
 async def index(repo: RepositoryDep, _: AuthDep, body: IndexBody) -> list[dict[str, Any]]:
@@ -41,7 +51,7 @@ async def index(repo: RepositoryDep, _: AuthDep, body: IndexBody) -> list[dict[s
 @router.post(
     "/v2/repository/models/{name}/load",
     summary="Load or reload a model",
-    responses=ERRORS,
+    responses=LOAD_ERRORS,
     openapi_extra=body_schema(LoadRequest),
 )
 async def load(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> dict[str, Any]:
@@ -60,7 +70,7 @@ async def load(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> di
 @router.post(
     "/v2/repository/models/{name}/unload",
     summary="Unload a model",
-    responses=ERRORS,
+    responses=UNLOAD_ERRORS,
     openapi_extra=body_schema(LoadRequest),
 )
 async def unload(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> dict[str, Any]:

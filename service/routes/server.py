@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from ..deps import MetricsDep, StateDep
 from ..errors import Unavailable
-from ..protocol import SERVER_NAME, SERVER_VERSION, ErrorBody, ServerMetadata
+from ..protocol import SERVER_NAME, SERVER_VERSION, ServerMetadata
 from ..runtime import CPU, CUDA, RuntimeOptions, cuda_usable
+from .responses import errors
 
 router = APIRouter(tags=["server"])
 
@@ -24,9 +23,9 @@ EXTENSIONS = [
     "bnfold_parity",
     "bnfold_classify",
 ]
-NOT_READY: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "Not ready (starting or draining)."}
-}
+NOT_READY = errors(
+    {503: "Not ready: starting, draining, or (strict readiness) a model not serving."}
+)
 
 
 @router.get("/v2", response_model=ServerMetadata, summary="Server metadata")
