@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .deps import ServerState
+from .grpc_server import GrpcServer, address
 from .http_errors import install_error_handlers
 from .middleware import RequestContext, configure_logging
 from .openapi import install_openapi

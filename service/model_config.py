@@ -80,7 +80,11 @@ def triton_config(
         "max_batch_size": config.max_batch_size,
         "input": [tensor(*t) for t in inputs],
         "output": [
-            {k: v for k, v in tensor(*t).items() if k not in ("format", "allow_ragged_batch")}
+            {
+                k: v
+                for k, v in tensor(*t).items()
+                if k not in ("format", "allow_ragged_batch", "optional")  # inputs only
+            }
             | {"label_filename": ""}
             for t in outputs
         ],

@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     host: Annotated[str, Field(description="Interface to bind.")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="TCP port (0 picks a free one).")] = 8000
     workers: Annotated[int, Field(ge=1, le=64, description="Worker processes behind the port.")] = 1
+    grpc_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65535,
+            description="gRPC port of the same server (Triton's GRPCInferenceService; "
+            "0: no gRPC).",
+        ),
+    ] = 8001
 
     # --- execution
     device: Annotated[

@@ -113,6 +113,7 @@ def base_settings(repo: Path, **overrides: object) -> Settings:
         "max_body_bytes": MAX_BODY,
         "drain_s": 0.0,
         "request_timeout_s": 10.0,
+        "grpc_port": 0,  # no gRPC unless a test asks (grpc_harness binds a free port)
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

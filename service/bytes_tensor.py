@@ -1,0 +1,133 @@
+"""BYTES tensors: the Open Inference Protocol's strings, in every encoding.
+
+- JSON: ``"data": ["a", "b"]``, one string per element, row-major;
+- binary (HTTP's binary extension, gRPC's ``raw_input_contents``, shared
+  memory): each element as a 4-byte little-endian length, then its bytes;
+- gRPC typed contents: ``bytes_contents``, one bytes value per element.
+
+In memory a BYTES tensor is a numpy array of ``object`` holding ``str``,
+which is what ONNX Runtime takes and returns for ``tensor(string)``. ONNX
+strings are UTF-8, so an element that is not valid UTF-8 is refused (400)
+rather than handed to the model. Every length is checked against the bytes
+actually there: a length past the end, bytes left over, or a count of
+elements that is not the shape's are 400s, never a short read.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest
+
+OBJECT = np.dtype(object)
+_LENGTH = struct.Struct("<I")
+
+
+def is_bytes(dtype: np.dtype[Any]) -> bool:
+    return dtype == OBJECT
+
+
+def _text(name: str, value: bytes | bytearray | memoryview, index: int) -> str:
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: element {index} is not valid UTF-8") from None
+
+
+def from_elements(name: str, elements: Sequence[str], shape: Sequence[int]) -> np.ndarray:
+    """A BYTES tensor of ``shape`` from its elements, row-major."""
+    count = math.prod(shape)
+    if len(elements) != count:
+        raise BadRequest(
+            f"input {name!r}: {len(elements)} elements given, shape {list(shape)} needs {count}"
+        )
+    array = np.empty(len(elements), dtype=OBJECT)
+    array[:] = list(elements)
+    return array.reshape(tuple(shape))
+
+
+def from_values(name: str, values: Iterable[bytes], shape: Sequence[int]) -> np.ndarray:
+    """From gRPC ``bytes_contents``: one bytes value per element."""
+    return from_elements(name, [_text(name, v, i) for i, v in enumerate(values)], shape)
+
+
+def from_json(name: str, data: object, shape: Sequence[int]) -> np.ndarray:
+    """From JSON ``data``: strings, as a flat or nested list."""
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: data must be a list")
+    flat: list[str] = []
+    stack: list[object] = [data]
+    while stack:  # depth-first, row-major, without recursion
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            flat.append(item)
+        else:
+            raise BadRequest(f"input {name!r}: BYTES data must hold only strings")
+    return from_elements(name, flat, shape)
+
+
+def deserialize(name: str, chunk: bytes | memoryview, shape: Sequence[int]) -> np.ndarray:
+    """From length-prefixed elements; the chunk must hold exactly ``prod(shape)``."""
+    view = memoryview(chunk).cast("B")
+    count = math.prod(shape)
+    elements: list[str] = []
+    offset = 0
+    end = len(view)
+    while offset < end:
+        if len(elements) == count:
+            raise BadRequest(
+                f"input {name!r}: {end - offset} bytes follow the {count} elements of "
+                f"shape {list(shape)}"
+            )
+        if end - offset < 4:
+            raise BadRequest(f"input {name!r}: element {len(elements)} has a truncated length")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if length > end - offset:
+            raise BadRequest(
+                f"input {name!r}: element {len(elements)} claims {length} bytes, "
+                f"{end - offset} are left"
+            )
+        elements.append(_text(name, view[offset : offset + length], len(elements)))
+        offset += length
+    return from_elements(name, elements, shape)
+
+
+def element_bytes(value: object) -> bytes:
+    """One element of an output as bytes: str as UTF-8, bytes as they are."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return str(value).encode("utf-8")
+
+
+def serialize(array: np.ndarray) -> bytes:
+    """Length-prefixed elements, row-major."""
+    parts: list[bytes] = []
+    for value in array.ravel():
+        raw = element_bytes(value)
+        parts.append(_LENGTH.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def to_json(array: np.ndarray) -> list[str]:
+    """Elements as JSON strings (bytes that are not UTF-8 are decoded with
+    replacement: JSON cannot carry them; ask for binary output instead)."""
+    return [
+        v if isinstance(v, str) else element_bytes(v).decode("utf-8", "replace")
+        for v in array.ravel()
+    ]
+
+
+def to_values(array: np.ndarray) -> list[bytes]:
+    """Elements for gRPC ``bytes_contents``."""
+    return [element_bytes(v) for v in array.ravel()]

@@ -1,0 +1,574 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``,
+Triton's service definition (``proto/grpc_service.proto``), so that
+``tritonclient.grpc`` (sync and aio) and Triton's example clients work
+unchanged.
+
+One ``grpc.aio`` server runs in the app's event loop beside uvicorn,
+started by the lifespan once the models are loaded and stopped before they
+are released; it shares everything with HTTP: the repository (acquire and
+release around each request, so swaps and unloads never cut one short), the
+batcher (gRPC and HTTP requests batch together), validation, the error
+messages, the bearer token (``authorization: Bearer ...`` metadata on the
+repository and shared-memory RPCs), the metrics and the shutdown.
+
+Errors are gRPC statuses with the HTTP message as details:
+
+    400 BadRequest, LoadFailed   INVALID_ARGUMENT
+    401 Unauthorized             UNAUTHENTICATED
+    404 NotFound                 NOT_FOUND
+    413 PayloadTooLarge          RESOURCE_EXHAUSTED (also grpc's own, for a
+                                 message over the size limit)
+    503 Unavailable, Overloaded, UNAVAILABLE (``retry-after`` in the trailing
+        RequestTimeout           metadata)
+    500 InferenceFailed          INTERNAL
+
+A service error class that names its own ``grpc_code`` (a ``grpc.StatusCode``
+or its name) is answered with it. A request that is not a valid protobuf
+message is INVALID_ARGUMENT, not grpc's generic INTERNAL.
+
+``ModelStreamInfer`` answers each request on the stream in the order sent;
+up to ``STREAM_WINDOW`` of them are in the batcher at once, so a client
+that pipelines requests on one stream gets them batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import re
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from .deps import ServerState
+from .errors import (
+    BadRequest,
+    NotFound,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+    service_error,
+)
+from .grpc_codec import decode_request, encode_response, parameter_value
+from .metrics import LATENCY_BUCKETS
+from .middleware import request_id
+from .proto import grpc_service_pb2 as pb
+from .proto import model_config_pb2 as mc
+from .protocol import SERVER_NAME, SERVER_VERSION
+from .repository import Repository
+
+log = logging.getLogger("bnfold.service")
+access = logging.getLogger("bnfold.access")
+
+SERVICE = "inference.GRPCInferenceService"
+STREAM_WINDOW = 64  # requests of one stream in the batcher at once
+# The repository and shared-memory RPCs need the bearer token, when one is set.
+PROTECTED = frozenset(
+    {
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+        "SystemSharedMemoryStatus",
+        "SystemSharedMemoryRegister",
+        "SystemSharedMemoryUnregister",
+    }
+)
+UNSUPPORTED = {
+    "CudaSharedMemoryStatus": "CUDA shared memory is not supported; use system shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory is not supported; use system shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory is not supported; use system shared memory",
+    "TraceSetting": "tracing is not supported",
+    "LogSettings": "log settings are set at startup (--log-level, BNFOLD_LOG_LEVEL)",
+}
+# Where each RPC names a model and version (failure metrics' labels).
+MODEL_FIELDS: dict[str, tuple[str, str | None]] = {
+    "ModelInfer": ("model_name", "model_version"),
+    "ModelStreamInfer": ("model_name", "model_version"),
+    "ModelReady": ("name", "version"),
+    "ModelMetadata": ("name", "version"),
+    "ModelConfig": ("name", "version"),
+    "ModelStatistics": ("name", "version"),
+    "RepositoryModelLoad": ("model_name", None),
+    "RepositoryModelUnload": ("model_name", None),
+}
+BY_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_ID_PREFIX = "g" + uuid.uuid4().hex[:19]
+_ID_COUNTER = itertools.count(1)
+
+
+class GrpcError(Exception):
+    """A status with no HTTP twin (UNIMPLEMENTED)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def status_code(error: ServiceError) -> grpc.StatusCode:
+    """The gRPC status of a service error (see the module's table)."""
+    named = getattr(error, "grpc_code", None)
+    if isinstance(named, grpc.StatusCode):
+        return named
+    if isinstance(named, str) and named.upper() in grpc.StatusCode.__members__:
+        return grpc.StatusCode[named.upper()]
+    if isinstance(named, int):
+        for code in grpc.StatusCode:
+            if code.value[0] == named:
+                return code
+    return BY_STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+class _Malformed:
+    """What the deserializer hands over for bytes that are no valid message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as e:
+            return _Malformed(f"the request is not a valid {cls.DESCRIPTOR.name}: {e}")
+
+    return parse
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "bnfold_grpc_requests",
+            "gRPC calls by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "bnfold_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer, by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics(registry: CollectorRegistry) -> _Metrics:
+    """One set of series per registry (an app restarted in a test keeps it)."""
+    if registry not in _METRICS:
+        _METRICS[registry] = _Metrics(registry)
+    return _METRICS[registry]
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+class InferenceServicer:
+    """The RPCs; each takes the request message and returns the response
+    message, raising ``ServiceError`` (or ``GrpcError``) on failure."""
+
+    def __init__(self, state: ServerState, shm: Any = None) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.shm = shm
+
+    # --- plumbing
+    def repository(self) -> Repository:
+        if self.state.repository is None:
+            raise Unavailable("the server is starting", retry_after=self.settings.retry_after_s)
+        return self.state.repository
+
+    def authorize(self, metadata: dict[str, str]) -> None:
+        """The bearer token of the HTTP repository routes, as metadata."""
+        token = self.settings.api_token
+        if token is None:
+            return
+        scheme, _, given = metadata.get("authorization", "").partition(" ")
+        expected = token.get_secret_value()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized("a valid bearer token is required for repository operations")
+
+    def count_failure(self, method: str, request: Any, reason: str) -> None:
+        """One failed call in ``bnfold_inference_failures_total``, labelled
+        with the model (and version) it named when the repository knows them."""
+        fields = MODEL_FIELDS.get(method)
+        labels = ("", "")
+        if fields is not None and self.state.repository is not None:
+            name = getattr(request, fields[0], "")
+            version = getattr(request, fields[1], "") if fields[1] else ""
+            labels = self.state.repository.metric_labels(name, version or None)
+        self.state.metrics.count_failure(*labels, reason)
+
+    # --- health and metadata
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        ready = self.state.ready
+        if ready and self.settings.strict_readiness and self.state.repository is not None:
+            ready, _ = self.state.repository.readiness()
+        return pb.ServerReadyResponse(ready=ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        try:
+            self.repository().get(request.name, request.version or None)
+        except (NotFound, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        from .routes.server import EXTENSIONS
+
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        meta = self.repository().get(request.name, request.version or None).metadata()
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        served = self.repository().get(request.name, request.version or None)
+        config = json_format.ParseDict(served.triton_config(), mc.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest
+    ) -> pb.ModelStatisticsResponse:
+        repo, metrics = self.repository(), self.state.metrics
+        if request.name:
+            models = [repo.get(request.name, request.version or None)]
+        elif request.version:
+            raise BadRequest("a version needs a model name")
+        else:
+            models = repo.served()
+        stats = [
+            json_format.ParseDict(metrics.model_stats(m.name, m.version), pb.ModelStatistics())
+            for m in models
+        ]
+        return pb.ModelStatisticsResponse(model_stats=stats)
+
+    # --- the repository
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest
+    ) -> pb.RepositoryIndexResponse:
+        entries = self.repository().index(ready_only=request.ready)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(
+                    name=e["name"],
+                    version=e.get("version") or "",
+                    state=e["state"],
+                    reason=e.get("reason", ""),
+                )
+                for e in entries
+            ]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest
+    ) -> pb.RepositoryModelLoadResponse:
+        params = {k: parameter_value(v) for k, v in request.parameters.items()}
+        files = sorted(k for k in params if k.startswith("file:"))
+        if files:
+            raise BadRequest(
+                f"file overrides ({', '.join(files)}) are not supported: write the model "
+                "into the repository and load it by name"
+            )
+        await self.load(request.model_name, params.get("config"))
+        return pb.RepositoryModelLoadResponse()
+
+    async def load(self, name: str, config: object) -> None:
+        if config is not None:
+            raise BadRequest("parameters.config (a configuration override) is not supported")
+        await self.repository().load(name)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.repository().unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- inference
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        repo = self.repository()
+        settings = self.settings
+        arrival = self.state.arrivals.enter(object())  # a key per call: see batching.Arrivals
+        try:
+            # The block is one request in the version's statistics (done or failed).
+            async with repo.serving(request.model_name, request.model_version or None) as served:
+                req = decode_request(
+                    request,
+                    served.signature,
+                    max_elements=settings.max_body_bytes,
+                    allow_nonfinite=settings.allow_nonfinite,
+                )
+                timeout = min(settings.request_timeout_s, req.timeout_s or float("inf"))
+                outputs = await served.infer(req.feeds, req.rows, timeout)
+                return encode_response(served.name, served.version_str, req, outputs)
+        finally:
+            self.state.arrivals.leave(arrival)
+
+    async def stream_one(self, request: pb.ModelInferRequest | _Malformed) -> Any:
+        """One request of a stream: its response, or its error as ``error_message``."""
+        if isinstance(request, _Malformed):
+            return pb.ModelStreamInferResponse(error_message=request.error)
+        try:
+            response = await self.ModelInfer(request)
+        except Exception as e:
+            error = service_error(e)
+            if error is None:
+                log.exception("gRPC stream request to %s failed", request.model_name)
+                error = ServiceError(f"internal error: {type(e).__name__}")
+            self.count_failure("ModelStreamInfer", request, error.reason)
+            return pb.ModelStreamInferResponse(
+                error_message=error.message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+        return pb.ModelStreamInferResponse(infer_response=response)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Each request answered in the order sent, up to ``STREAM_WINDOW`` in flight."""
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        answers: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    answers.put_nowait(loop.create_task(self.stream_one(request)))
+            finally:
+                answers.put_nowait(None)
+
+        reader = loop.create_task(read())
+        try:
+            while (task := await answers.get()) is not None:
+                answer = await task
+                window.release()
+                yield answer
+            await reader  # the client's half ended: re-raise what ended it, if anything
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                task = answers.get_nowait()
+                if task is not None:
+                    task.cancel()
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    def __init__(self, methods: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._methods = methods
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = getattr(handler_call_details, "method", "")
+        return self._methods.get(method)
+
+
+def _fail(exc: Exception) -> tuple[grpc.StatusCode, str, str, tuple[tuple[str, str], ...]]:
+    """Status, message, failure reason and trailing metadata of a failed call."""
+    if isinstance(exc, GrpcError):
+        return exc.code, exc.message, "unimplemented", ()
+    error = service_error(exc)
+    if error is None:
+        return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "internal", ()
+    trailers: tuple[tuple[str, str], ...] = ()
+    if error.retry_after is not None:
+        trailers = (("retry-after", str(max(0, round(error.retry_after)))),)
+    return status_code(error), error.message, error.reason, trailers
+
+
+def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> _Handlers:
+    """Every method of the service, wrapped with the bearer-token check, error
+    mapping, request id, metrics and access log."""
+    metrics = _metrics(registry)
+    settings = servicer.settings
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    methods: dict[str, grpc.RpcMethodHandler] = {}
+
+    def begin(context: grpc.aio.ServicerContext, name: str) -> tuple[Any, float]:
+        metadata = _metadata(context)
+        rid = metadata.get("x-request-id", "")
+        if not _SANE_ID.match(rid):
+            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        token = request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        if name in PROTECTED:
+            servicer.authorize(metadata)
+        if name in UNSUPPORTED:
+            raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, UNSUPPORTED[name])
+        return token, time.perf_counter()
+
+    def end(name: str, code: grpc.StatusCode, started: float) -> None:
+        seconds = time.perf_counter() - started
+        metrics.calls.labels(name, code.name).inc()
+        metrics.latency.labels(name).observe(seconds)
+        if settings.access_log:
+            access.info("gRPC %s %s %.2fms", name, code.name, seconds * 1e3)
+
+    async def abort(
+        context: grpc.aio.ServicerContext,
+        name: str,
+        request: Any,
+        error: Exception,
+        started: float,
+    ) -> None:
+        code, message, reason, trailers = _fail(error)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("gRPC %s failed: %s", name, message, exc_info=error)
+        servicer.count_failure(name, request, reason)
+        end(name, code, started)
+        context.set_trailing_metadata((("x-request-id", request_id.get()), *trailers))
+        await context.abort(code, message)
+
+    def unary(name: str) -> Behavior:
+        behavior = getattr(servicer, name, None)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = None
+            try:
+                token, started = begin(context, name)
+                if isinstance(request, _Malformed):
+                    raise BadRequest(request.error)
+                if behavior is None:
+                    raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented")
+                response = await behavior(request)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                await abort(context, name, request, e, started)
+                raise AssertionError("unreachable: abort raises") from None
+            finally:
+                if token is not None:
+                    request_id.reset(token)
+            end(name, grpc.StatusCode.OK, started)
+            return response
+
+        return handle
+
+    def streaming(name: str) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def handle(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            token = None
+            try:
+                token, started = begin(context, name)
+                async for answer in servicer.ModelStreamInfer(requests):
+                    yield answer
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                await abort(context, name, None, e, started)
+            else:
+                end(name, grpc.StatusCode.OK, started)
+            finally:
+                if token is not None:
+                    request_id.reset(token)
+
+        return handle
+
+    for method in service.methods:
+        request_cls = getattr(pb, method.input_type.name)
+        response_cls = getattr(pb, method.output_type.name)
+        path = f"/{SERVICE}/{method.name}"
+        deserialize = _deserializer(request_cls)
+        serialize = response_cls.SerializeToString
+        if method.client_streaming and method.server_streaming:
+            methods[path] = grpc.stream_stream_rpc_method_handler(
+                streaming(method.name),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        else:
+            methods[path] = grpc.unary_unary_rpc_method_handler(
+                unary(method.name),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+    return _Handlers(methods)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class GrpcServer:
+    """The running ``grpc.aio`` server and the port it is bound to."""
+
+    def __init__(self, server: grpc.aio.Server, port: int) -> None:
+        self.server = server
+        self.port = port
+
+    @classmethod
+    async def start(
+        cls, state: ServerState, bind: str, *, reuse_port: bool, shm: Any = None
+    ) -> GrpcServer:
+        """Serve on ``bind`` (``host:port``; port 0 picks a free one).
+        ``reuse_port`` lets the workers of ``--workers N`` share the port
+        (SO_REUSEPORT); off, a port in use is an error, as for HTTP."""
+        limit = state.settings.max_body_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ]
+        )
+        servicer = InferenceServicer(state, shm)
+        server.add_generic_rpc_handlers((build_handlers(servicer, state.metrics.registry),))
+        try:
+            port = server.add_insecure_port(bind)
+        except RuntimeError as e:
+            raise RuntimeError(f"gRPC cannot listen on {bind}: {e}") from None
+        if port == 0:
+            raise RuntimeError(f"gRPC cannot listen on {bind} (in use?)")
+        await server.start()
+        log.info("gRPC listening on %s", bind.rsplit(":", 1)[0] + f":{port}")
+        return cls(server, port)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, let those in flight finish for up to ``grace`` s."""
+        await self.server.stop(grace)
