@@ -73,12 +73,16 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "bnfold.converter.cli_fold:verify",
         "Run both models on ONNX Runtime (optimizations off) and compare their outputs.",
     ),
+    "import": (
+        "bnfold.converter.cli_import:import_model",
+        "Fold any ONNX model's BatchNorms, prove the result, and write it as a repository version.",
+    ),
     "serve": (
         "bnfold.service.cli:serve",
         "Serve a model repository over the Open Inference Protocol (KServe V2).",
     ),
 }
-COMMAND_ORDER = ("train", "export", "fold", "verify", "convert", "serve", "demo")
+COMMAND_ORDER = ("train", "export", "fold", "verify", "convert", "import", "serve", "demo")
 
 
 def _hide_flag_types(params: list[Any]) -> list[Any]:
@@ -263,6 +267,15 @@ Epochs = Annotated[
 BatchSize = Annotated[int, typer.Option(min=2, help="Training batch size.")]
 Lr = Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")]
 Seed = Annotated[int, typer.Option(help="Seed for the split, initialisation and shuffling.")]
+Resize = Annotated[
+    bool,
+    typer.Option(
+        "--resize",
+        help="Resample data whose samples do not have the network's input shape (resize "
+        "images, convert channels). The embedded digits and synthetic sets always are; "
+        "other data of the wrong shape is refused without it.",
+    ),
+]
 Limit = Annotated[
     int | None,
     typer.Option(
@@ -385,6 +398,7 @@ def train(
     lr: Lr = 3e-3,
     seed: Seed = 0,
     limit: Limit = None,
+    resize: Resize = False,
     input_shape: InputShape = None,
     no_bn: Annotated[
         bool, typer.Option("--no-bn", help="Train the twin with every BatchNorm layer deleted.")
@@ -430,6 +444,7 @@ def train(
         lr=lr,
         seed=seed,
         limit=limit,
+        resize=resize,
         input_shape=shape,
         bn=not no_bn,
     )
@@ -550,6 +565,7 @@ def convert(
     lr: Lr = 3e-3,
     seed: Seed = 0,
     limit: Limit = None,
+    resize: Resize = False,
     input_shape: InputShape = None,
     version: Annotated[
         int | None,
@@ -586,6 +602,7 @@ def convert(
         lr=lr,
         seed=seed,
         limit=limit,
+        resize=resize,
         input_shape=shape,
         version=version,
         rtol=rtol,

@@ -22,7 +22,7 @@ from rich.table import Table
 from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL
 from bnfold.converter.cli import console, require_torch
 from bnfold.converter.errors import InputError, ParityFailure
-from bnfold.converter.verify import check_feeds, load_model
+from bnfold.converter.verify import load_model
 
 TWO_GB = 2**31
 
@@ -72,36 +72,6 @@ def fold(
     )
 
 
-def _read_data(spec: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    kind, _, path_text = spec.partition(":")
-    if kind != "npz" or not path_text:
-        raise InputError(f"--data {spec!r}: expected npz:PATH")
-    path = Path(path_text)
-    if not path.is_file():
-        raise InputError(f"--data: {path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # a zip that is not an npz, a pickled array, ...
-        raise InputError(f"--data: {path}: not an .npz file ({exc})") from exc
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    if set(names) <= set(arrays):
-        feeds = {n: arrays[n] for n in names}
-    elif len(names) == 1 and "x" in arrays:
-        feeds = {names[0]: arrays["x"]}
-    elif len(names) == 1 and len(arrays) == 1:
-        feeds = {names[0]: next(iter(arrays.values()))}
-    else:
-        raise InputError(
-            f"--data: {path} has arrays {sorted(arrays)}; the model needs {names} (or 'x')"
-        )
-    try:
-        return check_feeds(model, feeds)
-    except InputError as exc:
-        raise InputError(f"--data: {path}: {exc}") from None
-
-
 def verify(
     reference: Annotated[Path, typer.Argument(help="The model with every BN kept.")],
     folded: Annotated[Path, typer.Argument(help="The folded model to check against it.")],
@@ -145,13 +115,13 @@ def verify(
     ] = None,
 ) -> None:
     """Run both models on ONNX Runtime (optimizations off) and compare their outputs."""
-    from bnfold.converter.verify import check_same_inputs, verify_onnx
+    from bnfold.converter.verify import check_same_inputs, read_data, verify_onnx
 
     if run is not None:
         require_torch("verify --run")
     ref_model, folded_model = _load(reference), _load(folded)
     check_same_inputs(ref_model, folded_model)
-    inputs = _read_data(data, ref_model) if data else None
+    inputs = read_data(data, ref_model) if data else None
     if inputs is None and n_random == 0:
         raise InputError("nothing to compare: give --data or --n-random > 0")
     result = verify_onnx(

@@ -255,10 +255,29 @@ def _check_labels(y: np.ndarray, what: str) -> list[str]:
 # --------------------------------------------------------------------------- shaping
 
 
-def fit_to(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Resize/reshape samples to ``input_shape`` (data to the network, never the reverse)."""
+# The embedded data sets are resized to any network's input by design (the
+# 8x8 digits stand in for every image task); a user's data is not.
+RESIZED_BY_DESIGN = ("digits", "synthetic")
+
+
+def fit_to(x: np.ndarray, input_shape: tuple[int, ...], *, resize: bool = True) -> np.ndarray:
+    """Samples laid out as ``input_shape`` (data to the network, never the reverse).
+
+    A reshape that keeps every value (``(1, 8, 8)`` images as 64 features,
+    or back) is always done; resampling or a change of channels only with
+    ``resize`` (the CLI's ``--resize``), else DataError naming both shapes.
+    """
     if tuple(x.shape[1:]) == tuple(input_shape):
         return x
+    if math.prod(x.shape[1:]) == math.prod(input_shape) and (len(input_shape) == 1 or x.ndim == 2):
+        return x.reshape(len(x), *input_shape)
+    if not resize:
+        raise DataError(
+            f"the data's samples have shape {tuple(x.shape[1:])} but the network takes "
+            f"{tuple(input_shape)}; give data of that shape, set --input-shape to the data's, "
+            "or pass --resize to resample it (images are resized and converted to the "
+            "network's channels)"
+        )
     if len(input_shape) == 1:
         (features,) = input_shape
         if x.ndim == 2:
@@ -302,7 +321,9 @@ def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
 
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp_(0, 1).numpy()
+    if x.size and float(x.min()) >= 0 and float(x.max()) <= 1:
+        out.clamp_(0, 1)  # antialiasing overshoots; keep [0, 1] data in [0, 1]
+    return out.numpy()
 
 
 # --------------------------------------------------------------------------- split
@@ -316,13 +337,17 @@ def prepare(
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     limit: int | None = None,
+    resize: bool | None = None,
 ) -> Splits:
-    """Deterministic stratified split, resize, standardise with train statistics."""
+    """Deterministic stratified split, layout (:func:`fit_to`; ``resize`` None:
+    only the embedded data sets are resampled), standardise with train
+    statistics."""
     n = len(data.y)
     idx = np.arange(n)
     if limit is not None and limit < n:
         idx = _stratified_take(data.y, limit, seed)
-    x = fit_to(data.x[idx], input_shape)
+    allow = data.name in RESIZED_BY_DESIGN if resize is None else resize
+    x = fit_to(data.x[idx], input_shape, resize=allow)
     y = data.y[idx]
     preset = data.split[idx] if data.split is not None else np.full(len(idx), -1)
     rng = np.random.default_rng(seed)
@@ -374,7 +399,9 @@ def prepare(
         labels=data.labels, preprocessing=preprocessing,
         info={"name": data.name, "source": data.source, "seed": seed,
               "n_train": len(parts[TRAIN]), "n_val": len(parts[VAL]),
-              "n_test": len(parts[TEST])},
+              "n_test": len(parts[TEST]),
+              "sample_shape": list(data.x.shape[1:]),
+              "resized": tuple(data.x.shape[1:]) != tuple(x.shape[1:])},
     )  # fmt: skip
 
 

@@ -33,8 +33,24 @@ class ExportError(ParityFailure, RuntimeError):
 
 def export_reference(model: nn.Module, arch: ArchConfig) -> onnx.ModelProto:
     """Trace ``model`` in eval mode to ONNX: dynamic batch, named input and output."""
+    return export_module(model, torch.zeros(2, *arch.input_shape))
+
+
+def export_module(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+) -> onnx.ModelProto:
+    """Any ``nn.Module`` of one tensor input, traced in eval mode with every
+    BN kept and a dynamic first (batch) axis; its BatchNormalization count
+    is checked against the module's BN layers."""
     model = model.eval()
-    example = torch.zeros(2, *arch.input_shape)
+    if example.dim() == 0:
+        raise ExportError("the example input needs a batch axis")
+    if example.shape[0] < 2:  # a batch of 1 lets the exporter specialise the axis
+        example = example.expand(2, *example.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
@@ -45,8 +61,8 @@ def export_reference(model: nn.Module, arch: ArchConfig) -> onnx.ModelProto:
             dynamo=True,
             optimize=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[input_name],
+            output_names=[output_name],
             dynamic_shapes=({0: batch},),
             verbose=False,
         )

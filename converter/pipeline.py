@@ -74,6 +74,7 @@ class ConvertOptions:
     rtol: float = DEFAULT_RTOL
     run_dir: Path | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH
+    resize: bool = False  # resample a user's data to the network's input
 
     def model_name(self) -> str:
         return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
@@ -104,7 +105,7 @@ def train_from_options(
     shape = check_arch(opts)
     log(f"loading {opts.data}")
     dataset = load(opts.data, input_shape=shape, seed=opts.seed)
-    splits = prepare(dataset, shape, seed=opts.seed, limit=opts.limit)
+    splits = prepare(dataset, shape, seed=opts.seed, limit=opts.limit, resize=opts.resize or None)
     info = splits.info
     log(
         f"split {info['n_train']} train / {info['n_val']} val / {info['n_test']} test, "

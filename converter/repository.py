@@ -8,6 +8,7 @@ service never sees half a model, whatever happens to this process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import secrets
@@ -20,6 +21,7 @@ from bnfold.contract import (
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    PBTXT_FILE,
     REFERENCE_FILE,
     STAGING_PREFIX,
     ContractError,
@@ -29,11 +31,13 @@ from bnfold.contract import (
     check_version,
     json_bytes,
     next_version,
+    parse_json,
 )
+from bnfold.converter.errors import InputError
 
 
-class RepositoryError(Exception):
-    """The repository or the version asked for cannot be written."""
+class RepositoryError(InputError):
+    """The repository or the version asked for cannot be written (exit 2)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -62,6 +66,28 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def merge_config(model_dir: Path, new: ModelConfig) -> ModelConfig:
+    """``new`` where the model folder has no config.json; otherwise the
+    existing one with the signature of the new version: its inputs and
+    outputs, its preprocessing (when it has one), and ``max_batch_size`` 0
+    when the new graph does not batch. Labels, batching, version policy and
+    every other hand edit stay."""
+    path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return new
+    try:
+        existing = ModelConfig.from_dict(parse_json(path.read_bytes(), CONFIG_FILE))
+    except ContractError as e:
+        raise RepositoryError(f"the existing {path} cannot be updated: {e}") from None
+    return dataclasses.replace(
+        existing,
+        input=new.input,
+        output=new.output,
+        preprocessing=new.preprocessing or existing.preprocessing,
+        max_batch_size=existing.max_batch_size if new.max_batch_size else 0,
+    )
+
+
 def write_version(
     repo: Path | str,
     name: str,
@@ -78,8 +104,12 @@ def write_version(
     both graphs) filled in here, so they always describe the bytes written;
     it and ``config`` are checked against the contract's schemas before
     anything is written, so the service never meets a file it refuses.
-    ``config`` replaces ``<name>/config.json`` when given, or is written when
-    the model has none. ``version`` defaults to one above the highest.
+    ``config`` is written as ``<name>/config.json`` when the model has none;
+    an existing one is hand-editable and keeps its edits: only the input and
+    output signature (and the preprocessing, which comes from the data) are
+    updated (:func:`merge_config`). A Triton ``config.pbtxt`` in the model
+    folder is left as it is and no config.json is written beside it.
+    ``version`` defaults to one above the highest.
     """
     try:
         check_name(name)
@@ -88,9 +118,9 @@ def write_version(
         model_dir = Path(repo) / name
         files = {MODEL_FILE: model_onnx, REFERENCE_FILE: reference_onnx}
         config_dict = None
-        if config is not None:
+        if config is not None and not (model_dir / PBTXT_FILE).exists():
             checked = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
-            config_dict = checked.to_dict()
+            config_dict = merge_config(model_dir, checked).to_dict()
     except ContractError as e:
         raise RepositoryError(str(e)) from None
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +152,7 @@ def write_version(
         _fsync_dir(staging)
         if config_dict is not None:
             write_json_atomic(model_dir / CONFIG_FILE, config_dict)
-        elif not (model_dir / CONFIG_FILE).exists():
+        elif not (model_dir / CONFIG_FILE).exists() and not (model_dir / PBTXT_FILE).exists():
             raise RepositoryError(f"{model_dir} has no {CONFIG_FILE} and none was given")
         os.rename(staging, final)  # the commit point
     except BaseException:

@@ -382,3 +382,37 @@ def compare_nodes(
         if first is None and not entry["passed"]:
             first = entry
     return {"per_node": nodes, "first_divergence": first}
+
+
+def read_data(spec: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """``--data npz:PATH`` (``PATH`` alone is taken as an .npz too) as feeds
+    for ``model``: one array per input name, or ``x`` (or a lone array) for
+    a one-input model; checked against the model's inputs."""
+    kind, sep, path_text = spec.partition(":")
+    if not sep:
+        kind, path_text = "npz", spec
+    if kind != "npz" or not path_text:
+        raise InputError(f"--data {spec!r}: expected npz:PATH")
+    path = Path(path_text)
+    if not path.is_file():
+        raise InputError(f"--data: {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # a zip that is not an npz, a pickled array, ...
+        raise InputError(f"--data: {path}: not an .npz file ({exc})") from exc
+    names = [i.name for i in _inputs(model)]
+    if set(names) <= set(arrays):
+        feeds = {n: arrays[n] for n in names}
+    elif len(names) == 1 and "x" in arrays:
+        feeds = {names[0]: arrays["x"]}
+    elif len(names) == 1 and len(arrays) == 1:
+        feeds = {names[0]: next(iter(arrays.values()))}
+    else:
+        raise InputError(
+            f"--data: {path} has arrays {sorted(arrays)}; the model needs {names} (or 'x')"
+        )
+    try:
+        return check_feeds(model, feeds)
+    except InputError as exc:
+        raise InputError(f"--data: {path}: {exc}") from None

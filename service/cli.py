@@ -103,6 +103,33 @@ def serve(
             f"(env BNFOLD_LOG_LEVEL; default {_default('log_level')})"
         ),
     ] = None,
+    poll: Annotated[
+        float | None,
+        typer.Option(
+            "--poll",
+            help="Watch the repository every SECONDS and load new, changed or removed versions "
+            "atomically (0: only on an explicit load). (env BNFOLD_POLL_S; default 0)",
+            metavar="SECONDS",
+        ),
+    ] = None,
+    fold_on_load: Annotated[
+        bool | None,
+        typer.Option(
+            "--fold-on-load/--no-fold-on-load",
+            help="Fold the BNs of each model in memory when it loads; serve the folded graph "
+            "only if it matches the original on the serving device (a model's configuration "
+            "can override: fold_on_load). (env BNFOLD_FOLD_ON_LOAD; default off)",
+        ),
+    ] = None,
+    strict_readiness: Annotated[
+        bool | None,
+        typer.Option(
+            "--strict-readiness/--no-strict-readiness",
+            help="/v2/health/ready is 503 while any model that should serve is not ready, an "
+            "empty repository included; --no-strict-readiness: ready once started. "
+            "(env BNFOLD_STRICT_READINESS; default strict)",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2).
 
@@ -117,6 +144,9 @@ def serve(
         "device": device,
         "device_id": device_id,
         "log_level": log_level,
+        "poll_s": poll,
+        "fold_on_load": fold_on_load,
+        "strict_readiness": strict_readiness,
     }
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]

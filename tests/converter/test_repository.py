@@ -47,7 +47,7 @@ def test_layout_and_manifest_hashes(tmp_path: Path) -> None:
         "bytes": 6,
     }
     written = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert written == CONFIG | {"format": 1, "platform": "onnxruntime_onnx", "labels": []}
+    assert written == CONFIG | {"format": 1, "platform": "onnxruntime_onnx"}
     assert versions(tmp_path / "m") == [1, 2]
     for odd in ("²", "0", "v3", "1e3", ".tmp-3-ab"):  # never versions, never a crash
         (tmp_path / "m" / odd).mkdir()
@@ -121,3 +121,36 @@ repository.write_version({str(tmp_path)!r}, "m", model_onnx=b"x" * 100000,
     assert next(n for n in leftovers if n != "config.json").startswith(".tmp-1-")
     assert versions(tmp_path / "m") == []
     assert write(tmp_path).name == "1"  # the next writer is not confused by the debris
+
+
+def test_a_hand_edited_config_keeps_its_edits(tmp_path: Path) -> None:
+    write(tmp_path)
+    path = tmp_path / "m" / "config.json"
+    edited = json.loads(path.read_text()) | {
+        "labels": ["a", "b", "c", "d"],
+        "dynamic_batching": {"max_queue_delay_ms": 7.5},
+    }
+    path.write_text(json.dumps(edited))
+    wider = {"name": "x", "datatype": "FP32", "shape": [8]}
+    write_version(
+        tmp_path,
+        "m",
+        model_onnx=b"v2",
+        reference_onnx=b"r2",
+        manifest={},
+        config=CONFIG | {"input": [wider], "labels": ["0", "1", "2", "3"]},
+    )
+    after = json.loads(path.read_text())
+    assert after["input"] == [wider]  # the new version's signature
+    assert after["labels"] == ["a", "b", "c", "d"]  # the edits stay
+    assert after["dynamic_batching"] == {"enabled": True, "max_queue_delay_ms": 7.5}
+
+
+def test_a_triton_config_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    pbtxt = tmp_path / "m" / "config.pbtxt"
+    pbtxt.write_text('name: "m"\nmax_batch_size: 4\n')
+    write(tmp_path)
+    assert pbtxt.read_text() == 'name: "m"\nmax_batch_size: 4\n'
+    assert not (tmp_path / "m" / "config.json").exists()
+    assert versions(tmp_path / "m") == [1]
