@@ -136,8 +136,10 @@ def next_version(model_dir: Path) -> int:
 
 # --- datatypes ---------------------------------------------------------------------
 
-# Open Inference Protocol datatype -> numpy dtype. BYTES (strings) has no
-# numeric model in this project and is refused as an input datatype.
+# Open Inference Protocol datatype -> numpy dtype. BYTES (strings: ONNX's
+# tensor(string)) is an array of Python objects (str), as ONNX Runtime takes
+# and returns them: no itemsize, no arithmetic, no NaN; code that makes or
+# checks arrays from this table tests ``dtype == object`` (or kind "O") first.
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -151,6 +153,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
 }
 
 
@@ -170,6 +173,7 @@ ONNX_DATATYPES: dict[str, str] = {
         ("float16", "FP16"),
         ("float", "FP32"),
         ("double", "FP64"),
+        ("string", "BYTES"),
     ]
 }
 
@@ -642,6 +646,9 @@ def compare(
     actual = np.asarray(actual)
     if expected.shape != actual.shape:
         raise ValueError(f"shape mismatch: expected {expected.shape}, got {actual.shape}")
+    if expected.dtype.kind in "OSU" or actual.dtype.kind in "OSU":  # strings: equal or not
+        err = 0.0 if bool(np.all(expected == actual)) else float("inf")
+        return Parity(err, err, None, _rows(expected), rtol, min_top1, err == 0.0)
     e = expected.astype(np.float64)
     a = actual.astype(np.float64)
     if not (np.isfinite(e).all() and np.isfinite(a).all()):

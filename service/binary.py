@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bytes_tensor
 from .errors import BadRequest
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -67,7 +68,10 @@ class BinaryReader:
 def tensor_from_bytes(
     name: str, chunk: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...]
 ) -> np.ndarray:
-    """A read-only view of ``chunk`` as a tensor; the size must match exactly."""
+    """A read-only view of ``chunk`` as a tensor; the size must match exactly.
+    BYTES (``object``) is read element by element (service/bytes_tensor.py)."""
+    if dtype.kind == "O":
+        return bytes_tensor.deserialize(name, chunk, shape)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(chunk) != expected:
         raise BadRequest(
@@ -79,7 +83,9 @@ def tensor_from_bytes(
 
 
 def tensor_bytes(array: np.ndarray) -> bytes:
-    """Row-major little-endian bytes of ``array``."""
+    """Row-major little-endian bytes of ``array``; BYTES as length-prefixed elements."""
+    if array.dtype.kind == "O":
+        return bytes_tensor.serialize(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return np.ascontiguousarray(array).tobytes()

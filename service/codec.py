@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bytes_tensor
 from .batching import Feeds
 from .binary import HEADER_LENGTH, BinaryReader, encode_body, split_body, tensor_bytes
 from .binary import tensor_from_bytes as _tensor_from_bytes
@@ -167,7 +168,10 @@ def decode_inputs(
         else:
             if entry.get("data") is None:
                 raise BadRequest(f"input {name!r} has neither data nor binary_data_size")
-            array = numbers(name, entry["data"], spec.dtype)
+            if spec.dtype.kind == "O":  # BYTES: strings
+                array = bytes_tensor.from_json(name, entry["data"], shape)
+            else:
+                array = numbers(name, entry["data"], spec.dtype)
             if array.size != math.prod(shape):
                 raise BadRequest(
                     f"input {name!r}: {array.size} values given, shape {list(shape)} "
@@ -242,7 +246,8 @@ def encode_infer(
             chunks.append(raw)
             entry["parameters"] = {"binary_data_size": len(raw)}
         else:
-            entry["data"] = array.ravel().tolist()
+            strings = array.dtype.kind == "O"
+            entry["data"] = bytes_tensor.to_json(array) if strings else array.ravel().tolist()
         entries.append(entry)
     header["outputs"] = entries
     body, json_length = encode_body(header, chunks)

@@ -26,8 +26,11 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
 # Open Inference Protocol datatype -> numpy dtype: the contract's table.
 DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
 
-# Triton's model configuration spells datatypes with a TYPE_ prefix.
-TRITON_DATATYPES: dict[str, str] = {name: f"TYPE_{name}" for name in DATATYPES}
+# Triton's model configuration spells datatypes with a TYPE_ prefix, and
+# BYTES as TYPE_STRING.
+TRITON_DATATYPES: dict[str, str] = {
+    name: "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}" for name in DATATYPES
+}
 
 
 class _Model(BaseModel):

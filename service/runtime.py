@@ -274,10 +274,13 @@ class Runtime:
             (a.name, a.type, list(a.shape)) for a in self.session.get_outputs()
         ]
         self._output_names = [o[0] for o in self.outputs]
+        # Strings live on the host: ONNX Runtime runs their nodes on the CPU
+        # and cannot bind them to CUDA memory.
+        self._host_only = any(t[1] == "tensor(string)" for t in [*self.inputs, *self.outputs])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output of the graph for ``feeds``; thread-safe."""
-        if self.provider == CUDA:
+        if self.provider == CUDA and not self._host_only:
             return self._run_bound(feeds)
         results = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results, strict=True))
@@ -304,7 +307,10 @@ class Runtime:
                 dims = [1 if d == -1 else d for d in spec.shape]
                 if batch is not None:
                     dims[0] = batch
-                feeds[spec.name] = np.zeros(dims, dtype=spec.dtype)
+                if spec.dtype.kind == "O":  # strings: "0", which a Cast to a number takes
+                    feeds[spec.name] = np.full(dims, "0", dtype=object)
+                else:
+                    feeds[spec.name] = np.zeros(dims, dtype=spec.dtype)
             self.run(feeds)
 
     def close(self) -> None:

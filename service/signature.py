@@ -150,7 +150,8 @@ def _merge(
 
 
 def generate_inputs(signature: Signature, n: int, seed: int) -> dict[str, np.ndarray]:
-    """``n`` rows drawn from N(0, 1) (integers 0..9, booleans fair) per input."""
+    """``n`` rows drawn from N(0, 1) (integers 0..9, booleans fair, strings
+    of digits 0..9) per input."""
     if not signature.batched and n != 1:
         raise BadRequest("this model has no batch dimension: use n=1 or send inputs")
     rng = np.random.default_rng(seed)
@@ -165,6 +166,8 @@ def generate_inputs(signature: Signature, n: int, seed: int) -> dict[str, np.nda
             feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
         elif spec.dtype.kind == "b":
             feeds[spec.name] = rng.random(dims) < 0.5
+        elif spec.dtype.kind == "O":  # BYTES: ONNX strings
+            feeds[spec.name] = rng.integers(0, 10, size=dims).astype(str).astype(object)
         else:
             feeds[spec.name] = rng.integers(0, 10, size=dims).astype(spec.dtype)
     return feeds

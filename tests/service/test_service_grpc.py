@@ -1,0 +1,508 @@
+"""The gRPC service (``inference.GRPCInferenceService``) driven by
+``tritonclient.grpc``, sync and aio, and by the raw stub for what the
+client does not send (typed contents): health, metadata, configuration,
+inference, statistics, the repository, streaming, errors.
+
+The server is the real one, HTTP and gRPC in one process and event loop;
+the repository holds Triton's ``simple`` models (triton_models.py) and the
+service tests' MLP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from grpc_harness import GrpcRunning, run_grpc_server
+from served_models import write_mlp
+from service_harness import TOKEN, WAIT_S, base_settings
+from triton_models import write_simple_models
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.timeout(300)
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("grpc-models")
+    write_simple_models(path)
+    write_mlp(path, "mlp")
+    write_mlp(path, "reloaded", seed=5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[GrpcRunning]:
+    with run_grpc_server(base_settings(repo)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: GrpcRunning) -> Iterator[grpcclient.InferenceServerClient]:
+    with grpcclient.InferenceServerClient(server.grpc) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stub(server: GrpcRunning) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.grpc) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def http(server: GrpcRunning) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def simple_inputs(
+    a: np.ndarray | None = None, b: np.ndarray | None = None, module: Any = grpcclient
+) -> list[Any]:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16) if a is None else a
+    b = np.ones((1, 16), dtype=np.int32) if b is None else b
+    inputs = [
+        module.InferInput("INPUT0", list(a.shape), "INT32"),
+        module.InferInput("INPUT1", list(b.shape), "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs
+
+
+def status_of(call: Any) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value.status()), info.value.message()
+
+
+# ----------------------------------------------------------------- health, metadata
+
+
+def test_health_and_server_metadata(client: grpcclient.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("simple")
+    assert client.is_model_ready("simple", "1")
+    assert not client.is_model_ready("nope")
+    assert not client.is_model_ready("simple", "7")
+    meta = client.get_server_metadata(as_json=True)
+    assert meta["name"] == "bnfold"
+    assert {"model_repository", "statistics", "binary_tensor_data"} <= set(meta["extensions"])
+
+
+def test_model_metadata_and_config(client: grpcclient.InferenceServerClient) -> None:
+    meta = client.get_model_metadata("simple", as_json=True)
+    assert meta["name"] == "simple" and meta["versions"] == ["1"]
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
+        ("INPUT0", "INT32", ["-1", "16"]),  # int64 as JSON strings, protobuf's rule
+        ("INPUT1", "INT32", ["-1", "16"]),
+    ]
+    config = client.get_model_config("simple", as_json=True)["config"]
+    assert config["name"] == "simple" and config["max_batch_size"] == 8
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [
+        ("INPUT0", "TYPE_INT32", ["16"]),
+        ("INPUT1", "TYPE_INT32", ["16"]),
+    ]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "1000"
+    message = client.get_model_config("mlp").config  # the message form parses too
+    assert message.max_batch_size == 64 and message.input[0].dims == [64]
+
+
+def test_metadata_matches_http(
+    client: grpcclient.InferenceServerClient, http: httpx.Client
+) -> None:
+    """Both front ends describe the model from the same place."""
+    over_http = http.get("/v2/models/mlp").json()
+    over_grpc = client.get_model_metadata("mlp", as_json=True)
+    assert over_grpc["inputs"][0]["name"] == over_http["inputs"][0]["name"]
+    assert [int(d) for d in over_grpc["inputs"][0]["shape"]] == over_http["inputs"][0]["shape"]
+    config_http = http.get("/v2/models/mlp/config").json()
+    config_grpc = client.get_model_config("mlp", as_json=True)["config"]
+    assert config_grpc["max_batch_size"] == config_http["max_batch_size"]
+    assert config_grpc["instance_group"][0]["kind"] == config_http["instance_group"][0]["kind"]
+
+
+# ----------------------------------------------------------------- inference
+
+
+def test_infer_raw_contents(client: grpcclient.InferenceServerClient) -> None:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 3, dtype=np.int32)
+    outputs = [
+        grpcclient.InferRequestedOutput("OUTPUT0"),
+        grpcclient.InferRequestedOutput("OUTPUT1"),
+    ]
+    result = client.infer("simple", simple_inputs(a, b), outputs=outputs, request_id="r-1")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    response = result.get_response()
+    assert response.id == "r-1" and response.model_name == "simple"
+    assert response.model_version == "1"
+    # one output asked for: only it comes back
+    only = client.infer("simple", simple_inputs(a, b), outputs=outputs[1:])
+    assert only.as_numpy("OUTPUT0") is None
+    np.testing.assert_array_equal(only.as_numpy("OUTPUT1"), a - b)
+
+
+def test_infer_batch_and_version(client: grpcclient.InferenceServerClient) -> None:
+    a = np.arange(8 * 16, dtype=np.int32).reshape(8, 16)
+    b = np.ones((8, 16), dtype=np.int32)
+    result = client.infer("simple", simple_inputs(a, b), model_version="1")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    code, message = status_of(
+        lambda: client.infer("simple", simple_inputs(a, b), model_version="2")
+    )
+    assert code == "StatusCode.NOT_FOUND" and "'simple'" in message
+
+
+def test_infer_float_model(client: grpcclient.InferenceServerClient) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    inp = grpcclient.InferInput("input", [3, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp])
+    assert result.as_numpy("logits").shape == (3, 10)
+
+
+def _typed_request(model: str = "simple_fp32") -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="FP32", shape=[1, 16])
+        tensor.contents.fp32_contents.extend([float(i) for i in range(16)])
+    return request
+
+
+def test_typed_contents(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    response = stub.ModelInfer(_typed_request())
+    out = np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
+    np.testing.assert_array_equal(out, 2 * np.arange(16, dtype=np.float32))
+
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+        tensor.contents.int_contents.extend(range(16))
+    response = stub.ModelInfer(request)
+    assert [o.name for o in response.outputs] == ["OUTPUT0", "OUTPUT1"]
+    out = np.frombuffer(response.raw_output_contents[1], dtype=np.int32)
+    np.testing.assert_array_equal(out, np.zeros(16, dtype=np.int32))
+
+
+def _invalid(stub: service_pb2_grpc.GRPCInferenceServiceStub, request: Any) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    return str(info.value.details())
+
+
+def test_typed_contents_refused(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    short = _typed_request()
+    del short.inputs[0].contents.fp32_contents[-1]
+    assert "15 values given, shape [1, 16] needs 16" in _invalid(stub, short)
+
+    wrong_field = _typed_request()
+    wrong_field.inputs[1].contents.int_contents.extend([1])
+    assert "contents.fp32_contents, not int_contents" in _invalid(stub, wrong_field)
+
+    nan = _typed_request()
+    nan.inputs[0].contents.fp32_contents[3] = float("nan")
+    assert "contains NaN or Inf" in _invalid(stub, nan)
+
+    int8 = service_pb2.ModelInferRequest(model_name="simple_int8")
+    for name in ("INPUT0", "INPUT1"):
+        tensor = int8.inputs.add(name=name, datatype="INT8", shape=[1, 16])
+        tensor.contents.int_contents.extend([200] * 16)
+    assert "values outside INT8 range" in _invalid(stub, int8)
+
+    no_data = service_pb2.ModelInferRequest(model_name="simple")
+    no_data.inputs.add(name="INPUT0", datatype="INT32", shape=[1, 16])
+    assert "input 'INPUT0' has no data" in _invalid(stub, no_data)
+
+
+def test_raw_contents_refused(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    raw = np.arange(16, dtype=np.int32).tobytes()
+    request = service_pb2.ModelInferRequest(model_name="simple")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+    request.raw_input_contents.extend([raw, raw[:-4]])
+    assert "raw_input_contents holds 60 bytes but shape [1, 16] of int32 needs 64" in _invalid(
+        stub, request
+    )
+    request.raw_input_contents[1] = raw
+    request.raw_input_contents.append(raw)
+    assert "3 raw_input_contents given for 2 inputs" in _invalid(stub, request)
+
+
+def test_sequence_refused(client: grpcclient.InferenceServerClient) -> None:
+    code, message = status_of(
+        lambda: client.infer("simple", simple_inputs(), sequence_id=7, sequence_start=True)
+    )
+    assert code == "StatusCode.INVALID_ARGUMENT" and "sequence batching is not supported" in message
+
+
+def test_errors_read_as_over_http(
+    client: grpcclient.InferenceServerClient, http: httpx.Client
+) -> None:
+    """The same mistake, the same message, on both front ends."""
+    a = np.zeros((1, 15), dtype=np.int32)
+    code, message = status_of(lambda: client.infer("simple", simple_inputs(a, a)))
+    body = {
+        "inputs": [
+            {"name": n, "datatype": "INT32", "shape": [1, 15], "data": [0] * 15}
+            for n in ("INPUT0", "INPUT1")
+        ]
+    }
+    answer = http.post("/v2/models/simple/infer", json=body)
+    assert answer.status_code == 400 and code == "StatusCode.INVALID_ARGUMENT"
+    assert message == answer.json()["error"]
+
+    inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
+    code, message = status_of(lambda: client.infer("simple", [inp]))
+    assert code == "StatusCode.INVALID_ARGUMENT"
+    assert message == "input 'INPUT0': datatype FP32 but the model expects INT32"
+
+    code, message = status_of(lambda: client.infer("nope", simple_inputs()))
+    answer = http.post("/v2/models/nope/infer", json=body)
+    assert code == "StatusCode.NOT_FOUND" and answer.status_code == 404
+    assert message == answer.json()["error"]
+
+    big = np.zeros((9, 16), dtype=np.int32)
+    code, message = status_of(lambda: client.infer("simple", simple_inputs(big, big)))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "batch size 9 is outside 1..8" in message
+
+
+def test_aio_client_concurrent(server: GrpcRunning) -> None:
+    async def main() -> list[np.ndarray]:
+        async with aioclient.InferenceServerClient(server.grpc) as c:
+            assert await c.is_server_ready()
+            assert await c.is_model_ready("simple")
+
+            async def one(i: int) -> np.ndarray:
+                a = np.full((1, 16), i, dtype=np.int32)
+                b = np.ones((1, 16), dtype=np.int32)
+                result = await c.infer("simple", simple_inputs(a, b, aioclient))
+                return result.as_numpy("OUTPUT0")
+
+            return await asyncio.gather(*(one(i) for i in range(64)))
+
+    results = asyncio.run(main())
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out, np.full((1, 16), i + 1, dtype=np.int32))
+
+
+def test_statistics(client: grpcclient.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("simple_int8", as_json=True)["model_stats"][0]
+    a = np.ones((2, 16), dtype=np.int8)
+    inputs = [grpcclient.InferInput(n, [2, 16], "INT8") for n in ("INPUT0", "INPUT1")]
+    for inp in inputs:
+        inp.set_data_from_numpy(a)
+    for _ in range(3):
+        client.infer("simple_int8", inputs)
+    after = client.get_inference_statistics("simple_int8", as_json=True)["model_stats"][0]
+    assert after["name"] == "simple_int8" and after["version"] == "1"
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 6
+    success = after["inference_stats"]["success"]
+    assert int(success["count"]) - int(before["inference_stats"]["success"].get("count", 0)) == 3
+    every = client.get_inference_statistics(as_json=True)["model_stats"]
+    assert {"simple", "simple_int8", "mlp"} <= {s["name"] for s in every}
+    code, _ = status_of(lambda: client.get_inference_statistics("nope"))
+    assert code == "StatusCode.NOT_FOUND"
+
+
+# ----------------------------------------------------------------- the repository
+
+
+def test_repository_needs_the_token(client: grpcclient.InferenceServerClient) -> None:
+    for call in (
+        lambda: client.get_model_repository_index(),
+        lambda: client.load_model("simple"),
+        lambda: client.unload_model("simple"),
+        lambda: client.get_model_repository_index(headers={"authorization": "Bearer wrong"}),
+    ):
+        code, message = status_of(call)
+        assert code == "StatusCode.UNAUTHENTICATED"
+        assert message == "a valid bearer token is required for repository operations"
+    assert client.is_model_ready("simple")  # nothing was unloaded
+
+
+def test_repository_index(client: grpcclient.InferenceServerClient) -> None:
+    index = client.get_model_repository_index(headers=AUTH, as_json=True)["models"]
+    by_name = {m["name"]: m for m in index}
+    assert by_name["simple"]["state"] == "READY" and by_name["simple"]["version"] == "1"
+    assert "mlp" in by_name
+
+
+def test_unload_and_load(client: grpcclient.InferenceServerClient) -> None:
+    x = np.zeros((1, 64), dtype=np.float32)
+    inp = grpcclient.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    client.unload_model("reloaded", headers=AUTH)
+    assert not client.is_model_ready("reloaded")
+    code, message = status_of(lambda: client.infer("reloaded", [inp]))
+    assert code == "StatusCode.UNAVAILABLE" and "'reloaded'" in message
+    client.load_model("reloaded", headers=AUTH)
+    assert client.is_model_ready("reloaded")
+    assert client.infer("reloaded", [inp]).as_numpy("logits").shape == (1, 10)
+    code, message = status_of(lambda: client.load_model("nope", headers=AUTH))
+    assert code == "StatusCode.NOT_FOUND" and "'nope'" in message
+
+
+def test_file_overrides_refused(client: grpcclient.InferenceServerClient) -> None:
+    code, message = status_of(
+        lambda: client.load_model(
+            "simple", headers=AUTH, config="{}", files={"file:1/model.onnx": b"x"}
+        )
+    )
+    assert code == "StatusCode.INVALID_ARGUMENT" and "file overrides" in message
+
+
+def test_cuda_shared_memory_unimplemented(client: grpcclient.InferenceServerClient) -> None:
+    code, message = status_of(lambda: client.get_cuda_shared_memory_status(headers=AUTH))
+    assert code == "StatusCode.UNIMPLEMENTED" and "CUDA shared memory" in message
+
+
+# ----------------------------------------------------------------- streaming
+
+
+def test_stream_answers_in_order(client: grpcclient.InferenceServerClient) -> None:
+    answers: list[tuple[Any, Any]] = []
+    done = __import__("threading").Event()
+    count = 40
+
+    def callback(result: Any, error: Any) -> None:
+        answers.append((result, error))
+        if len(answers) == count:
+            done.set()
+
+    client.start_stream(callback=callback)
+    try:
+        for i in range(count):
+            if i == 7:  # one bad request: its error comes back in its place
+                bad = np.zeros((1, 15), dtype=np.int32)
+                client.async_stream_infer("simple", simple_inputs(bad, bad), request_id=str(i))
+                continue
+            a = np.full((1, 16), i, dtype=np.int32)
+            client.async_stream_infer("simple", simple_inputs(a), request_id=str(i))
+        assert done.wait(WAIT_S), f"{len(answers)} of {count} answers"
+    finally:
+        client.stop_stream()
+    for i, (result, error) in enumerate(answers):
+        if i == 7:
+            assert result is None and "shape [1, 15]" in error.message()
+            continue
+        assert error is None, error
+        assert result.get_response().id == str(i)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), i + 1))
+
+
+def test_stream_aio(server: GrpcRunning) -> None:
+    async def main() -> list[Any]:
+        async with aioclient.InferenceServerClient(server.grpc) as c:
+
+            async def requests() -> Any:
+                for i in range(10):
+                    a = np.full((1, 16), i, dtype=np.int32)
+                    yield {
+                        "model_name": "simple",
+                        "inputs": simple_inputs(a, module=aioclient),
+                        "request_id": str(i),
+                    }
+
+            return [answer async for answer in c.stream_infer(requests())]
+
+    answers = asyncio.run(main())
+    assert [r.get_response().id for r, e in answers] == [str(i) for i in range(10)]
+    assert all(e is None for _, e in answers)
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def test_grpc_metrics(client: grpcclient.InferenceServerClient, http: httpx.Client) -> None:
+    client.infer("simple", simple_inputs())
+    with pytest.raises(InferenceServerException):
+        client.infer("simple", simple_inputs(np.zeros((1, 3), np.int32)))
+    text = http.get("/metrics").text
+    assert 'bnfold_grpc_requests_total{code="OK",method="ModelInfer"}' in text
+    assert 'bnfold_grpc_requests_total{code="INVALID_ARGUMENT",method="ModelInfer"}' in text
+    assert 'bnfold_inference_requests_total{model="simple",version="1"}' in text
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("bnfold_inference_failures_total")
+        and 'model="simple"' in ln
+        and 'reason="bad_request"' in ln
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+def test_config_is_valid_triton_json(client: grpcclient.InferenceServerClient) -> None:
+    """What the gRPC config holds is Triton's configuration message, so its
+    JSON parses back into model_config.proto (what Triton's tools do)."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = client.get_model_config("mlp", as_json=True)["config"]
+    json_format.Parse(json.dumps(config), model_config_pb2.ModelConfig())
+
+
+# ----------------------------------------------------------------- BYTES
+
+
+def _strings(values: list[Any], shape: tuple[int, ...] = (1, 16)) -> np.ndarray:
+    return np.array(values, dtype=np.object_).reshape(shape)
+
+
+def test_string_models(client: grpcclient.InferenceServerClient) -> None:
+    a = _strings([str(i) for i in range(16)])
+    b = _strings([str(2 * i) for i in range(16)])
+    inputs = [grpcclient.InferInput(n, [1, 16], "BYTES") for n in ("INPUT0", "INPUT1")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    result = client.infer("simple_string", inputs)
+    assert result.get_output("OUTPUT0").datatype == "BYTES"
+    assert [int(v) for v in result.as_numpy("OUTPUT0").ravel()] == [3 * i for i in range(16)]
+    assert [int(v) for v in result.as_numpy("OUTPUT1").ravel()] == [-i for i in range(16)]
+
+    # bytes with NULs and control characters come back byte for byte
+    values = _strings([b"he\x00llo", b"\x00\x01\x02\x03", "é".encode(), b""], (2, 2))
+    inp = grpcclient.InferInput("INPUT0", [2, 2], "BYTES")
+    inp.set_data_from_numpy(values)
+    out = client.infer("simple_identity", [inp]).as_numpy("OUTPUT0")
+    assert out.shape == (2, 2) and out.ravel().tolist() == values.ravel().tolist()
+
+
+def test_string_typed_contents(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    request = service_pb2.ModelInferRequest(model_name="simple_identity")
+    tensor = request.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, 3])
+    tensor.contents.bytes_contents.extend([b"a", b"bc", b""])
+    response = stub.ModelInfer(request)
+    raw = response.raw_output_contents[0]
+    assert raw == b"\x01\x00\x00\x00a\x02\x00\x00\x00bc\x00\x00\x00\x00"
+
+
+def test_strings_refused(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    def identity(raw: bytes, shape: tuple[int, ...] = (1, 2)) -> service_pb2.ModelInferRequest:
+        request = service_pb2.ModelInferRequest(model_name="simple_identity")
+        request.inputs.add(name="INPUT0", datatype="BYTES", shape=list(shape))
+        request.raw_input_contents.append(raw)
+        return request
+
+    one = b"\x01\x00\x00\x00a"
+    assert "element 0 is not valid UTF-8" in _invalid(stub, identity(b"\x01\x00\x00\x00\xff" + one))
+    assert "1 elements given, shape [1, 2] needs 2" in _invalid(stub, identity(one))
+    assert "bytes follow the 2 elements" in _invalid(stub, identity(one + one + b"x"))
+    assert "claims 4294967295 bytes" in _invalid(stub, identity(b"\xff\xff\xff\xff" + one))
+    assert "truncated length" in _invalid(stub, identity(one + b"\x01\x00"))
