@@ -76,6 +76,13 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help=f"TCP port. (env BNFOLD_PORT; default {_default('port')})")
     ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            help="gRPC port (Triton's GRPCInferenceService, same models and limits); 0: no "
+            f"gRPC. (env BNFOLD_GRPC_PORT; default {_default('grpc_port')})"
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -140,6 +147,7 @@ def serve(
         "repo": repo,
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "workers": workers,
         "device": device,
         "device_id": device_id,

@@ -37,6 +37,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -197,6 +198,8 @@ class InferenceServicer:
         self.state = state
         self.settings = state.settings
         self.shm = shm
+        # Which process answered (which of --workers N): HTTP's X-Bnfold-Worker.
+        self.worker = ("x-bnfold-worker", str(os.getpid()))
 
     # --- plumbing
     def repository(self) -> Repository:
@@ -435,7 +438,7 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
         if not _SANE_ID.match(rid):
             rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
         token = request_id.set(rid)
-        context.set_trailing_metadata((("x-request-id", rid),))
+        context.set_trailing_metadata((("x-request-id", rid), servicer.worker))
         if name in PROTECTED:
             servicer.authorize(metadata)
         if name in UNSUPPORTED:
@@ -461,7 +464,9 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
             log.error("gRPC %s failed: %s", name, message, exc_info=error)
         servicer.count_failure(name, request, reason)
         end(name, code, started)
-        context.set_trailing_metadata((("x-request-id", request_id.get()), *trailers))
+        context.set_trailing_metadata(
+            (("x-request-id", request_id.get()), servicer.worker, *trailers)
+        )
         await context.abort(code, message)
 
     def unary(name: str) -> Behavior:

@@ -17,6 +17,7 @@ import uvicorn
 from service_harness import WAIT_S
 
 from bnfold.service.app import create_app
+from bnfold.service.model import ServedModel
 from bnfold.service.settings import Settings
 
 
@@ -28,9 +29,12 @@ class GrpcRunning:
     settings: Settings
     server: uvicorn.Server
 
-    @property
-    def state(self) -> object:
-        return self.server.config.app.state.bnfold
+    def served(self, name: str) -> ServedModel:
+        """The version of ``name`` served now (read only, as service_harness's)."""
+        for model in self.server.config.app.state.bnfold.repository.served():
+            if model.name == name:
+                return model
+        raise LookupError(f"{name!r} is not served")
 
 
 @contextmanager

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +29,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+import uvicorn
 from grpc_harness import GrpcRunning, run_grpc_server
 from served_models import write_mlp
-from service_harness import TOKEN, WAIT_S, base_settings
+from service_harness import TOKEN, WAIT_S, base_settings, wait_until
 from triton_models import write_simple_models
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -378,7 +386,7 @@ def test_cuda_shared_memory_unimplemented(client: grpcclient.InferenceServerClie
 
 def test_stream_answers_in_order(client: grpcclient.InferenceServerClient) -> None:
     answers: list[tuple[Any, Any]] = []
-    done = __import__("threading").Event()
+    done = threading.Event()
     count = 40
 
     def callback(result: Any, error: Any) -> None:
@@ -506,3 +514,133 @@ def test_strings_refused(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> Non
     assert "bytes follow the 2 elements" in _invalid(stub, identity(one + one + b"x"))
     assert "claims 4294967295 bytes" in _invalid(stub, identity(b"\xff\xff\xff\xff" + one))
     assert "truncated length" in _invalid(stub, identity(one + b"\x01\x00"))
+
+
+# ----------------------------------------------------------------- ports, shutdown, workers
+
+
+def test_grpc_port_in_use_fails_startup(repo: Path) -> None:
+    """With one process the port is its own (no SO_REUSEPORT): a port
+    already taken stops the server from starting, as for HTTP."""
+    from bnfold.service.app import create_app
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        app = create_app(base_settings(repo))
+        app.state.grpc_bind = f"127.0.0.1:{holder.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="critical", lifespan="on")
+        server = uvicorn.Server(config)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        with pytest.raises(SystemExit):
+            server.run(sockets=[sock])
+        sock.close()
+    finally:
+        holder.close()
+
+
+def test_shutdown_lets_grpc_calls_finish(tmp_path: Path) -> None:
+    """A call in flight when the server is told to stop gets its answer;
+    afterwards the port is closed."""
+    write_mlp(tmp_path, "slow", delay_ms=1500.0, eager=False)  # holds each batch 1.5 s
+    with run_grpc_server(base_settings(tmp_path)) as running:
+        client = grpcclient.InferenceServerClient(running.grpc)
+        inp = grpcclient.InferInput("input", [1, 64], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 64), dtype=np.float32))
+        answers: list[Any] = []
+        done = threading.Event()
+
+        def callback(result: Any, error: Any) -> None:
+            answers.append((result, error))
+            done.set()
+
+        client.async_infer("slow", [inp], callback=callback)
+        served = running.served("slow")
+        wait_until(lambda: served.batcher.pending == 1, "the call is queued")
+        running.server.should_exit = True
+        assert done.wait(WAIT_S)
+        result, error = answers[0]
+        assert error is None, error
+        assert result.as_numpy("logits").shape == (1, 10)
+        port = int(running.grpc.rsplit(":", 1)[1])
+        wait_until(lambda: not _listening(port), "the gRPC port closes")
+        client.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT")
+def test_workers_share_the_grpc_port(repo: Path, tmp_path: Path) -> None:
+    """``bnfold serve --workers 2``: both workers listen on the gRPC port
+    (SO_REUSEPORT); new connections reach both, each answers correctly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BNFOLD_", "PROMETHEUS_"))}
+    env |= {"BNFOLD_LOG_LEVEL": "warning", "BNFOLD_DEVICE": "cpu", "BNFOLD_DRAIN_S": "0"}
+    log = tmp_path / "serve.log"
+    script = Path(sys.executable).with_name("bnfold")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bnfold"]
+    for _attempt in range(3):  # the ports are picked before the server binds them
+        port, grpc_port = _free_port(), _free_port()
+        argv = [*command, "serve", "--repo", str(repo), "--port", str(port)]
+        argv += ["--grpc-port", str(grpc_port), "--workers", "2"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            pids = _grpc_workers(proc, f"127.0.0.1:{grpc_port}")
+        except RuntimeError:
+            _stop(proc)
+            continue
+        try:
+            assert len(pids) == 2, f"answers came from {pids}"
+        finally:
+            _stop(proc)
+        return
+    pytest.fail("bnfold serve --workers 2 did not serve gRPC:\n" + log.read_text()[-3000:])
+
+
+def _grpc_workers(proc: subprocess.Popen[bytes], target: str) -> set[str]:
+    """The worker pids that answered correct inferences on fresh connections."""
+    deadline = time.monotonic() + WAIT_S
+    pids: set[str] = set()
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    while len(pids) < 2 and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the server exited")
+        with grpc.insecure_channel(target) as channel:  # a new connection each time
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = service_pb2.ModelInferRequest(model_name="simple")
+            for name in ("INPUT0", "INPUT1"):
+                request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+                request.raw_input_contents.append(a.tobytes())
+            try:
+                response, call = stub.ModelInfer.with_call(request, timeout=10)
+            except grpc.RpcError:
+                time.sleep(0.1)  # not listening yet, or still loading
+                continue
+            out = np.frombuffer(response.raw_output_contents[0], dtype=np.int32)
+            assert out.tolist() == (2 * a).ravel().tolist()
+            pids |= {v for k, v in call.trailing_metadata() if k == "x-bnfold-worker"}
+    if not pids:
+        raise RuntimeError("no answer")
+    return pids
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
