@@ -1,4 +1,5 @@
-"""Every error as HTTP: ``{"error": "<message>"}`` with its class's status.
+"""Every error as HTTP: ``{"error": "<message>"}`` with its class's status,
+counted in ``bnfold_inference_failures_total`` with its reason.
 
 One handler renders whatever reaches the app's exception handling: a
 service error as it is, FastAPI's request validation (its 422) as 400,
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +32,9 @@ from .errors import (
     describe_validation,
     service_error,
 )
+
+if TYPE_CHECKING:
+    from .deps import ServerState
 
 log = logging.getLogger("bnfold.service")
 
@@ -80,6 +84,16 @@ def as_service_error(exc: Exception) -> ServiceError | None:
     return service_error(exc)
 
 
+def count_failure(state: ServerState, path_params: dict[str, Any], reason: str) -> None:
+    """One failed request in ``bnfold_inference_failures_total``, labelled with
+    the model and version it named when the repository knows them."""
+    name, version = path_params.get("name"), path_params.get("version")
+    labels = ("", "")
+    if state.repository is not None and isinstance(name, str):
+        labels = state.repository.metric_labels(name, version)
+    state.metrics.count_failure(*labels, reason)
+
+
 async def _render(request: Request, exc: Exception) -> Response:
     error = as_service_error(exc)
     if error is None:
@@ -87,6 +101,8 @@ async def _render(request: Request, exc: Exception) -> Response:
         error = ServiceError(f"internal error: {type(exc).__name__}")
     elif error.status >= 500 and not error.retryable:
         log.error("%s %s: %s", request.method, request.url.path, error.message)
+    state: ServerState = request.app.state.bnfold
+    count_failure(state, request.path_params, error.reason)
     return error_response(error)
 
 

@@ -76,7 +76,6 @@ class ModelMetrics:
         self._queue = metrics.queue_time.labels(**labels)
         self._compute = metrics.compute_time.labels(**labels)
         self._batch = metrics.batch_size.labels(**labels)
-        self._failures = metrics.infer_failures
         self._lock = threading.Lock()
         self.success = _Duration()
         self.fail = _Duration()
@@ -96,9 +95,10 @@ class ModelMetrics:
         with self._lock:
             self.success.add(seconds)
 
-    def request_failed(self, seconds: float, reason: str) -> None:
+    def request_failed(self, seconds: float) -> None:
+        """Triton's ``fail``; the failure itself, with its reason, is counted
+        where the error is answered (``Metrics.count_failure``)."""
         self._requests.inc()
-        self._failures.labels(model=self.name, version=str(self.version), reason=reason).inc()
         with self._lock:
             self.fail.add(seconds)
 
@@ -126,7 +126,7 @@ class ModelMetrics:
             stat.compute_output.add(output_s)
 
     def batch_failed(self, requests: int, error: BaseException) -> None:
-        pass  # counted per request by request_failed, with the reason
+        pass  # counted per request: request_failed, and count_failure with the reason
 
     def triton_stats(self) -> dict[str, Any]:
         """One entry of Triton's ``model_stats`` (statistics extension)."""
@@ -186,7 +186,8 @@ class Metrics:
         )
         self.infer_failures = Counter(
             "bnfold_inference_failures",
-            "Failed inference requests by reason.",
+            "Refused or failed requests by reason, any route; model and version are "
+            "empty unless the request named a model the repository knows.",
             [*model, "reason"],
             registry=r,
         )
@@ -237,6 +238,10 @@ class Metrics:
 
     def model_stats(self, name: str, version: int) -> dict[str, Any]:
         return self.for_model(name, version).triton_stats()
+
+    def count_failure(self, model: str, version: str, reason: str) -> None:
+        """One request answered with an error (every route, refused or failed)."""
+        self.infer_failures.labels(model=model, version=version, reason=reason).inc()
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

@@ -5,8 +5,9 @@ which costs a task and a body copy per request):
   echoed in the response and attached to every log line of the request;
 - ``X-Bnfold-Worker``: the id of the process that answered (which of the
   ``--workers N`` served a request);
-- body limit: ``Content-Length`` over the limit is refused before reading,
-  and a chunked body is counted as it streams; both are 413;
+- body limit: ``Content-Length`` over the limit is refused before reading
+  (and counted as a failure here), and a chunked body is counted as it
+  streams; both are 413;
 - HTTP metrics by route template, and one access-log line per request;
 - ``Arrivals``: the request counts as on its way to a batcher until it is
   queued or ends (the batcher does not wait for requests that are not coming).
@@ -117,10 +118,11 @@ class RequestContext:
             return message
 
         try:
-            if length > self.max_body:
+            if length > self.max_body:  # refused before routing: no model named
                 error = PayloadTooLarge(
                     f"body of {length} bytes is over the {self.max_body}-byte limit"
                 )
+                self.metrics.count_failure("", "", error.reason)
                 await error_response(error)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -40,7 +41,7 @@ from bnfold.contract import (
 )
 
 from .batching import Arrivals
-from .errors import LoadFailed, NotFound, Unavailable, map_errors
+from .errors import BadRequest, LoadFailed, NotFound, Unavailable
 from .files import inside
 from .metrics import Metrics
 from .model import LoadOptions, ServedModel, open_version, runtime_options
@@ -66,6 +67,13 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 class VersionState:
     state: str
     reason: str = ""
+
+
+def unknown_model(name: str, version: str | None = None) -> str:
+    """Triton's words for a model or version it does not serve, which
+    Triton's clients and tests look for."""
+    which = f"{name!r}" if version is None else f"{name!r} version {version}"
+    return f"Request for unknown model: {which} is not found"
 
 
 def valid_name(name: str) -> bool:
@@ -156,14 +164,17 @@ class Repository:
             return versions[next(reversed(versions))].acquire()
         served = versions.get(self._parse_version(version))
         if served is None:
-            serving = ", ".join(map(str, versions))
-            raise NotFound(f"version {version} of model {name!r} is not served (serving {serving})")
+            raise NotFound(unknown_model(name, version))
         return served.acquire()
 
     @staticmethod
     def _parse_version(version: str) -> int:
-        with map_errors():  # a version that breaks the contract: 400 (ERROR_MAP)
+        try:
             return parse_version(version)
+        except ContractError as e:  # Triton's words, then the contract's reason
+            raise BadRequest(
+                f"failed to get model version from specified version string {version!r}: {e}"
+            ) from None
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """Like ``acquire`` for requests that do not run the model."""
@@ -172,22 +183,52 @@ class Repository:
         return served
 
     @asynccontextmanager
-    async def serving(self, name: str, version: str | None = None) -> AsyncIterator[ServedModel]:
-        """``async with repo.serving(name, version) as model:`` holds the
-        version for the block; a swap or unload waits for it to finish."""
-        served = self.acquire(name, version)
+    async def serving(
+        self, name: str, version: str | None = None, *, count: bool = True
+    ) -> AsyncIterator[ServedModel]:
+        """The version serving ``name`` (or exactly ``version``), held for the
+        block so that a swap or unload lets it finish; raises
+        NotFound/Unavailable/BadRequest. With ``count`` the block is one
+        inference request in the version's metrics: done, or failed when it
+        raises (the reason is counted where the error is answered)."""
+        served = self.acquire(name, version)  # no await before the try
+        started = time.perf_counter()
         try:
             yield served
+        except Exception:
+            if count:
+                served.metrics.request_failed(time.perf_counter() - started)
+            raise
+        else:
+            if count:
+                served.metrics.request_done(time.perf_counter() - started)
         finally:
             served.release()
+
+    def metric_labels(self, name: str, version: str | None = None) -> tuple[str, str]:
+        """The ``model`` and ``version`` labels of a failed request that named
+        ``name`` (and ``version``): the model only if the repository knows it,
+        the version only if it serves (the highest when none was named), so
+        that made-up names and versions make no series."""
+        versions = self._served.get(name)
+        if versions:
+            served = {str(v) for v in versions}
+            if version is None:
+                return name, str(next(reversed(versions)))
+            return name, version if version in served else ""
+        return (name if self.knows(name) else ""), ""
+
+    def knows(self, name: str) -> bool:
+        """``name`` is a model folder, or was loaded or tried."""
+        on_disk = valid_name(name) and (self.root / name).is_dir()
+        return on_disk or name in self._served or any(key[0] == name for key in self._states)
 
     def served(self) -> list[ServedModel]:
         return [m for versions in self._served.values() for m in versions.values()]
 
     def _not_serving(self, name: str) -> Exception:
-        on_disk = valid_name(name) and (self.root / name).is_dir()
-        if not on_disk and not any(key[0] == name for key in self._states):
-            return NotFound(f"unknown model {name!r}")
+        if not self.knows(name):
+            return NotFound(unknown_model(name))
         reason = self._model_reason.get(name) or self._latest_reason(name) or "not loaded"
         return Unavailable(
             f"model {name!r} is not ready: {reason}", retry_after=self._settings.retry_after_s
@@ -232,7 +273,7 @@ class Repository:
         them in atomically; returns the highest. ``config`` (a load request's
         override) replaces the model folder's configuration."""
         if not valid_name(name) or not (self.root / name).is_dir():
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(unknown_model(name))
         self._expected.add(name)
         async with self._lock(name):
             return await self._load_locked(name, config)
@@ -241,7 +282,7 @@ class Repository:
         model_dir = self.root / name
         available = self._versions(name)
         if not inside(model_dir, self.root):
-            raise LoadFailed(f"model {name!r}: {OUTSIDE}")
+            raise LoadFailed(f"failed to load {name!r}, {OUTSIDE}")
         config_print = _config_fingerprint(model_dir)
         try:
             config, source = (
@@ -293,7 +334,7 @@ class Repository:
         if failures:
             for served in opened.values():  # nothing changes: the old set keeps serving
                 await served.retire(0)
-            raise LoadFailed(f"model {name!r} {'; '.join(failures)}")
+            raise LoadFailed(f"failed to load {name!r}, {'; '.join(failures)}")
 
         new = dict(sorted((keep | opened).items()))
         for v, served in opened.items():
@@ -349,12 +390,12 @@ class Repository:
         for v in available:
             if not (self._served.get(name) or {}).get(v):
                 self._states[(name, v)] = VersionState(UNAVAILABLE, reason)
-        raise LoadFailed(f"model {name!r}: {reason}")
+        raise LoadFailed(f"failed to load {name!r}, {reason}")
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name``; requests already holding it finish first."""
         if not valid_name(name) or (name not in self._served and not (self.root / name).is_dir()):
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(unknown_model(name))
         self._expected.discard(name)
         async with self._lock(name):
             old = self._served.pop(name, {})

@@ -32,8 +32,7 @@ async def _classify(
     repo: Repository, settings: Settings, name: str, version: str | None, file: UploadFile, k: int
 ) -> dict[str, Any]:
     data = await file.read()
-    served = repo.acquire(name, version)
-    try:
+    async with repo.serving(name, version) as served:
         prep = served.config.preprocessing
         if prep is None or len(served.signature.inputs) != 1:
             raise BadRequest(f"model {name!r} has no image preprocessing in its config.json")
@@ -50,8 +49,6 @@ async def _classify(
             "model_version": served.version_str,
             "predictions": top_labels(scores[0] if scores.ndim > 1 else scores, labels, k),
         }
-    finally:
-        served.release()
 
 
 @router.post("/v2/models/{name}/classify", summary="Classify an image", responses=ERRORS)

@@ -2,14 +2,14 @@
 
 The hot path reads the body once, decodes straight to numpy (no pydantic
 per tensor), submits to the model's batcher and encodes the outputs. The
-model version is acquired after the body is read and released after the
-response is built, so a swap or unload never cuts a request short.
+model version is held (``Repository.serving``) from after the body is read
+until the response is built, so a swap or unload never cuts a request
+short.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
@@ -18,7 +18,6 @@ from starlette.responses import Response
 from ..binary import HEADER_LENGTH
 from ..codec import decode_infer, decode_v1, decompress, encode_infer, encode_v1
 from ..deps import RepositoryDep, StateDep
-from ..errors import ServiceError
 from ..model import ServedModel
 from ..protocol import (
     InferenceRequest,
@@ -73,20 +72,8 @@ async def _run(
     handle: Callable[[bytes, ServedModel], Awaitable[Response]],
 ) -> Response:
     body = await request.body()
-    started = time.perf_counter()
-    served = repo.acquire(name, version)  # no await between acquire and try
-    try:
-        response = await handle(body, served)
-    except ServiceError as e:
-        served.metrics.request_failed(time.perf_counter() - started, e.reason)
-        raise
-    except Exception:
-        served.metrics.request_failed(time.perf_counter() - started, "internal")
-        raise
-    finally:
-        served.release()
-    served.metrics.request_done(time.perf_counter() - started)
-    return response
+    async with repo.serving(name, version) as served:
+        return await handle(body, served)
 
 
 def _v2(request: Request, state: StateDep) -> Callable[[bytes, ServedModel], Awaitable[Response]]:

@@ -43,8 +43,8 @@ async def stored_version(name: str, version: str, repo: RepositoryDep) -> dict[s
 async def _measure(
     repo: Repository, settings: Settings, name: str, version: str | None, body: ParityRequest
 ) -> dict[str, Any]:
-    served = repo.acquire(name, version)
-    try:
+    # held while both graphs run; a diagnostic, not an inference request
+    async with repo.serving(name, version, count=False) as served:
         if body.inputs:
             feeds, _ = decode_inputs(
                 [i.model_dump() for i in body.inputs],  # parsed once, by the body's model
@@ -57,8 +57,6 @@ async def _measure(
                 raise BadRequest(f"n is {body.n}; at most {settings.max_parity_samples}")
             feeds = generate_inputs(served.signature, body.n, body.seed)
         return await measure(served, feeds, body.rtol)
-    finally:
-        served.release()
 
 
 @router.post(
