@@ -164,7 +164,8 @@ class Repository:
             return versions[next(reversed(versions))].acquire()
         served = versions.get(self._parse_version(version))
         if served is None:
-            raise NotFound(unknown_model(name, version))
+            serving = ", ".join(map(str, versions))
+            raise NotFound(f"{unknown_model(name, version)} (serving {serving})")
         return served.acquire()
 
     @staticmethod

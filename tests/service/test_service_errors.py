@@ -208,14 +208,14 @@ def test_gzip_bomb_is_413(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status", "message"),
     [
-        ("POST", "/v2/models/nope/infer", 404, "unknown model 'nope'"),
-        ("GET", "/v2/models/nope", 404, "unknown model 'nope'"),
-        ("GET", "/v2/models/nope/ready", 404, "unknown model 'nope'"),
+        ("POST", "/v2/models/nope/infer", 404, "Request for unknown model: 'nope' is not found"),
+        ("GET", "/v2/models/nope", 404, "Request for unknown model: 'nope' is not found"),
+        ("GET", "/v2/models/nope/ready", 404, "Request for unknown model: 'nope' is not found"),
         ("GET", "/v2/models/..%2f..%2fetc/config", 404, "Not Found"),
-        ("GET", "/v2/models/-bad/config", 404, "unknown model '-bad'"),
-        ("GET", "/v2/models/.hidden", 404, "unknown model '.hidden'"),
-        ("POST", "/v2/models/cnn/versions/1/infer", 404, "version 1 of model 'cnn' is not served"),
-        ("GET", "/v2/models/cnn/versions/9", 404, "version 9 of model 'cnn' is not served"),
+        ("GET", "/v2/models/-bad/config", 404, "Request for unknown model: '-bad' is not found"),
+        ("GET", "/v2/models/.hidden", 404, "Request for unknown model: '.hidden' is not found"),
+        ("POST", "/v2/models/cnn/versions/1/infer", 404, "model: 'cnn' version 1 is not found"),
+        ("GET", "/v2/models/cnn/versions/9", 404, "model: 'cnn' version 9 is not found"),
         ("GET", "/v2/models/cnn/versions/x", 400, "version must be a positive integer"),
         ("GET", "/v2/models/cnn/versions/0/ready", 400, "version must be a positive integer"),
         ("GET", "/v3/anything", 404, "Not Found"),
@@ -224,7 +224,7 @@ def test_gzip_bomb_is_413(http: httpx.Client) -> None:
         ("GET", "/v2/models/bad-sha/ready", 503, "sha256"),
         ("GET", "/v2/models/garbage", 503, "not an ONNX model"),
         ("GET", "/v2/models/empty/ready", 503, "no version folder"),
-        ("GET", "/v2/models/cnn/versions/1/ready", 404, "not served"),
+        ("GET", "/v2/models/cnn/versions/1/ready", 404, "is not found"),
     ],
 )
 def test_unknown_and_unavailable(
