@@ -1,6 +1,6 @@
 """``python -m bnfold ...`` runs the ``bnfold`` command line."""
 
-from bnfold.converter.cli import main
+from bnfold.cli import main
 
 if __name__ == "__main__":
     main()

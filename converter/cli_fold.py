@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL
-from bnfold.converter.cli import console, require_torch
+from bnfold.converter.console import console, require_torch
 from bnfold.converter.errors import InputError, ParityFailure
 from bnfold.converter.verify import load_model
 

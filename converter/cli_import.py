@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from bnfold.contract import DEFAULT_RTOL
+from bnfold.converter.console import console
 from bnfold.converter.importer import DEFAULT_MAX_BATCH, N_RANDOM, ImportOptions, import_onnx
-
-console = Console(stderr=True, soft_wrap=True)
 
 
 def import_model(

@@ -129,8 +129,8 @@ def test_config_round_trip_fills_defaults() -> None:
         ({"input": [TENSOR | {"shape": [-2]}]}, "has a dimension below -1"),
         ({"format": 2}, "format 2 is not supported"),
         (
-            {"preprocessing": {"layout": "NHWC", "input_shape": [1, 8, 8]}},
-            "config.json.preprocessing.layout: must be one of 'NCHW', 'NC', got 'NHWC'",
+            {"preprocessing": {"layout": "CHWN", "input_shape": [1, 8, 8]}},
+            "config.json.preprocessing.layout: must be one of 'NCHW', 'NHWC', 'NC', got 'CHWN'",
         ),
         ({"preprocessing": {"layout": "NC", "input_shape": [63]}}, "is not a square image"),
         ({"dynamic_batching": {"max_queue_delay_ms": 1e9}}, "within 0 and 60000"),
@@ -227,6 +227,12 @@ def test_only_the_contract_crosses_between_the_wings(wing: str, other: str) -> N
         for path in (ROOT / wing).rglob("*.py")
         for module in _imports(path)
         if module.split(".")[:2] == ["bnfold", other] or module.split(".")[0] == other
+    }
+    # ... nor names it for a lazy import (importlib, "module:function" strings)
+    crossing |= {
+        f"{path.relative_to(ROOT)}: names bnfold.{other}"
+        for path in (ROOT / wing).rglob("*.py")
+        if f"bnfold.{other}" in path.read_text()
     }
     assert crossing == set()
     contract = _imports(ROOT / "bnfold" / "contract.py")

@@ -104,7 +104,7 @@ def test_every_command_explains_itself(tmp_path: Path, command: str) -> None:
 
 def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
     code = (
-        "import sys, bnfold.converter.cli, bnfold.folding, bnfold.converter.verify\n"
+        "import sys, bnfold.cli, bnfold.folding, bnfold.converter.verify\n"
         "import bnfold.service.app\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from bnfold.cli import ARCHITECTURES, LAZY_COMMANDS, ArchName
 from bnfold.converter import errors
-from bnfold.converter.cli import ARCHITECTURES, LAZY_COMMANDS, ArchName
 
 ROOT = Path(__file__).parents[2]
 HEAVY = ("torch", "uvicorn", "fastapi", "pydantic_settings", "prometheus_client")
@@ -70,7 +70,7 @@ def test_fold_and_verify_load_neither_torch_nor_the_server(tmp_path: Path) -> No
     tiny_bn_model(tmp_path / "ref.onnx")
     code = f"""
 import sys
-from bnfold.converter.cli import app
+from bnfold.cli import app
 
 def run(*args):
     try:
@@ -102,7 +102,7 @@ assert "uvicorn" in sys.modules
 def test_a_bad_arch_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
     code = """
 import sys
-from bnfold.converter.cli import app
+from bnfold.cli import app
 try:
     app(["train", "--arch", "vgg"], standalone_mode=False)
 except Exception as e:
@@ -244,7 +244,7 @@ def broken(model):
 
 folding.fold = broken
 sys.argv = ["bnfold", "fold", "ref.onnx", "out.onnx"]
-from bnfold.converter.cli import main
+from bnfold.cli import main
 main()
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
@@ -350,7 +350,7 @@ def test_training_reports_every_batch() -> None:
 
 
 def test_the_training_bar_moves_per_batch_and_ends_with_the_last_epoch() -> None:
-    from bnfold.converter.cli import _TrainingBar
+    from bnfold.cli import _TrainingBar
 
     row = {"train_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.5}
     with _TrainingBar("mlp", epochs=2) as bar:

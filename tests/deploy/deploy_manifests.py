@@ -356,7 +356,7 @@ def bnfold_params(argv: list[str]) -> tuple[str, dict[str, Any]]:
     Raises the CLI's usage error for an unknown option or a bad value."""
     import typer
 
-    from bnfold.converter.cli import app
+    from bnfold.cli import app
 
     group = typer.main.get_command(app)
     assert argv and argv[0] == "bnfold", argv

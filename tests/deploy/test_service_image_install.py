@@ -78,9 +78,9 @@ def test_no_torch_and_the_package_is_installed_not_linked(venv: Path, tmp_path: 
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import importlib.util, json, sys; import bnfold.converter.cli, bnfold.service.app;"
+            "import importlib.util, json, sys; import bnfold.cli, bnfold.service.app;"
             "print(json.dumps({'torch_spec': importlib.util.find_spec('torch') is not None,"
-            " 'torch_loaded': 'torch' in sys.modules, 'file': bnfold.converter.cli.__file__}))",
+            " 'torch_loaded': 'torch' in sys.modules, 'file': bnfold.cli.__file__}))",
         ],
         cwd=tmp_path,
     )

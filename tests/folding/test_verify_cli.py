@@ -12,7 +12,7 @@ import typer
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from bnfold.converter.cli import app as bnfold_app
+from bnfold.cli import app as bnfold_app
 from bnfold.converter.verify import ModelRunError, random_inputs, verify_onnx
 from bnfold.folding import fold
 

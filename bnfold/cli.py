@@ -1,4 +1,7 @@
-"""``bnfold``: train, export, fold, verify, convert and serve BatchNorm networks.
+"""``bnfold``: train, export, fold, verify, convert, import and serve BatchNorm networks.
+
+The command line sits above both wings (it is the one module that names
+both): the converter's commands and ``serve``.
 
 Each command loads its implementation when it runs, and only then:
 train, export, convert and demo import torch in their bodies; fold and
@@ -28,14 +31,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import typer
 import typer.main
-from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from bnfold.converter.console import console, require_torch
 from bnfold.converter.errors import (
     EXIT_BUG,
     EXIT_CODES_HELP,
-    InputError,
     exit_code,
     message,
 )
@@ -48,18 +50,6 @@ if TYPE_CHECKING:
 Context = Any
 ClickCommand = Any
 
-
-def _make_console() -> Console:
-    """stderr; in a pipe, a file or CI, lines are never broken to fit 80 columns."""
-    if sys.stderr is not None and sys.stderr.isatty():
-        return Console(stderr=True)
-    # Text is not wrapped (soft_wrap); tables lay out within COLUMNS when it is
-    # set, else within a width no table here reaches.
-    width = None if os.environ.get("COLUMNS") else 1000
-    return Console(stderr=True, soft_wrap=True, width=width)
-
-
-console = _make_console()
 
 # The commands whose code is imported only when they run: module:function,
 # and the one line `bnfold --help` shows for them (their docstring's first
@@ -309,18 +299,6 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
             param_hint="--input-shape",
         )
     return shape
-
-
-def require_torch(command: str) -> None:
-    """The serving image has no torch; say so instead of a traceback."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        raise InputError(
-            f"`bnfold {command}` trains or exports with PyTorch, which is not installed here; "
-            "install the train extra: pip install -c constraints.txt 'bnfold[train]' "
-            "(fold, verify and serve work without it)"
-        )
 
 
 def _log(message: str) -> None:
