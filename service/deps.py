@@ -84,6 +84,17 @@ async def require_token(request: Request, settings: SettingsDep) -> None:
 AuthDep = Annotated[None, Depends(require_token)]
 
 
+async def path_version(request: Request) -> str | None:
+    """``{version}`` of a handler routed at both ``.../{name}/...`` and
+    ``.../{name}/versions/{version}/...``; None on the first (which then
+    takes no ``version`` query parameter). service/openapi.py documents it."""
+    version: str | None = request.path_params.get("version")
+    return version
+
+
+VersionDep = Annotated[str | None, Depends(path_version)]
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -2,7 +2,10 @@
 
 FastAPI documents a 422 for every route with parameters or a body, but a
 request that fails validation is answered 400 ``{"error": ...}``
-(service/http_errors.py): the 422 and its schemas are dropped.
+(service/http_errors.py): the 422 and its schemas are dropped. A handler
+routed at both ``.../{name}/...`` and ``.../{name}/versions/{version}/...``
+reads the version through ``deps.VersionDep``, which FastAPI cannot
+document as a path parameter: it is added where the path has one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+VERSION_PARAMETER = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "title": "Version"},
+    "description": "A version of the model (a positive integer); only the served one answers.",
+}
 VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -27,11 +37,17 @@ def install_openapi(app: FastAPI) -> None:
 
 
 def documented(schema: dict[str, Any]) -> dict[str, Any]:
-    for item in schema.get("paths", {}).values():
+    for path, item in schema.get("paths", {}).items():
         for method in METHODS:
             operation = item.get(method)
-            if operation is not None:
-                operation.get("responses", {}).pop("422", None)
+            if operation is None:
+                continue
+            operation.get("responses", {}).pop("422", None)
+            parameters = operation.setdefault("parameters", [])
+            if "{version}" in path and not any(p.get("name") == "version" for p in parameters):
+                parameters.append(dict(VERSION_PARAMETER))
+            if not parameters:
+                del operation["parameters"]
     schemas = schema.get("components", {}).get("schemas", {})
     for name in VALIDATION_SCHEMAS:
         schemas.pop(name, None)

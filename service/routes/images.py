@@ -6,11 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from ..deps import RepositoryDep, SettingsDep
+from ..deps import RepositoryDep, SettingsDep, VersionDep
 from ..errors import BadRequest
 from ..images import image_input, top_labels
-from ..repository import Repository
-from ..settings import Settings
 from .responses import MODEL, errors
 
 router = APIRouter(tags=["inference"])
@@ -18,8 +16,8 @@ router = APIRouter(tags=["inference"])
 ERRORS = errors(
     {
         400: "Not an image, no preprocessing for the model, a bad top_k (or version).",
-        404: MODEL[404],
         413: "Image or body over the limit.",
+        404: MODEL[404],
         500: "ONNX Runtime failed on input that passed every check.",
         503: "Not ready, overloaded or timed out (Retry-After).",
     }
@@ -28,9 +26,24 @@ FileDep = Annotated[UploadFile, File(description="A PNG or JPEG image.")]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many labels to return.")]
 
 
-async def _classify(
-    repo: Repository, settings: Settings, name: str, version: str | None, file: UploadFile, k: int
+@router.post(
+    "/v2/models/{name}/versions/{version}/classify",
+    name="classify_version",
+    summary="Classify an image with a version",
+    responses=ERRORS,
+)
+@router.post("/v2/models/{name}/classify", summary="Classify an image", responses=ERRORS)
+async def classify(
+    name: str,
+    version: VersionDep,
+    file: FileDep,
+    repo: RepositoryDep,
+    settings: SettingsDep,
+    top_k: TopK = 5,
 ) -> dict[str, Any]:
+    """Multipart upload (field ``file``): the image is preprocessed as
+    config.json says (resize, scale, mean/std), run, and the top-k labels
+    are returned with softmax probabilities."""
     data = await file.read()
     async with repo.serving(name, version) as served:
         prep = served.config.preprocessing
@@ -47,31 +60,5 @@ async def _classify(
         return {
             "model_name": served.name,
             "model_version": served.version_str,
-            "predictions": top_labels(scores[0] if scores.ndim > 1 else scores, labels, k),
+            "predictions": top_labels(scores[0] if scores.ndim > 1 else scores, labels, top_k),
         }
-
-
-@router.post("/v2/models/{name}/classify", summary="Classify an image", responses=ERRORS)
-async def classify(
-    name: str, file: FileDep, repo: RepositoryDep, settings: SettingsDep, top_k: TopK = 5
-) -> dict[str, Any]:
-    """Multipart upload (field ``file``): the image is preprocessed as
-    config.json says (resize, scale, mean/std), run, and the top-k labels
-    are returned with softmax probabilities."""
-    return await _classify(repo, settings, name, None, file, top_k)
-
-
-@router.post(
-    "/v2/models/{name}/versions/{version}/classify",
-    summary="Classify an image with a version",
-    responses=ERRORS,
-)
-async def classify_version(
-    name: str,
-    version: str,
-    file: FileDep,
-    repo: RepositoryDep,
-    settings: SettingsDep,
-    top_k: TopK = 5,
-) -> dict[str, Any]:
-    return await _classify(repo, settings, name, version, file, top_k)

@@ -3,22 +3,20 @@
 The hot path reads the body once, decodes straight to numpy (no pydantic
 per tensor), submits to the model's batcher and encodes the outputs. The
 model version is held (``Repository.serving``) from after the body is read
-until the response is built, so a swap or unload never cuts a request
+until the response is encoded, so a swap or unload never cuts a request
 short.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..binary import HEADER_LENGTH
 from ..codec import decode_infer, decode_v1, decompress, encode_infer, encode_v1
-from ..deps import RepositoryDep, StateDep
-from ..model import ServedModel
+from ..deps import RepositoryDep, StateDep, VersionDep
 from ..protocol import (
     InferenceRequest,
     InferenceResponse,
@@ -64,23 +62,32 @@ V1_BODY = {
 }
 
 
-async def _run(
-    request: Request,
-    repo: RepositoryDep,
-    name: str,
-    version: str | None,
-    handle: Callable[[bytes, ServedModel], Awaitable[Response]],
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    name="infer_version",
+    summary="Inference on a version (V2)",
+    responses=OUTPUTS | ERRORS,
+    openapi_extra=V2_BODY,
+    response_class=Response,
+)
+@router.post(
+    "/v2/models/{name}/infer",
+    summary="Inference (V2)",
+    responses=OUTPUTS | ERRORS,
+    openapi_extra=V2_BODY,
+    response_class=Response,
+)
+async def infer(
+    name: str, request: Request, repo: RepositoryDep, state: StateDep, version: VersionDep
 ) -> Response:
-    body = await request.body()
-    async with repo.serving(name, version) as served:
-        return await handle(body, served)
-
-
-def _v2(request: Request, state: StateDep) -> Callable[[bytes, ServedModel], Awaitable[Response]]:
+    """Open Inference Protocol inference with Triton's binary tensor data
+    extension. A body without Content-Type is read as JSON. ``outputs``
+    selects outputs; ``parameters.binary_data_output`` or per-output
+    ``parameters.binary_data`` returns them in binary."""
     settings = state.settings
     headers = request.headers
-
-    async def handle(body: bytes, served: ServedModel) -> Response:
+    body = await request.body()
+    async with repo.serving(name, version) as served:
         body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
         req = decode_infer(
             body,
@@ -92,37 +99,7 @@ def _v2(request: Request, state: StateDep) -> Callable[[bytes, ServedModel], Awa
         timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
         outputs = await served.infer(req.feeds, req.rows, timeout)
         content, out_headers = encode_infer(served.name, served.version_str, req, outputs)
-        return Response(content, headers=out_headers)
-
-    return handle
-
-
-@router.post(
-    "/v2/models/{name}/infer",
-    summary="Inference (V2)",
-    responses=OUTPUTS | ERRORS,
-    openapi_extra=V2_BODY,
-    response_class=Response,
-)
-async def infer(name: str, request: Request, repo: RepositoryDep, state: StateDep) -> Response:
-    """Open Inference Protocol inference with Triton's binary tensor data
-    extension. A body without Content-Type is read as JSON. ``outputs``
-    selects outputs; ``parameters.binary_data_output`` or per-output
-    ``parameters.binary_data`` returns them in binary."""
-    return await _run(request, repo, name, None, _v2(request, state))
-
-
-@router.post(
-    "/v2/models/{name}/versions/{version}/infer",
-    summary="Inference on a version (V2)",
-    responses=OUTPUTS | ERRORS,
-    openapi_extra=V2_BODY,
-    response_class=Response,
-)
-async def infer_version(
-    name: str, version: str, request: Request, repo: RepositoryDep, state: StateDep
-) -> Response:
-    return await _run(request, repo, name, version, _v2(request, state))
+    return Response(content, headers=out_headers)
 
 
 @router.post(
@@ -137,11 +114,9 @@ async def predict_v1(name: str, request: Request, repo: RepositoryDep, state: St
     per instance, for curl users. With several inputs an instance is an
     object keyed by input name."""
     settings = state.settings
-
-    async def handle(body: bytes, served: ServedModel) -> Response:
+    body = await request.body()
+    async with repo.serving(name) as served:
         feeds, rows = decode_v1(body, served.signature, allow_nonfinite=settings.allow_nonfinite)
         outputs = await served.infer(feeds, rows, settings.request_timeout_s)
         content = encode_v1(outputs, served.signature.output_names())
-        return Response(content, media_type="application/json")
-
-    return await _run(request, repo, name, None, handle)
+    return Response(content, media_type="application/json")
