@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from service_harness import WAIT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,8 @@ class ServerProcess:
 def server_process(
     repo: Path, workdir: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[ServerProcess]:
-    """Start the server, wait until ready (60 s at most), kill it at the end
-    if the test did not stop it."""
+    """Start the server, wait until ready (``WAIT_S`` at most), kill it at
+    the end if the test did not stop it."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BNFOLD_", "PROMETHEUS_"))}
     clean |= {
@@ -77,7 +78,7 @@ def server_process(
         )
     running = ServerProcess(proc, port, log)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_S
         while True:
             try:
                 if httpx.get(f"{running.url}/v2/health/ready", timeout=1).status_code == 200:

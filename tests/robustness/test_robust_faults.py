@@ -12,10 +12,10 @@ here they happen together, on several models, under heavier load.)
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +27,15 @@ import pytest
 from process import server_process
 from robust_models import small_repo
 from served_models import write_mlp
-from service_harness import TOKEN, Repo, RunningServer, base_settings, run_server
+from service_harness import (
+    TOKEN,
+    WAIT_S,
+    Repo,
+    RunningServer,
+    base_settings,
+    run_server,
+    wait_until,
+)
 
 from bench.serve.loadgen import LoadResult, Request, load
 from bnfold.converter.repository import write_version
@@ -54,6 +62,7 @@ class Traffic:
     def __init__(self, port: int, repo: Repo, models: list[str], concurrency: int) -> None:
         self.stop = threading.Event()
         self.versions: dict[str, Counter[str]] = {m: Counter() for m in models}
+        self.refused: Counter[str] = Counter()  # 503s per model
         self._pool = ThreadPoolExecutor(len(models))
         self.futures: dict[str, Future[LoadResult]] = {}
         for model in models:
@@ -64,7 +73,7 @@ class Traffic:
                 port,
                 infer_request(model, info.input, info.row_shape),
                 concurrency=concurrency,
-                duration_s=30.0,  # a cap; the test stops it long before
+                duration_s=600.0,  # a cap; the test stops it long before
                 stop=self.stop.is_set,
                 on_response=self._recorder(model),
             )
@@ -74,6 +83,8 @@ class Traffic:
             if status == 200:
                 n = int(headers.get("inference-header-content-length", len(body)))
                 self.versions[model][json.loads(body[:n])["model_version"]] += 1
+            elif status == 503:
+                self.refused[model] += 1
 
         return record
 
@@ -81,16 +92,13 @@ class Traffic:
         return sum(self.versions[model].values())
 
     def wait_for(self, model: str, n: int) -> None:
-        """Until ``model`` has ``n`` more 200s than now (10 s at most)."""
+        """Until ``model`` has ``n`` more 200s than now."""
         target = self.served(model) + n
-        deadline = time.monotonic() + 10
-        while self.served(model) < target:
-            assert time.monotonic() < deadline, f"{model} stopped answering"
-            time.sleep(0.01)
+        wait_until(lambda: self.served(model) >= target, f"{n} more answers from {model}")
 
     def finish(self) -> dict[str, LoadResult]:
         self.stop.set()
-        results = {m: f.result(timeout=60) for m, f in self.futures.items()}
+        results = {m: f.result(timeout=WAIT_S) for m, f in self.futures.items()}
         self._pool.shutdown()
         return results
 
@@ -135,7 +143,8 @@ def test_versions_corruption_and_unload_under_load(
         # 4. a model unloaded while its clients keep sending
         traffic.wait_for("cnn", 50)
         assert http.post("/v2/repository/models/cnn/unload").status_code == 200
-        time.sleep(0.2)  # the cnn clients keep sending to the unloaded model
+        # the cnn clients keep sending to the unloaded model, and are refused
+        wait_until(lambda: traffic.refused["cnn"] > 0, "a 503 from the unloaded cnn")
         traffic.wait_for("mlp", 50)
         traffic.wait_for("other", 50)
     finally:
@@ -167,40 +176,60 @@ def test_versions_corruption_and_unload_under_load(
     http.close()
 
 
+def _send(port: int, path: str, body: bytes) -> http.client.HTTPConnection:
+    """A request written to the server in full; its answer is read later."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    return conn
+
+
+def _answer(conn: http.client.HTTPConnection) -> int:
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    return r.status
+
+
 def test_sigterm_under_load_completes_every_accepted_request(repo: Repo, tmp_path: Path) -> None:
     """SIGTERM while 16 connections send and 4 slow requests wait in a queue.
     The client stops sending once readiness turns 503, as a load balancer
     would; the server keeps serving through the drain, then finishes what
-    it holds and exits."""
-    env = {"BNFOLD_DRAIN_S": "1.0", "BNFOLD_LOG_LEVEL": "info"}
+    it holds and exits. The drain is long and ended by a second SIGTERM once
+    the client has stopped, so no step races the drain's clock (the drain
+    ending by itself: tests/service/test_service_shutdown.py)."""
+    env = {"BNFOLD_DRAIN_S": "600", "BNFOLD_LOG_LEVEL": "info"}
     with server_process(repo.path, tmp_path, env=env) as server:
         stop = threading.Event()
-        with ThreadPoolExecutor(6) as pool:
+        answered: Counter[int] = Counter()
+        with ThreadPoolExecutor(1) as pool:
             fast = pool.submit(
                 load,
                 "127.0.0.1",
                 server.port,
                 infer_request("mlp", "input", (64,)),
                 concurrency=16,
-                duration_s=30.0,
+                duration_s=600.0,  # a cap; stopped long before
                 stop=stop.is_set,
+                on_response=lambda status, headers, body: answered.update([status]),
             )
+            wait_until(lambda: answered[200] > 100 or fast.done(), "101 answers before SIGTERM")
             x = np.zeros((1, 64), np.float32).tolist()
-            body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x}]}
-            slow = [
-                pool.submit(httpx.post, f"{server.url}/v2/models/slow/infer", json=body, timeout=30)
-                for _ in range(4)
-            ]
-            time.sleep(0.5)  # load running, the slow requests queued (1.5 s batch window)
+            tensor = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x}
+            body = json.dumps({"inputs": [tensor]}).encode()
+            # sent in full before the signal; the slow model queues them 1.5 s
+            slow = [_send(server.port, "/v2/models/slow/infer", body) for _ in range(4)]
             server.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_until(
+                lambda: (
+                    httpx.get(f"{server.url}/v2/health/ready", timeout=WAIT_S).status_code == 503
+                ),
+                "readiness 503 after SIGTERM",
+            )
             stop.set()  # not ready: the balancer sends no more
-            result = fast.result(timeout=60)
-            slow_statuses = [f.result(timeout=60).status_code for f in slow]
-        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+            result = fast.result(timeout=WAIT_S)
+        server.proc.send_signal(signal.SIGTERM)  # the client has stopped: end the drain
+        slow_statuses = [_answer(conn) for conn in slow]
+        assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
     assert result.transport_errors == 0
     assert set(result.statuses) == {200} and result.ok > 100
     assert slow_statuses == [200, 200, 200, 200]
