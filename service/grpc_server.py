@@ -50,6 +50,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from . import config_override
 from .deps import ServerState
 from .errors import (
     BadRequest,
@@ -306,19 +307,8 @@ class InferenceServicer:
         self, request: pb.RepositoryModelLoadRequest
     ) -> pb.RepositoryModelLoadResponse:
         params = {k: parameter_value(v) for k, v in request.parameters.items()}
-        files = sorted(k for k in params if k.startswith("file:"))
-        if files:
-            raise BadRequest(
-                f"file overrides ({', '.join(files)}) are not supported: write the model "
-                "into the repository and load it by name"
-            )
-        await self.load(request.model_name, params.get("config"))
+        await config_override.load(self.repository(), request.model_name, params)
         return pb.RepositoryModelLoadResponse()
-
-    async def load(self, name: str, config: object) -> None:
-        if config is not None:
-            raise BadRequest("parameters.config (a configuration override) is not supported")
-        await self.repository().load(name)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest

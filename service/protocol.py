@@ -160,7 +160,8 @@ class RepositoryModel(_Model):
 
 
 class LoadRequest(_Model):
-    """``{"parameters": $parameters}``; accepted and ignored (no config overrides)."""
+    """``{"parameters": $parameters}``; on load, ``parameters.config`` is a
+    model configuration override (Triton's JSON, as a string)."""
 
     parameters: dict[str, Any] = Field(default_factory=dict)
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
+from .. import config_override
 from ..deps import AuthDep, RepositoryDep, body_schema, json_body
 from ..protocol import LoadRequest, RepositoryIndexRequest, RepositoryModel
 from .responses import errors
@@ -55,10 +56,13 @@ async def index(repo: RepositoryDep, _: AuthDep, body: IndexBody) -> list[dict[s
     openapi_extra=body_schema(LoadRequest),
 )
 async def load(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> dict[str, Any]:
-    """Load the highest version of ``name`` and swap it in atomically:
-    requests in flight finish on the old version. On failure the old version
-    (if any) keeps serving and the index shows the reason."""
-    served = await repo.load(name)
+    """Load the versions of ``name`` its version_policy selects and swap them
+    in atomically: requests in flight finish on the old version. On failure
+    the old version (if any) keeps serving and the index shows the reason.
+    ``parameters.config`` (Triton's model configuration as a JSON string)
+    overrides the folder's configuration; fields it leaves out keep their
+    current values."""
+    served = await config_override.load(repo, name, body.parameters if body else {})
     return {
         "name": served.name,
         "version": served.version_str,

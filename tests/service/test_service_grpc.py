@@ -31,9 +31,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 import uvicorn
 from grpc_harness import GrpcRunning, run_grpc_server
+from onnx import TensorProto
 from served_models import write_mlp
 from service_harness import TOKEN, WAIT_S, base_settings, wait_until
-from triton_models import write_simple_models
+from triton_models import add_sub, pbtxt, write_model, write_simple_models
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -48,6 +49,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_simple_models(path)
     write_mlp(path, "mlp")
     write_mlp(path, "reloaded", seed=5)
+    both, outs = ["INPUT0", "INPUT1"], ["OUTPUT0", "OUTPUT1"]
+    config = pbtxt("tunable", TensorProto.INT32, both, outs, [16])
+    write_model(path, "tunable", add_sub(TensorProto.INT32), config)
     return path
 
 
@@ -644,3 +648,83 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ----------------------------------------------------------------- load with an override
+
+
+def _config(client: grpcclient.InferenceServerClient, name: str) -> dict[str, Any]:
+    config: dict[str, Any] = client.get_model_config(name, as_json=True)["config"]
+    return config
+
+
+def test_load_with_config_override(client: grpcclient.InferenceServerClient) -> None:
+    override = {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 2500}}
+    client.load_model("tunable", headers=AUTH, config=json.dumps(override))
+    config = _config(client, "tunable")
+    assert config["max_batch_size"] == 4
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "2500"
+    # what the override left out is the model's own
+    assert [t["name"] for t in config["input"]] == ["INPUT0", "INPUT1"]
+    assert config["input"][0]["dims"] == ["16"]
+    a = np.ones((5, 16), dtype=np.int32)
+    code, message = status_of(lambda: client.infer("tunable", simple_inputs(a, a)))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "outside 1..4" in message
+    # lowerCamelCase keys, as protobuf's JSON printer writes them
+    client.load_model("tunable", headers=AUTH, config=json.dumps({"maxBatchSize": 2}))
+    assert _config(client, "tunable")["max_batch_size"] == 2
+    # a load without an override goes back to the folder's configuration
+    client.load_model("tunable", headers=AUTH)
+    assert _config(client, "tunable")["max_batch_size"] == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("{not json", "parameters.config is not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"max_batch_sise": 4}', 'no field named "max_batch_sise"'),
+        ('{"max_batch_size": "many"}', "parameters.config is not a valid model configuration"),
+        ('{"name": "other"}', "name 'other' does not match the model folder 'tunable'"),
+        ('{"platform": "tensorrt_plan"}', "'tensorrt_plan' models are not served"),
+        ('{"sequence_batching": {}}', "sequence batching is not supported"),
+        ('{"max_batch_size": -1}', "max_batch_size must be 0 (no batching) or more"),
+        (
+            '{"input": [{"name": "X", "data_type": "TYPE_INT32", "dims": [16]}]}',
+            "failed to load 'tunable', version 1: override inputs ['X'] do not match",
+        ),
+        (
+            '{"output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]},'
+            ' {"name": "OUTPUT1", "data_type": "TYPE_INT32", "dims": [16]}]}',
+            "output 'OUTPUT0': override says FP32, graph INT32",
+        ),
+        (
+            '{"max_batch_size": 8, "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", '
+            '"dims": [15]}, {"name": "INPUT1", "data_type": "TYPE_INT32", "dims": [16]}]}',
+            "override shape [15] vs graph [16]",
+        ),
+    ],
+)
+def test_bad_override_changes_nothing(
+    client: grpcclient.InferenceServerClient, override: str, message: str
+) -> None:
+    before = _config(client, "tunable")
+    code, got = status_of(lambda: client.load_model("tunable", headers=AUTH, config=override))
+    assert code == "StatusCode.INVALID_ARGUMENT"
+    assert message in got
+    assert _config(client, "tunable") == before  # the old version keeps serving
+    result = client.infer("tunable", simple_inputs())
+    assert result.as_numpy("OUTPUT0").shape == (1, 16)
+
+
+def test_override_turns_batching_off(client: grpcclient.InferenceServerClient) -> None:
+    """max_batch_size 0: the graph's inputs come back with their batch axis."""
+    client.load_model("tunable", headers=AUTH, config='{"max_batch_size": 0}')
+    try:
+        config = _config(client, "tunable")
+        assert config.get("max_batch_size", 0) == 0
+        assert config["input"][0]["dims"] == ["-1", "16"]
+        a = np.ones((3, 16), dtype=np.int32)
+        assert client.infer("tunable", simple_inputs(a, a)).as_numpy("OUTPUT0").shape == (3, 16)
+    finally:
+        client.load_model("tunable", headers=AUTH)

@@ -1,0 +1,137 @@
+"""A load request's configuration override (Triton's ``parameters.config``).
+
+``POST /v2/repository/models/{m}/load`` with ``{"parameters": {"config":
+"<JSON>"}}``, or gRPC ``RepositoryModelLoad`` with ``parameters["config"]``,
+loads the model with that configuration instead of its folder's. The JSON
+is Triton's model configuration (``model_config.proto`` in protobuf's JSON
+form, snake_case or lowerCamelCase keys), parsed against Triton's schema,
+so a key Triton does not know is refused as Triton refuses it.
+
+As in Triton, what the override leaves out is taken from the model's
+current configuration (the one serving, else the folder's): an override of
+``{"max_batch_size": 4}`` keeps the inputs, outputs, batching and labels.
+When the override turns batching on or off without listing the inputs or
+outputs, those are completed from the graph again (their dims change rank).
+
+Everything is checked before anything changes: JSON and schema here, the
+contract's rules (``from_proto``), then the graph itself when the versions
+load; any failure is a 400 and the versions serving keep serving. The
+override lasts until the model is loaded again without one (or its files
+change under ``--poll``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from bnfold.contract import PBTXT_FILE, ContractError, ModelConfig
+
+from .errors import BadRequest, NotFound, Unavailable
+from .model import ServedModel
+from .model_config import read_model_config
+from .proto import model_config_pb2 as mc
+from .repository import Repository, unknown_model, valid_name
+from .triton_config import from_proto
+
+WHERE = "parameters.config"
+# Triton's top-level keys -> the ModelConfig fields they set.
+MERGED = {
+    "max_batch_size": ("max_batch_size",),
+    "input": ("input",),
+    "output": ("output", "labels"),
+    "dynamic_batching": ("dynamic_batching",),
+    "version_policy": ("version_policy",),
+    "instance_group": ("instance_group",),
+    "parameters": ("parameters", "fold_on_load"),
+}
+
+
+def _keys(data: dict[str, Any]) -> set[str]:
+    """The top-level fields an override names, as model_config.proto's names."""
+    descriptor = mc.ModelConfig.DESCRIPTOR
+    names = set()
+    for key in data:
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is not None:
+            names.add(field.name)
+    return names
+
+
+def parse_override(text: object, model_dir: Path, root: Path) -> tuple[ModelConfig, set[str]]:
+    """The override as a contract ModelConfig and the fields it names."""
+    if isinstance(text, dict):  # a JSON object where Triton sends its text
+        text = json.dumps(text)
+    if not isinstance(text, str):
+        raise BadRequest(f"{WHERE} must be a JSON model configuration (a string)")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise BadRequest(f"{WHERE} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{WHERE} must be a JSON object (a model configuration)")
+    try:
+        message = json_format.ParseDict(data, mc.ModelConfig())
+    except json_format.ParseError as e:
+        raise BadRequest(f"{WHERE} is not a valid model configuration: {e}") from None
+    try:
+        config = from_proto(message, model_dir=model_dir, root=root)
+    except ContractError as e:
+        raise BadRequest(str(e).replace(PBTXT_FILE, WHERE)) from None
+    return config, _keys(data)
+
+
+def merge(base: ModelConfig | None, override: ModelConfig, keys: set[str]) -> ModelConfig:
+    """``override``'s named fields over ``base`` (Triton's merge)."""
+    if base is None:
+        base = ModelConfig(name=override.name)
+    changes: dict[str, Any] = {}
+    for key in keys:
+        for field in MERGED.get(key, ()):
+            changes[field] = getattr(override, field)
+    if "output" in keys and not override.labels:
+        changes.pop("labels", None)  # outputs restated without label_filename: labels stay
+    flips = (base.max_batch_size > 0) != (changes.get("max_batch_size", base.max_batch_size) > 0)
+    if flips:  # the dims change rank: the graph completes what the override did not restate
+        changes.setdefault("input", [])
+        changes.setdefault("output", [])
+    try:
+        return dataclasses.replace(base, **changes)
+    except ContractError as e:
+        raise BadRequest(f"{WHERE}: {e}") from None
+
+
+def current_config(repo: Repository, name: str) -> ModelConfig | None:
+    """The configuration of the version serving ``name``, else its folder's."""
+    served: ServedModel | None
+    try:
+        served = repo.get(name)
+    except (NotFound, Unavailable):
+        served = None
+    if served is not None:
+        return served.config
+    try:
+        return read_model_config(repo.root / name, repo.root)[0]
+    except (ContractError, ValueError):
+        return None  # a broken file: the override replaces it
+
+
+async def load(repo: Repository, name: str, params: dict[str, Any]) -> ServedModel:
+    """A load request with Triton's parameters (``config``; ``file:`` refused)."""
+    files = sorted(k for k in params if k.startswith("file:"))
+    if files:
+        raise BadRequest(
+            f"file overrides ({', '.join(files)}) are not supported: write the model into "
+            "the repository and load it by name"
+        )
+    text = params.get("config")
+    if text is None:
+        return await repo.load(name)
+    if not valid_name(name) or not (repo.root / name).is_dir():
+        raise NotFound(unknown_model(name))
+    override, keys = parse_override(text, repo.root / name, repo.root)
+    return await repo.load(name, config=merge(current_config(repo, name), override, keys))
