@@ -433,12 +433,12 @@ class ModelConfig:
     """``<model>/config.json``: serving settings, written by the converter and
     editable by hand. Field names follow Triton's model configuration.
 
-    ``input``/``output`` may be left out: the service then completes them
+    ``name`` and ``input``/``output`` may be left out: the service then completes them
     from the graph, as Triton does. ``fold_on_load`` (bnfold's own; None:
     the server's ``--fold-on-load``) folds the BNs of the graph in memory
     when the version loads, served only if parity holds."""
 
-    name: str
+    name: str = ""  # the model folder's name when left out
     input: list[TensorConfig] = field(default_factory=list)
     output: list[TensorConfig] = field(default_factory=list)
     format: int = FORMAT

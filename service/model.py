@@ -296,9 +296,14 @@ class ServedModel:
             return self._reference
 
     @property
-    def has_reference(self) -> bool:
-        stored = self.manifest is not None and REFERENCE_FILE in self.manifest.files
-        return self._reference is not None or stored
+    def reference_kind(self) -> str:
+        """What ``POST .../parity`` compares with: the stored reference.onnx,
+        the original graph kept in memory by fold on load, or nothing."""
+        if self.folding is not None and self.folding.served == "folded":
+            return "original graph (fold on load, in memory)"
+        if self.manifest is not None and REFERENCE_FILE in self.manifest.files:
+            return REFERENCE_FILE
+        return "none"
 
     def _open_reference(self) -> Runtime:
         if self.manifest is None or REFERENCE_FILE not in self.manifest.files:

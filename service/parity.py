@@ -34,7 +34,7 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
         "parity": (manifest.parity if manifest else None) or {},
         "folding": (manifest.folding if manifest else None) or {},
         "versions": manifest.versions if manifest else {},
-        "reference": "stored" if served.has_reference else "none",
+        "reference": served.reference_kind,
     }
     if served.folding is not None:  # fold on load measured it here, on this device
         report["fold_on_load"] = served.folding.to_dict()

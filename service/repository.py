@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from bnfold.contract import (
-    CONFIG_FILE,
     ContractError,
     ModelConfig,
     VersionPolicy,
@@ -47,7 +46,6 @@ from .metrics import Metrics
 from .model import LoadOptions, ServedModel, open_version, runtime_options
 from .model_config import read_model_config
 from .settings import Settings
-from .triton_config import PBTXT_FILE
 
 log = logging.getLogger("bnfold.service")
 
@@ -96,7 +94,12 @@ def _unselected(policy: VersionPolicy) -> str:
 
 
 def _config_fingerprint(model_dir: Path) -> Fingerprint:
-    return _fingerprint(model_dir, [CONFIG_FILE, PBTXT_FILE, "labels.txt"])
+    """The model folder's own files (configuration, label files), not its versions."""
+    try:
+        names = [e.name for e in os.scandir(model_dir) if not e.is_dir()]
+    except OSError:
+        return ()
+    return _fingerprint(model_dir, names)
 
 
 class Repository:
@@ -114,8 +117,10 @@ class Repository:
         self._metrics = metrics
         # name -> version -> the ServedModel answering for it, ascending
         self._served: dict[str, dict[int, ServedModel]] = {}
-        self._loaded_from: dict[tuple[str, int], Fingerprint] = {}
-        self._config_from: dict[str, Fingerprint] = {}
+        self._loaded_from: dict[tuple[str, int], Fingerprint] = {}  # versions serving
+        self._attempted: dict[tuple[str, int], Fingerprint] = {}  # every version tried
+        self._config_from: dict[str, Fingerprint] = {}  # the configuration serving
+        self._config_seen: dict[str, Fingerprint] = {}  # what --poll last looked at
         self._states: dict[tuple[str, int], VersionState] = {}
         self._model_reason: dict[str, str] = {}  # a model that no version can fix
         self._refused: dict[str, dict[str, str]] = {}  # folders that are not versions
@@ -223,6 +228,9 @@ class Repository:
         """``name`` is a model folder, or was loaded or tried."""
         on_disk = valid_name(name) and (self.root / name).is_dir()
         return on_disk or name in self._served or any(key[0] == name for key in self._states)
+
+    def served_versions(self, name: str) -> list[str]:
+        return [str(v) for v in self._served.get(name, {})]
 
     def served(self) -> list[ServedModel]:
         return [m for versions in self._served.values() for m in versions.values()]
@@ -368,6 +376,7 @@ class Repository:
     async def _open(
         self, name: str, version: int, config: ModelConfig | None, source: str
     ) -> ServedModel:
+        self._attempted[(name, version)] = _fingerprint(self.root / name / str(version))
         try:
             opened = await asyncio.to_thread(
                 open_version,
@@ -442,18 +451,23 @@ class Repository:
         return acted
 
     def _changed(self, name: str, versions: list[int]) -> bool:
+        """Whether ``name`` needs a load: its configuration changed since the
+        last look, a served version went, or a version the policy selects
+        has files other than those it was served or tried from."""
         model_dir = self.root / name
         config_print = _config_fingerprint(model_dir)
-        if self._config_from.get(name) != config_print:
-            self._config_from[name] = config_print  # a failing config is tried once per change
+        if self._config_seen.get(name) != config_print:
+            self._config_seen[name] = config_print  # a broken one is tried once per change
             return True
         served = self._served.get(name, {})
-        seen = {v for (n, v) in self._states if n == name}
-        if set(versions) - seen or set(served) - set(versions):
+        if set(served) - set(versions):
             return True
-        return any(
-            self._loaded_from.get((name, v)) != _fingerprint(model_dir / str(v)) for v in served
-        )
+        for v in self._policies.get(name, VersionPolicy()).select(versions):
+            now = _fingerprint(model_dir / str(v))
+            before = self._loaded_from.get((name, v)) if v in served else None
+            if now != (before or self._attempted.get((name, v))):
+                return True
+        return False
 
     async def watch(self, every_s: float) -> None:
         """Poll forever (a task the app cancels at shutdown)."""
@@ -468,7 +482,9 @@ class Repository:
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
         on_disk = self.scan()
-        names = sorted(set(on_disk) | set(self._served) | {k[0] for k in self._states})
+        for key in [k for k in self._states if k[0] not in on_disk and k[0] not in self._served]:
+            del self._states[key]  # the folder is gone: nothing left to say about it
+        names = sorted(set(on_disk) | set(self._served))
         for name in names:
             served = self._served.get(name, {})
             found = set(on_disk.get(name, [])) | {v for (n, v) in self._states if n == name}

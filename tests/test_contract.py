@@ -143,8 +143,11 @@ def test_config_errors_name_the_key(change: dict, message: str) -> None:
 
 
 def test_config_missing_key_and_not_an_object() -> None:
-    with pytest.raises(ContractError, match=r"config\.json: missing key 'name'"):
-        ModelConfig.from_dict({"input": [], "output": []})
+    with pytest.raises(ContractError, match=r"config\.json\.input\[0\]: missing key 'datatype'"):
+        ModelConfig.from_dict({"input": [{"name": "x", "shape": [4]}]})
+    assert ModelConfig.from_dict({}).name == ""  # the service names it after its folder
+    with pytest.raises(ContractError, match=r"manifest\.json: missing key 'version'"):
+        Manifest.from_dict({"name": "m", "files": {}})
     with pytest.raises(ContractError, match=r"config\.json: expected an object, got a list"):
         ModelConfig.from_dict([])
 

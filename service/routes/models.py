@@ -43,8 +43,12 @@ async def all_stats(repo: RepositoryDep, metrics: MetricsDep) -> dict[str, Any]:
 )
 async def model_metadata(name: str, version: VersionDep, repo: RepositoryDep) -> dict[str, Any]:
     """Inputs and outputs (batch dimension included as -1), the served
-    version, and the execution provider actually in use."""
-    return repo.get(name, version).metadata()
+    versions (without a version: every one ready, as Triton lists them), and
+    the execution provider actually in use."""
+    metadata = repo.get(name, version).metadata()
+    if version is None:
+        metadata["versions"] = repo.served_versions(name)
+    return metadata
 
 
 @router.get(

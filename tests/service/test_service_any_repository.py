@@ -487,7 +487,7 @@ def test_fold_on_load_leaves_a_converted_model_as_it_is(tmp_path: Path) -> None:
         assert "sha256" not in entry["reason"]  # checked against its manifest
         r = http.post("/v2/models/converted/parity", json={"n": 16})  # the stored reference
         assert r.status_code == 200 and r.json()["passed"] is True
-        assert http.get("/v2/models/converted/parity").json()["reference"] == "stored"
+        assert http.get("/v2/models/converted/parity").json()["reference"] == "reference.onnx"
 
 
 def test_fold_on_load_serves_the_original_when_parity_fails(tmp_path: Path) -> None:
@@ -728,3 +728,66 @@ def test_without_poll_a_new_version_waits_for_an_explicit_load(tmp_path: Path) -
         assert status(http, "/v2/models/m/versions/2/ready") == 200
         r = http.post("/v2/models/m/infer", json=v2_body("input", x))
         assert r.json()["model_version"] == "2"
+
+
+# ----- the watch and the configuration route, found by the tests above
+
+
+def test_poll_applies_a_changed_config_to_the_versions_it_keeps(tmp_path: Path) -> None:
+    config = _edited_repo(tmp_path)
+    with serving(tmp_path, poll_s=0.2) as (_, http):
+        edited = pbtxt("edited", max_batch_size=2, version_policy="{ all: {} }", **MLP_SPEC)
+        _replace(config, edited)
+        wait_until(
+            lambda: status(http, "/v2/models/edited/versions/1/ready") == 200, "version 1 served"
+        )
+        # version 2 served before the edit: it must serve the edited configuration too
+        assert http.get("/v2/models/edited/versions/2/config").json()["max_batch_size"] == 2
+        r = http.post("/v2/models/edited/infer", json=v2_body("input", samples((64,), 3)))
+        assert r.status_code == 400  # 3 rows over max_batch_size 2
+
+
+def test_poll_retries_a_version_fixed_in_place(tmp_path: Path) -> None:
+    write_bare(tmp_path, "fixme", 1, GARBAGE)
+    write_bare(tmp_path, "ok", 1, mlp(15)[0])
+    with serving(tmp_path, poll_s=0.2) as (_, http):
+        assert status(http, "/v2/models/fixme/ready") == 503
+        assert status(http, "/v2/health/ready") == 503
+        # a model appearing after start: once it serves, the watch has looked at
+        # the repository (every folder, in one pass) with fixme still broken
+        write_bare(tmp_path, "probe", 1, mlp(17)[0])
+        wait_until(lambda: status(http, "/v2/models/probe/ready") == 200, "a poll after start")
+        assert status(http, "/v2/models/fixme/ready") == 503
+        fixed = tmp_path / "fixme" / "1" / "model.onnx.new"
+        fixed.write_bytes(mlp(16)[0])
+        fixed.rename(fixed.with_suffix(""))  # model.onnx replaced atomically
+        wait_until(lambda: status(http, "/v2/models/fixme/ready") == 200, "'fixme' reloaded")
+        assert status(http, "/v2/health/ready") == 200
+
+
+def test_poll_retries_a_version_written_file_by_file(tmp_path: Path) -> None:
+    write_mlp(tmp_path, "m", seed=0)
+    with serving(tmp_path, poll_s=0.2) as (_, http):
+        (tmp_path / "m" / "2").mkdir()  # cp -r copies the folder, then its files
+        wait_until(
+            lambda: (
+                index(http)["m", "2"]["state"] == "UNAVAILABLE"
+                and "model.onnx" in index(http)["m", "2"]["reason"]
+            ),
+            "the watch tried the empty version 2",
+        )
+        (tmp_path / "m" / "2" / "model.onnx").write_bytes(mlp(1)[0])
+        wait_until(lambda: status(http, "/v2/models/m/versions/2/ready") == 200, "version 2 loaded")
+
+
+def test_the_config_route_reports_the_version_policy(mixed_http: httpx.Client) -> None:
+    every = mixed_http.get("/v2/models/every/config").json()
+    assert every["version_policy"] == {"all": {}}
+    pick = mixed_http.get("/v2/models/pick/config").json()
+    assert pick["version_policy"] == {"specific": {"versions": [1, 3]}}
+
+
+def test_unversioned_metadata_lists_every_ready_version(mixed_http: httpx.Client) -> None:
+    # Triton (TRITONSERVER_ServerModelMetadata): without a version, every ready one
+    assert mixed_http.get("/v2/models/every").json()["versions"] == ["1", "2"]
+    assert mixed_http.get("/v2/models/pick").json()["versions"] == ["1", "3"]
