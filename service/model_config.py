@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnfold.contract import CONFIG_FILE, ContractError, ModelConfig, parse_json
+from bnfold.contract import CONFIG_FILE, ContractError, ModelConfig, VersionPolicy, parse_json
 
 from .files import MAX_JSON_BYTES, read_file
 from .protocol import TRITON_DATATYPES
 from .triton_config import PBTXT_FILE, read_pbtxt
 
 GRAPH = "the graph"  # where the configuration comes from when no file exists
+LABELS_FILE = "labels.txt"  # what Triton calls a model's label_filename
 
 
 def read_model_config(model_dir: Path, root: Path) -> tuple[ModelConfig | None, str]:
@@ -59,13 +60,26 @@ def triton_config(
 
     ``inputs``/``outputs`` are ``(name, datatype, dims)`` with the batch
     dimension already removed.
+
+    What Triton's clients read is filled from the configuration: an input's
+    ``format`` (its own, else the preprocessing layout of an image model:
+    ``FORMAT_NCHW``), ``label_filename`` on the classification output when
+    the model has labels (``labels.txt``: Triton's image client reads it to
+    know the model classifies; the labels themselves serve through the
+    classification extension), and the ``instance_group`` kind the version
+    actually runs on (``KIND_GPU`` or ``KIND_CPU``).
     """
+    formats = {t.name: t.format for t in config.input if t.format}
+    prep = config.preprocessing
+    if prep is not None and prep.layout == "NCHW" and len(inputs) == 1:
+        formats.setdefault(inputs[0][0], "FORMAT_NCHW")
+    labelled = _labelled_output(config, outputs)
 
     def tensor(name: str, datatype: str, dims: list[int]) -> dict[str, Any]:
         return {
             "name": name,
             "data_type": TRITON_DATATYPES[datatype],
-            "format": "FORMAT_NONE",
+            "format": formats.get(name, "FORMAT_NONE"),
             "dims": dims,
             "is_shape_tensor": False,
             "allow_ragged_batch": False,
@@ -76,7 +90,7 @@ def triton_config(
         "name": name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": _policy(config.policy),
         "max_batch_size": config.max_batch_size,
         "input": [tensor(*t) for t in inputs],
         "output": [
@@ -85,7 +99,7 @@ def triton_config(
                 for k, v in tensor(*t).items()
                 if k not in ("format", "allow_ragged_batch", "optional")  # inputs only
             }
-            | {"label_filename": ""}
+            | {"label_filename": LABELS_FILE if t[0] == labelled else ""}
             for t in outputs
         ],
         "batch_input": [],
@@ -94,12 +108,12 @@ def triton_config(
             {
                 "name": f"{name}_0",
                 "kind": "KIND_GPU" if gpu is not None else "KIND_CPU",
-                "count": 1,
+                "count": config.instance_group[0].count if config.instance_group else 1,
                 "gpus": [gpu] if gpu is not None else [],
             }
         ],
         "default_model_filename": "model.onnx",
-        "parameters": {},
+        "parameters": {k: {"string_value": v} for k, v in config.parameters.items()},
     }
     if batching:
         out["dynamic_batching"] = {
@@ -114,3 +128,22 @@ def triton_config(
             },
         }
     return out
+
+
+def _labelled_output(config: ModelConfig, outputs: list[tuple[str, str, list[int]]]) -> str | None:
+    """The output the labels name classes of: the one whose last dimension
+    is the number of labels, else the first."""
+    if not config.labels or not outputs:
+        return None
+    for name, _, dims in outputs:
+        if dims and dims[-1] == len(config.labels):
+            return name
+    return outputs[0][0]
+
+
+def _policy(policy: VersionPolicy) -> dict[str, Any]:
+    if policy.all is not None:
+        return {"all": {}}
+    if policy.specific is not None:
+        return {"specific": {"versions": list(policy.specific.versions)}}
+    return {"latest": {"num_versions": policy.latest.num_versions if policy.latest else 1}}

@@ -32,7 +32,7 @@ import tritonclient.grpc.aio as aioclient
 import uvicorn
 from grpc_harness import GrpcRunning, run_grpc_server
 from onnx import TensorProto
-from served_models import write_mlp
+from served_models import LABELS, write_cnn, write_mlp
 from service_harness import TOKEN, WAIT_S, base_settings, wait_until
 from triton_models import add_sub, pbtxt, write_model, write_simple_models
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -48,6 +48,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("grpc-models")
     write_simple_models(path)
     write_mlp(path, "mlp")
+    write_cnn(path, "cnn")
     write_mlp(path, "reloaded", seed=5)
     both, outs = ["INPUT0", "INPUT1"], ["OUTPUT0", "OUTPUT1"]
     config = pbtxt("tunable", TensorProto.INT32, both, outs, [16])
@@ -131,6 +132,23 @@ def test_model_metadata_and_config(client: grpcclient.InferenceServerClient) -> 
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "1000"
     message = client.get_model_config("mlp").config  # the message form parses too
     assert message.max_batch_size == 64 and message.input[0].dims == [64]
+
+
+def test_config_fields_clients_read(client: grpcclient.InferenceServerClient) -> None:
+    """Input format (Triton's image client picks its layout from it), the
+    label file of a classifier, the instance kind actually used."""
+    cnn = _config(client, "cnn")
+    assert cnn["input"][0]["format"] == "FORMAT_NCHW"  # the model's preprocessing layout
+    assert cnn["output"][0]["label_filename"] == "labels.txt"
+    assert cnn["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
+    provider = client.get_model_metadata("cnn")  # bnfold's metadata names the provider
+    assert provider.name == "cnn"
+    simple = _config(client, "simple")
+    assert simple["input"][0].get("format", "FORMAT_NONE") == "FORMAT_NONE"
+    assert not simple["output"][0].get("label_filename")
+    mlp = _config(client, "mlp")
+    assert mlp["output"][0]["label_filename"] == "labels.txt" and len(LABELS) == 10
+    assert mlp["input"][0].get("format", "FORMAT_NONE") == "FORMAT_NONE"  # flat rows
 
 
 def test_metadata_matches_http(

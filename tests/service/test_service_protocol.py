@@ -85,7 +85,7 @@ def test_model_config_is_what_perf_analyzer_reads(triton: Any, repo: Repo) -> No
     assert config["input"][0] | {"dims": None} == {
         "name": repo["cnn"].input,
         "data_type": "TYPE_FP32",
-        "format": "FORMAT_NONE",
+        "format": "FORMAT_NCHW",  # the model's preprocessing layout (an image model)
         "dims": None,
         "is_shape_tensor": False,
         "allow_ragged_batch": False,
@@ -93,6 +93,7 @@ def test_model_config_is_what_perf_analyzer_reads(triton: Any, repo: Repo) -> No
     }
     assert config["input"][0]["dims"] == list(repo["cnn"].row_shape)  # without the batch axis
     assert config["output"][0]["dims"] == [10]
+    assert config["output"][0]["label_filename"] == "labels.txt"  # the model has labels
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
     assert config["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
     assert_no_null(config)
