@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,23 @@ def _default(field: str) -> str:
     """A flag's default for ``--help``: the setting's, used when neither the flag
     nor its BNFOLD_* variable is given."""
     return str(Settings.model_fields[field].default)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A port another process holds is a usage error (exit 2) named here,
+    not a traceback from inside uvicorn."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise typer.BadParameter(
+                f"cannot listen on {host}:{port}: {e.strerror} (another server there? "
+                "choose --port)"
+            ) from None
 
 
 @contextmanager
@@ -164,6 +182,7 @@ def serve(
         raise typer.BadParameter(f"{where}: {first['msg']}") from None
     if not settings.repo.is_dir():
         raise typer.BadParameter(f"model repository {settings.repo} is not a folder")
+    _check_port_free(settings.host, settings.port)
     # Worker processes build their own Settings from the environment.
     os.environ.update(settings_env(settings))
     configure_logging(settings.log_level)
