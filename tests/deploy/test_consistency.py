@@ -589,7 +589,7 @@ def test_converter_script_runs_convert_only_when_no_version(
     env["PATH"] = f"{_fake_bin(tmp_path)}:{env['PATH']}"
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
-        ["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60
+        ["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     called = tmp_path / "bnfold-called"
@@ -628,5 +628,5 @@ def test_k8s_wait_for_models_init_container(tmp_path: Path) -> None:
         waiting.kill()
         waiting.wait()
     (local / "digits-mlp" / "1").mkdir()
-    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=30)
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=300)
     assert done.returncode == 0

@@ -30,7 +30,7 @@ pytestmark = [
         os.environ.get("BNFOLD_SLOW_INSTALL_TEST") != "1",
         reason="set BNFOLD_SLOW_INSTALL_TEST=1 to build the serving venv (slow, uses pip)",
     ),
-    pytest.mark.timeout(900),
+    pytest.mark.timeout(1800),  # a guard against a hang, sized for a loaded machine
 ]
 
 
@@ -39,7 +39,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
-def _run(argv: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -67,7 +67,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     install = _run(
         [str(env_dir / "bin" / "pip"), "install", "-q", "-c", "constraints.txt", "."],
         cwd=src,
-        timeout=800,
+        timeout=1500,
     )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     return env_dir
@@ -122,7 +122,7 @@ def test_serves_a_converted_model_without_torch(venv: Path, tmp_path: Path) -> N
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while True:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             try:
@@ -132,11 +132,11 @@ def test_serves_a_converted_model_without_torch(venv: Path, tmp_path: Path) -> N
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "not ready in 90 s"
+            assert time.monotonic() < deadline, "not ready in 300 s"
             time.sleep(0.2)
         body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]}
         body["inputs"][0]["data"] = [0.5] * 64
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/v2/models/digits-mlp/infer", json.dumps(body))
         r = conn.getresponse()
         answer = json.loads(r.read())
@@ -148,6 +148,6 @@ def test_serves_a_converted_model_without_torch(venv: Path, tmp_path: Path) -> N
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
