@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from .batching import Feeds
 from .binary import HEADER_LENGTH, BinaryReader, encode_body, split_body, tensor_bytes
 from .binary import tensor_from_bytes as _tensor_from_bytes
 from .errors import BadRequest, InferenceFailed, PayloadTooLarge
+from .outputs import OutputOptions, finish, output_options
 from .protocol import DATATYPE_OF
 from .signature import Signature
 
@@ -34,6 +36,8 @@ class InferRequest:
     rows: int  # batch size (1 for models without a batch axis)
     outputs: list[tuple[str, bool]]  # (name, binary) in response order
     timeout_s: float | None  # from parameters.timeout (microseconds)
+    batched: bool = False  # the model has a batch axis (classification is per row)
+    options: dict[str, OutputOptions] = field(default_factory=dict)  # outputs asked more of
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -133,8 +137,9 @@ def decode_infer(
         allow_nonfinite=allow_nonfinite,
     )
     binary_default = params.get("binary_data_output") is True
-    outputs = _requested_outputs(request.get("outputs"), signature, binary_default)
-    return InferRequest(request_id, feeds, rows, outputs, _timeout(params.get("timeout")))
+    outputs, options = _requested_outputs(request.get("outputs"), signature, binary_default)
+    timeout = _timeout(params.get("timeout"))
+    return InferRequest(request_id, feeds, rows, outputs, timeout, signature.batched, options)
 
 
 def decode_inputs(
@@ -197,13 +202,14 @@ def decode_inputs(
 
 def _requested_outputs(
     requested: object, signature: Signature, binary_default: bool
-) -> list[tuple[str, bool]]:
+) -> tuple[list[tuple[str, bool]], dict[str, OutputOptions]]:
     if requested is None:
-        return [(name, binary_default) for name in signature.output_names()]
+        return [(name, binary_default) for name in signature.output_names()], {}
     if not isinstance(requested, list):
         raise BadRequest("outputs must be a list")
     known = signature.output_names()
     outputs = []
+    options: dict[str, OutputOptions] = {}
     for entry in requested:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise BadRequest("each requested output must be an object with a name")
@@ -211,11 +217,12 @@ def _requested_outputs(
         if name not in known:
             raise BadRequest(f"unknown output {name!r}; the model returns {known}")
         params = _object(entry.get("parameters"), f"output {name!r}: parameters")
-        if params.get("classification"):
-            raise BadRequest("the classification extension is not supported; use /classify")
+        option = output_options(name, signature.output(name).datatype, params)
+        if not option.plain:
+            options[name] = option
         binary = params.get("binary_data", binary_default)
         outputs.append((name, binary is True))
-    return outputs
+    return outputs, options
 
 
 def _timeout(value: object) -> float | None:
@@ -227,16 +234,22 @@ def _timeout(value: object) -> float | None:
 
 
 def encode_infer(
-    model_name: str, model_version: str, request: InferRequest, outputs: Feeds
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Feeds,
+    *,
+    labels: Sequence[str] = (),
 ) -> tuple[bytes, dict[str, str]]:
-    """V2 response body and headers; binary outputs follow the JSON header."""
+    """V2 response body and headers; binary outputs follow the JSON header.
+    ``labels`` name the classes of a classification output."""
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         header["id"] = request.id
     entries = []
     chunks: list[bytes] = []
     for name, binary in request.outputs:
-        array = outputs[name]
+        array = finish(name, outputs[name], request.options.get(name), labels, request.batched)
         datatype = DATATYPE_OF.get(array.dtype)
         if datatype is None:
             raise InferenceFailed(f"output {name!r} has unsupported dtype {array.dtype}")

@@ -21,6 +21,7 @@ order of ``outputs``), as Triton answers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from . import bytes_tensor
 from .batching import Feeds
 from .binary import tensor_bytes, tensor_from_bytes
 from .errors import BadRequest, InferenceFailed
+from .outputs import OutputOptions, finish, output_options
 from .proto import grpc_service_pb2 as pb
 from .protocol import DATATYPE_OF, DATATYPES
 from .signature import Signature
@@ -60,7 +62,8 @@ class GrpcInferRequest:
     rows: int
     outputs: list[str]  # in response order
     timeout_s: float | None
-    output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batched: bool = False  # the model has a batch axis (classification is per row)
+    options: dict[str, OutputOptions] = field(default_factory=dict)  # outputs asked more of
 
 
 def parameter_value(p: pb.InferParameter) -> Any:
@@ -166,19 +169,22 @@ def decode_request(
 
     known = signature.output_names()
     outputs: list[str] = []
-    out_params: dict[str, dict[str, Any]] = {}
+    options: dict[str, OutputOptions] = {}
     for requested in request.outputs:
-        if requested.name not in known:
-            raise BadRequest(f"unknown output {requested.name!r}; the model returns {known}")
-        if requested.name in out_params:
-            raise BadRequest(f"output {requested.name!r} is requested twice")
-        outputs.append(requested.name)
-        out_params[requested.name] = parameters(requested.parameters)
+        name = requested.name
+        if name not in known:
+            raise BadRequest(f"unknown output {name!r}; the model returns {known}")
+        if name in outputs:
+            raise BadRequest(f"output {name!r} is requested twice")
+        outputs.append(name)
+        datatype = signature.output(name).datatype
+        option = output_options(name, datatype, parameters(requested.parameters))
+        if not option.plain:
+            options[name] = option
     if not outputs:
         outputs = list(known)
-    return GrpcInferRequest(
-        request.id, feeds, rows, outputs, _timeout(params.get("timeout")), out_params
-    )
+    timeout = _timeout(params.get("timeout"))
+    return GrpcInferRequest(request.id, feeds, rows, outputs, timeout, signature.batched, options)
 
 
 def _timeout(value: object) -> float | None:
@@ -190,13 +196,19 @@ def _timeout(value: object) -> float | None:
 
 
 def encode_response(
-    model_name: str, model_version: str, request: GrpcInferRequest, outputs: Feeds
+    model_name: str,
+    model_version: str,
+    request: GrpcInferRequest,
+    outputs: Feeds,
+    *,
+    labels: Sequence[str] = (),
 ) -> pb.ModelInferResponse:
+    """Outputs in ``raw_output_contents``; ``labels`` name a classification's classes."""
     response = pb.ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request.id
     )
     for name in request.outputs:
-        array = outputs[name]
+        array = finish(name, outputs[name], request.options.get(name), labels, request.batched)
         datatype = DATATYPE_OF.get(array.dtype)
         if datatype is None:
             raise InferenceFailed(f"output {name!r} has unsupported dtype {array.dtype}")

@@ -332,7 +332,9 @@ class InferenceServicer:
                 )
                 timeout = min(settings.request_timeout_s, req.timeout_s or float("inf"))
                 outputs = await served.infer(req.feeds, req.rows, timeout)
-                return encode_response(served.name, served.version_str, req, outputs)
+                return encode_response(
+                    served.name, served.version_str, req, outputs, labels=served.config.labels
+                )
         finally:
             self.state.arrivals.leave(arrival)
 

@@ -52,6 +52,12 @@ class Signature:
         expected = [s.name for s in self.inputs]
         raise BadRequest(f"unknown input {name!r}; the model expects {expected}")
 
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise BadRequest(f"unknown output {name!r}; the model returns {self.output_names()}")
+
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs]
 

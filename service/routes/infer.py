@@ -98,7 +98,9 @@ async def infer(
         )
         timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
         outputs = await served.infer(req.feeds, req.rows, timeout)
-        content, out_headers = encode_infer(served.name, served.version_str, req, outputs)
+        content, out_headers = encode_infer(
+            served.name, served.version_str, req, outputs, labels=served.config.labels
+        )
     return Response(content, headers=out_headers)
 
 

@@ -165,8 +165,10 @@ def test_outputs_checked(http: httpx.Client) -> None:
     body = infer_body()
     body["outputs"] = [{"name": "probs"}]
     assert "unknown output 'probs'" in error_of(http.post("/v2/models/mlp/infer", json=body), 400)
-    body["outputs"] = [{"name": "logits", "parameters": {"classification": 3}}]
-    assert "classification" in error_of(http.post("/v2/models/mlp/infer", json=body), 400)
+    body["outputs"] = [{"name": "logits", "parameters": {"classification": -3}}]
+    assert "classification must be a non-negative integer" in error_of(
+        http.post("/v2/models/mlp/infer", json=body), 400
+    )
     body["outputs"] = "logits"
     assert "outputs must be a list" in error_of(http.post("/v2/models/mlp/infer", json=body), 400)
 

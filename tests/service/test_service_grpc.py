@@ -746,3 +746,46 @@ def test_override_turns_batching_off(client: grpcclient.InferenceServerClient) -
         assert client.infer("tunable", simple_inputs(a, a)).as_numpy("OUTPUT0").shape == (3, 16)
     finally:
         client.load_model("tunable", headers=AUTH)
+
+
+# ----------------------------------------------------------------- classification
+
+
+def test_classification(client: grpcclient.InferenceServerClient) -> None:
+    x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    inp = grpcclient.InferInput("input", [4, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    logits = client.infer("mlp", [inp]).as_numpy("logits")
+    asked = [grpcclient.InferRequestedOutput("logits", class_count=3)]
+    result = client.infer("mlp", [inp], outputs=asked)
+    assert result.get_output("logits").datatype == "BYTES"
+    top = result.as_numpy("logits")
+    assert top.shape == (4, 3)  # batch rows kept apart
+    for row, answers in zip(logits, top, strict=True):
+        order = np.argsort(-row, kind="stable")[:3]
+        parts = [a.decode().split(":") for a in answers]
+        assert [int(p[1]) for p in parts] == order.tolist()
+        assert [p[2] for p in parts] == [LABELS[i] for i in order]
+        np.testing.assert_allclose([float(p[0]) for p in parts], row[order], rtol=1e-5, atol=1e-6)
+
+
+def test_classification_without_labels(client: grpcclient.InferenceServerClient) -> None:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    asked = [grpcclient.InferRequestedOutput("OUTPUT1", class_count=99)]  # capped at 16
+    top = client.infer("simple", simple_inputs(a, a), outputs=asked).as_numpy("OUTPUT1")
+    assert top.shape == (1, 16)
+    assert top[0][0] == b"0:0"  # integers print as integers; no label: score:index
+    code, message = status_of(
+        lambda: client.infer(
+            "simple_identity",
+            [_bytes_input()],
+            outputs=[grpcclient.InferRequestedOutput("OUTPUT0", class_count=1)],
+        )
+    )
+    assert code == "StatusCode.INVALID_ARGUMENT" and "cannot be classified" in message
+
+
+def _bytes_input() -> grpcclient.InferInput:
+    inp = grpcclient.InferInput("INPUT0", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
+    return inp
