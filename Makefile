@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bnfold-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup lint typecheck pytest bench clean
+.PHONY: demo test setup lint typecheck pytest bench clean browser
 
 demo: $(STAMP)
 	$(BIN)/bnfold demo $(ARGS)
@@ -32,6 +32,13 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Headless Chromium and its driver for the web page's tests (tests/web), from
+# Debian's packages, only when missing (needs root; .ci/run calls it).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq --no-install-recommends chromium chromium-driver)
 
 # Benchmarks write bench/results/ (folding ~3 min, serving ~10 min).
 bench: $(STAMP)

@@ -125,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=SERVER_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc with local assets: routes/web.py
+        redoc_url=None,
     )
     app.state.bnfold = state
     install_error_handlers(app)

@@ -1,0 +1,95 @@
+"""The page's routes over HTTP: the page and its assets, the offline API
+docs, and the JSON the page draws from (no browser needed)."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from service_harness import TOKEN
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_the_page_and_its_assets(http: httpx.Client) -> None:
+    page = http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
+    assert {"web/app.js", "web/style.css", "web/favicon.svg"} <= set(assets)
+    for asset in assets:
+        assert not asset.startswith(("http:", "https:", "//")), asset
+        assert http.get(f"/{asset}").status_code == 200, asset
+    assert http.get("/web/app.js").headers["content-type"].startswith("text/javascript")
+    assert http.head("/").status_code == 200
+
+
+def test_an_unknown_asset_is_a_404_with_the_error_body(http: httpx.Client) -> None:
+    for path in ("/web/secret.txt", "/web/vendor/index.html", "/web/..%2Fapp.py"):
+        r = http.get(path)
+        assert r.status_code == 404, path
+        assert list(r.json()) == ["error"]
+
+
+def test_docs_and_redoc_load_their_assets_from_the_server(http: httpx.Client) -> None:
+    for path, wanted in (
+        ("/docs", ["/web/vendor/swagger-ui-bundle.js", "/web/vendor/swagger-ui.css"]),
+        ("/redoc", ["/web/vendor/redoc.standalone.js"]),
+    ):
+        page = http.get(path)
+        assert page.status_code == 200
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert set(wanted) <= set(urls), urls
+        assert all(u.startswith("/") for u in urls), urls
+        assert "fonts.googleapis" not in page.text
+        for url in wanted:
+            assert http.get(url).status_code == 200
+    assert http.get("/docs/oauth2-redirect").status_code == 200
+    assert "/openapi.json" in http.get("/docs").text
+
+
+def test_the_summary_has_states_but_no_reasons(http: httpx.Client) -> None:
+    summary = http.get("/web/api/models").json()
+    assert summary["token_required"] is True
+    entries = {e["name"]: e for e in summary["models"]}
+    assert entries["broken"] == {"name": "broken", "version": "1", "state": "UNAVAILABLE"}
+    assert entries["digits"]["state"] == "READY"
+    index = http.post("/v2/repository/index", headers=AUTH).json()
+    assert {e["name"] for e in index} == set(entries)
+    assert any("sha256" in e["reason"] for e in index if e["name"] == "broken")
+
+
+def test_version_details_name_the_layers_the_fold_report_names(http: httpx.Client) -> None:
+    details = http.get("/web/api/models/fold-demo/versions/1").json()
+    report = http.get("/v2/models/fold-demo/versions/1/parity").json()["folding"]["report"]
+    reference = details["graphs"]["reference"]
+    assert reference["file"] == "reference.onnx"
+    names = [layer["name"] for layer in reference["layers"]]
+    for bn in report["bns"]:
+        assert bn["name"] in names
+        assert set(bn["folded_into"]) <= set(names)
+    served = details["graphs"]["served"]
+    assert served["file"] == "model.onnx"
+    bn_ops = sum(layer["op"] == "BatchNormalization" for layer in served["layers"])
+    assert bn_ops == report["bn_after"] == 1
+    assert details["preprocessing"]["layout"] == "NCHW"
+    assert "curves" not in details
+
+    digits = http.get("/web/api/models/digits/versions/1").json()
+    assert [row["epoch"] for row in digits["curves"]] == [1.0, 2.0, 3.0]
+    assert digits["manifest"]["metrics"]["test_accuracy"] == 0.94
+    # unnamed nodes are named as the fold engine names them
+    assert [layer["name"] for layer in digits["graphs"]["reference"]["layers"]] == [
+        "Gemm_0",
+        "BatchNormalization_1",
+        "Relu_2",
+        "Gemm_3",
+    ]
+
+
+def test_version_details_errors(http: httpx.Client) -> None:
+    assert http.get("/web/api/models/nope/versions/1").status_code == 404
+    assert http.get("/web/api/models/digits/versions/7").status_code == 404
+    assert http.get("/web/api/models/digits/versions/01").status_code == 400
+    assert http.get("/web/api/models/broken/versions/1").status_code == 503
