@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,13 @@ def manifest_of(version_dir: Path) -> dict:
     return json.loads((version_dir / "manifest.json").read_text())
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def test_digits_mlp_from_the_command_line(tmp_path: Path) -> None:
-    start = time.perf_counter()
+    cpu_before = _children_cpu_seconds()
     r = subprocess.run(
         [
             sys.executable,
@@ -42,15 +47,19 @@ def test_digits_mlp_from_the_command_line(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a guard for a loaded machine; the budget is checked below
         env={**os.environ, "COLUMNS": "200"},
     )
-    seconds = time.perf_counter() - start
+    # CPU time (user + sys of the command), which other work on the machine
+    # does not stretch as it does the wall clock
+    cpu_seconds = _children_cpu_seconds() - cpu_before
     assert r.returncode == 0, r.stderr
     v1 = tmp_path / "models/digits-mlp/1"
     m = manifest_of(v1)
     assert m["metrics"]["test_accuracy"] >= 0.95
-    assert seconds < 60  # the budget on 2 cores, import and export included
+    # the budget, 60 s on 2 cores, import and export included: under
+    # 60 CPU-seconds it fits even on one core
+    assert cpu_seconds < 60
     assert m["folding"]["bn_before"] == 2 and m["folding"]["bn_after"] == 0
     assert m["parity"]["passed"] and m["parity"]["max_rel_error"] <= 1e-5
     assert m["parity"]["top1_agreement"] == 1.0
