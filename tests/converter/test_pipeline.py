@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from trained_models import ConvertOnce
 
 from bnfold.converter.pipeline import ConvertOptions, convert
 
@@ -80,11 +81,10 @@ def test_digits_mlp_from_the_command_line(tmp_path: Path) -> None:
     [("cifar-cnn", 5, 600, 2), ("fer-cnn", 3, 600, 2), ("resnet", 9, 600, 3)],
 )
 def test_cnns_train_on_resized_digits_and_fold(
-    tmp_path: Path, arch: str, bn_count: int, limit: int, epochs: int
+    converted: ConvertOnce, arch: str, bn_count: int, limit: int, epochs: int
 ) -> None:
-    res = convert(
-        ConvertOptions(arch=arch, data="digits", repo=tmp_path, limit=limit, epochs=epochs)
-    )
+    # the session's conversion (the service tests serve the cifar-cnn one)
+    res = converted(arch, epochs=epochs, limit=limit).result
     m = res.manifest
     assert m["arch"]["bn_count"] == bn_count == m["folding"]["bn_before"]
     assert m["parity"]["passed"] and m["parity"]["max_rel_error"] <= 1e-5
@@ -97,7 +97,8 @@ def test_cnns_train_on_resized_digits_and_fold(
 
 
 def test_second_convert_writes_version_two(tmp_path: Path) -> None:
-    opts = ConvertOptions(arch="mlp", data="digits", repo=tmp_path, name="m", epochs=2)
+    # only the numbering is checked: the quickest training does
+    opts = ConvertOptions(arch="mlp", data="digits", repo=tmp_path, name="m", epochs=1, limit=256)
     convert(opts)
     second = convert(opts)
     assert second.version_dir.name == "2"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from deploy_manifests import ROOT, copy_sources, dockerfile
+from trained_models import ConvertOnce
 
 pytestmark = [
     pytest.mark.skipif(
@@ -107,12 +108,12 @@ def test_torch_commands_fail_without_torch(venv: Path, tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_serves_a_converted_model_without_torch(venv: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch")  # to build the model in this (dev) environment
-    from bnfold.converter.pipeline import ConvertOptions, convert
-
+def test_serves_a_converted_model_without_torch(
+    venv: Path, tmp_path: Path, converted: ConvertOnce
+) -> None:
+    # built in this (dev) environment, which has torch: the session's digits MLP
     repo = tmp_path / "models"
-    convert(ConvertOptions(arch="mlp", data="digits", repo=repo, name="digits-mlp", epochs=3))
+    converted("mlp", epochs=1, limit=256).write(repo, "digits-mlp")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

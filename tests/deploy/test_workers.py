@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trained_models import ConvertOnce
 
 pytestmark = [
     pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)"),
@@ -131,12 +132,11 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from bnfold.converter.pipeline import ConvertOptions, convert
-
+def repo(tmp_path_factory: pytest.TempPathFactory, converted: ConvertOnce) -> Path:
+    """A model the converter wrote (the session's digits MLP, shared with the
+    service tests), served as version 1 of ``MODEL``."""
     path = tmp_path_factory.mktemp("models")
-    convert(ConvertOptions(arch="mlp", data="digits", repo=path, name=MODEL, epochs=3))
+    converted("mlp", epochs=1, limit=256).write(path, MODEL, version=1)
     return path
 
 

@@ -1,32 +1,30 @@
 """Fixtures: a real server (uvicorn on 127.0.0.1) on a temporary repository.
 
-Models come from ``converter.pipeline`` where torch is installed, from
-onnx.helper stand-ins otherwise (served_models.py); ``BUILD`` is that one
-line. Tests learn names and shapes from ``ModelInfo``, never from the builder.
+Models come from ``converter.pipeline`` where torch is installed (the
+session's shared conversions, tests/trained_models.py), from onnx.helper
+stand-ins otherwise (served_models.py). Tests learn names and shapes from
+``ModelInfo``, never from the builder.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from served_models import ModelInfo, converter_models, helper_models
+from served_models import converter_models, helper_models
 from service_harness import TOKEN, Repo, RunningServer, http_fixture, server_fixture
 
 # Imported for pytest: the session fixtures `server` and `http` (service_harness.py).
 SHARED_FIXTURES = (server_fixture, http_fixture)
 
-BUILD: Callable[[Path], dict[str, ModelInfo]] = (
-    converter_models if importlib.util.find_spec("torch") else helper_models
-)
-
 
 @pytest.fixture(scope="session")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+def repo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Repo:
     path = tmp_path_factory.mktemp("models")
-    return Repo(path, BUILD(path))
+    if importlib.util.find_spec("torch") is None:
+        return Repo(path, helper_models(path))
+    return Repo(path, converter_models(path, request.getfixturevalue("converted")))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The models of the service tests, in a real repository.
 
 ``converter_models`` trains the two main ones with ``converter.pipeline``
-(the digits MLP and the CIFAR-style CNN, one quick epoch each), as the
+(the digits MLP and the CIFAR-style CNN, a few quick epochs), as the
 issue asks: the server is tested on what the converter writes.
 ``helper_models`` builds small stand-ins with onnx.helper for machines
 without torch (the serving image has none): each network twice, as the
@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from trained_models import ConvertOnce
 
 from bnfold.contract import compare
 from bnfold.converter.repository import write_version
@@ -274,15 +275,14 @@ def helper_models(repo: Path) -> dict[str, ModelInfo]:
     }
 
 
-def converter_models(repo: Path) -> dict[str, ModelInfo]:
-    """``mlp`` and ``cnn`` (version 2) trained and written by converter.pipeline."""
-    from bnfold.converter.pipeline import ConvertOptions, convert
-
-    quick = {"data": "digits", "repo": repo, "epochs": 1, "limit": 256}
-    convert(ConvertOptions(arch="mlp", name="mlp", **quick))  # type: ignore[arg-type]
+def converter_models(repo: Path, converted: ConvertOnce) -> dict[str, ModelInfo]:
+    """``mlp`` and ``cnn`` (version 2) trained and written by converter.pipeline,
+    taken from the session's shared conversions (tests/trained_models.py; the
+    cnn is the one tests/converter/test_pipeline.py checks)."""
+    converted("mlp", epochs=1, limit=256).write(repo, "mlp")
     # version 1: same signature, other weights, so that versions are told apart
     write_cnn(repo, "cnn", seed=1, input_name="input", shape=(3, 32, 32))
-    convert(ConvertOptions(arch="cifar-cnn", name="cnn", **quick))  # type: ignore[arg-type]
+    converted("cifar-cnn", epochs=2, limit=600).write(repo, "cnn")
     return auxiliary_models(repo) | {
         "mlp": ModelInfo("mlp", "input", (64,)),
         "cnn": ModelInfo("cnn", "input", (3, 32, 32)),
