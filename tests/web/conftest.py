@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+# the service tests' harness and model builders, and what they import from tests/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from browser import chrome, missing
