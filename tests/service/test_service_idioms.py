@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,14 @@ import pytest
 from fastapi.routing import APIRoute
 from prometheus_client.parser import text_string_to_metric_families
 from served_models import write_mlp
-from service_harness import MAX_BODY, TOKEN, RunningServer, base_settings, run_server
+from service_harness import (
+    MAX_BODY,
+    TOKEN,
+    RunningServer,
+    base_settings,
+    run_server,
+    wait_until,
+)
 
 from bnfold.contract import ContractError
 from bnfold.service.app import create_app
@@ -265,7 +271,8 @@ def test_overloaded_and_timed_out_are_counted(client: httpx.Client, served: Runn
     before = failures(client)
     thread = threading.Thread(target=queued)
     thread.start()
-    time.sleep(0.3)  # the queue (max_queue_size 1) now holds it
+    slow = served.served("slow")
+    wait_until(lambda: slow.batcher.pending == 1, "the queue (max_queue_size 1) holds it")
     r = client.post("/v2/models/slow/infer", json=v2())
     assert r.status_code == 503 and "overloaded" in r.json()["error"]
     thread.join()
