@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from process import server_process
-from service_harness import Repo
+from service_harness import WAIT_S, Repo
 
 from bench.serve.loadgen import Request, load
 
@@ -86,7 +86,7 @@ def test_two_workers_serve_and_metrics_sum_over_both(repo: Repo, tmp_path: Path)
             ]
             assert ready == [1.0, 1.0]  # one live series per worker
         server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(30) == 0
+        assert server.proc.wait(WAIT_S) == 0
     assert not list(metrics_dir.glob("gauge_liveall_*.db"))  # dead workers' gauges dropped
     assert list(metrics_dir.glob("counter_*.db"))  # counts stay for the sums
 
@@ -101,4 +101,4 @@ def test_one_worker_keeps_plain_metrics(repo: Repo, tmp_path: Path) -> None:
         assert "bnfold_inference_requests_created" in text  # plain mode's extra samples
         server.proc.send_signal(signal.SIGTERM)
         # uvicorn re-raises the signal once shut down: killed by SIGTERM, cleanly
-        assert server.proc.wait(30) in (0, -signal.SIGTERM)
+        assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
