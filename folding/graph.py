@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import helper, numpy_helper
 
 from bnfold.folding.affine import Affine, Shape
@@ -74,10 +75,50 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+# Initializers larger than this reach shape inference as typed graph inputs
+# (their shapes, not their bytes): data propagation only reads small integer
+# tensors, and serialising a model's weights for it cost most of a fold.
+SHAPE_ONLY_ELEMENTS = 4096
+
+
+def _copy_without(msg: Message, skip: set[str]) -> Message:
+    """A copy of a protobuf message without the fields named in ``skip``."""
+    out = type(msg)()
+    for fd, value in msg.ListFields():
+        if fd.name in skip:
+            continue
+        field = getattr(out, fd.name)
+        if hasattr(value, "extend"):  # repeated
+            field.extend(value)
+        elif hasattr(value, "CopyFrom"):
+            field.CopyFrom(value)
+        else:
+            setattr(out, fd.name, value)
+    return out
+
+
+def _skeleton(model: onnx.ModelProto, skip: set[str]) -> onnx.ModelProto:
+    """The model with a graph that lacks the fields in ``skip`` (no deep copy of the rest)."""
+    out = _copy_without(model, {"graph"})
+    assert isinstance(out, onnx.ModelProto)
+    out.graph.CopyFrom(_copy_without(model.graph, skip))
+    return out
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference with data propagation; the model itself if it fails."""
+    """Shape inference with data propagation; the model itself if it fails.
+
+    Large initializers are given to it by type and shape only.
+    """
+    light = _skeleton(model, {"initializer"})
+    inputs = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if int(np.prod(t.dims)) <= SHAPE_ONLY_ELEMENTS:
+            light.graph.initializer.append(t)
+        elif t.name not in inputs:
+            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        return onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:  # custom ops or >2 GB: fall back to what the model states
         return model
 
@@ -212,6 +253,13 @@ class Graph:
         self.shapes[name] = tuple(int(d) for d in value.shape)
         return name
 
+    def set_const(self, name: str, value: np.ndarray) -> None:
+        """Make ``name`` (a value no node produces any more) an initializer holding ``value``."""
+        self.new_consts[name] = value
+        self._arrays.pop(name, None)
+        self.shapes[name] = tuple(int(d) for d in value.shape)
+        self.dtypes[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
+
     # ---- edits -------------------------------------------------------------------
     def set_input(self, node: onnx.NodeProto, index: int, name: str) -> None:
         while len(node.input) <= index:
@@ -315,22 +363,17 @@ class Graph:
         for n in nodes:
             used.update(n.input)
             used |= _subgraph_names(n)
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
+        model = _skeleton(self.model, {"node", "initializer", "value_info"})
         g = model.graph
-        del g.node[:]
         g.node.extend(nodes)
         graph_inputs = {i.name for i in self.model.graph.input}
         kept = [t for t in self.model.graph.initializer if t.name in used or t.name in graph_inputs]
-        del g.initializer[:]
         g.initializer.extend(kept)
         for name, arr in self.new_consts.items():
             if name in used:
                 g.initializer.append(numpy_helper.from_array(arr, name))
         present = {o for n in nodes for o in n.output}
-        vis = [vi for vi in self.model.graph.value_info if vi.name in present]
-        del g.value_info[:]
-        g.value_info.extend(vis)
+        g.value_info.extend(vi for vi in self.model.graph.value_info if vi.name in present)
         return model
 
     def _toposort(self) -> list[onnx.NodeProto]:
