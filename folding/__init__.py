@@ -36,7 +36,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every BN that folds exactly; return the new model and the report."""
     g = Graph(model)
     bn_before = count_bn_graph(g)
-    materialize(g, REGISTRY.weight_inputs())
+    evaluated = materialize(g, REGISTRY.weight_inputs())
     refused = recognize(g)
     records: dict[str, BNOutcome] = {}
     for node in g.affine_nodes():
@@ -65,6 +65,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
         residual_ops=residual_ops,
         iterations=rounds,
         bns=sorted(records.values(), key=lambda r: _order(model, r.name)),
+        evaluated=evaluated,
     )
     return folded, report
 

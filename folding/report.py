@@ -3,6 +3,7 @@
 JSON shape (``FoldReport.to_dict()``)::
 
     {"bn_before": 3, "bn_after": 0, "residual_ops": 1, "iterations": 2,
+     "evaluated": ["Transpose 'node_Transpose_6'", ...],
      "bns": [{"name": "bn1", "kind": "BatchNormalization", "status": "partial",
               "folded_into": ["conv2"], "rules": ["pool-forward:pool1", ...],
               "residual": ["Mul 'bn1_mul__bnfold7'"],
@@ -13,7 +14,9 @@ left: see ``residual``) or ``kept`` (nothing folded; the BN stays as it was,
 or as what ``lower`` makes of it). ``rules`` lists the steps as
 ``rule-direction:node``; ``folded_into`` the nodes of the steps whose rule
 absorbs. ``bn_before``/``bn_after`` are :func:`bnfold.folding.count_bn`
-of the input and output models; ``residual_ops`` counts every op left by BNs.
+of the input and output models; ``residual_ops`` counts every op left by BNs;
+``evaluated`` names the nodes computed as constants before folding
+(``constants.materialize``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class FoldReport:
     residual_ops: int
     iterations: int
     bns: list[BNOutcome]
+    # the nodes evaluated as constants before folding ("Transpose 'node_Transpose_6'")
+    evaluated: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
