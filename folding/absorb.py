@@ -19,7 +19,7 @@ import onnx
 
 from bnfold.folding import algebra, cost
 from bnfold.folding.affine import Affine
-from bnfold.folding.edits import matmul_to_gemm, rename_output, set_const
+from bnfold.folding.edits import gemm_before_reshape, matmul_to_gemm, rename_output, set_const
 from bnfold.folding.layer import BlockedShift, Channels, LayerMatch, LayerRule
 from bnfold.folding.nodes import attr_float, attr_int, attr_ints, attr_str, label, padded
 from bnfold.folding.plan import Plan, best
@@ -251,6 +251,9 @@ class MatMulRule(LayerRule):
         if s.g.rank(node.input[0]) == 2 and m.w.ndim == 2 and not isinstance(bias, Refusal):
             to_gemm = matmul_to_gemm(node, w_new, bias[0])
             options.append(self.step(back, node, rename_output(node), to_gemm) + _op_change())
+        elif _flattened(s.g, node, edge[0], m.w) and not isinstance(bias, Refusal):
+            to_gemm = gemm_before_reshape(node, edge[0], w_new, bias[0])
+            options.append(self.step(back, node, to_gemm) + _op_change())
         options[0].reasons.append(f"{label(node)} has no bias for the shift")
         return best(options)
 
@@ -270,11 +273,32 @@ class MatMulRule(LayerRule):
             self.step(fwd, node, set_const(node, 1, w_new), rename_output(node))
             + s.forward_value(out, carry, switch)
         ]
+        readers = s.g.consumers(out)
         if s.g.rank(node.input[0]) == 2 and m.w.ndim == 2:
             to_gemm = matmul_to_gemm(node, w_new, m.consts[2])
+            options.append(self.step(fwd, node, to_gemm) + _op_change())
+        elif len(readers) == 1 and _flattened(s.g, node, readers[0][0], m.w):
+            to_gemm = gemm_before_reshape(node, readers[0][0], w_new, m.consts[2])
             options.append(self.step(fwd, node, to_gemm) + _op_change())
         return best(options)
 
 
 def _op_change() -> Plan:
     return Plan(cost=cost.OP_CHANGE)
+
+
+def _flattened(g: Graph, node: onnx.NodeProto, reshape: onnx.NodeProto, w: np.ndarray) -> bool:
+    """Whether ``node`` (a MatMul of rank > 2, 2-D weight) feeds only ``reshape``, which
+    merges the leading axes of its output and keeps the last: a token Linear
+    ``[B, N, C] @ W -> [B*N, D]``, as LeViT-style blocks flatten tokens for a BN."""
+    out, rank = node.output[0], g.rank(node.input[0])
+    if w.ndim != 2 or rank is None or rank < 3 or reshape.domain not in ("", "ai.onnx"):
+        return False
+    if g.exclusive(out, reshape) is not None or reshape.input[0] != out:
+        return False
+    shape = g.shape(reshape.output[0])
+    if shape is None or len(shape) != 2 or shape[1] != int(w.shape[1]):
+        return False
+    if reshape.op_type == "Flatten":
+        return attr_int(reshape, "axis", 1) % rank == rank - 1
+    return reshape.op_type == "Reshape"

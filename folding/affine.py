@@ -123,23 +123,43 @@ class Affine:
     def reshape(self, src: Shape, dst: Shape) -> Affine | Refusal:
         """The same map on the tensor reshaped from ``src`` to ``dst``.
 
-        Only the leading (batch) axis may be dynamic, it must be kept, and the
-        map must not vary along it; a refusal says which of these fails.
+        A row-major reshape keeps every element's offset inside a trailing
+        block of axes whose sizes multiply to the same number in ``src`` and
+        ``dst`` (the element count is kept, so the leading axes multiply to
+        the same number too). A map constant along the axes in front of such
+        a block depends on that offset only, so it moves exactly: the block's
+        values reshaped, constant along the leading axes of ``dst``. The
+        leading axes may be dynamic and may merge or split (batch and tokens:
+        ``[B, N, C] -> [B*N, C]``); the block must be static and hold every
+        axis the map varies along. A refusal says when no such block exists.
         """
-        if not src or not dst or src[0] != dst[0] or src[0] is None:
-            return Refusal(f"reshape {list(src)} -> {list(dst)} does not keep the leading axis")
-        rest_src, rest_dst = src[1:], dst[1:]
-        if not all(isinstance(d, int) for d in (*rest_src, *rest_dst)):
-            return Refusal(f"reshape {list(src)} -> {list(dst)} needs static non-batch dims")
-        if self.s.shape[0] != 1 or self.t.shape[0] != 1:
-            return Refusal("the map varies along the batch axis")
-        src_full = (1, *(int(d) for d in rest_src))  # type: ignore[arg-type]
-        dst_full = (1, *(int(d) for d in rest_dst))  # type: ignore[arg-type]
-        if int(np.prod(src_full)) != int(np.prod(dst_full)):
-            return Refusal(f"reshape {list(src)} -> {list(dst)} changes the element count")
-        s = np.broadcast_to(self.s, src_full).reshape(dst_full)
-        t = np.broadcast_to(self.t, src_full).reshape(dst_full)
-        return Affine.make(s, t)
+        block = _trailing_block(src, dst, min(self.varying_axes(), default=len(src)))
+        if block is None:
+            return Refusal(
+                f"reshape {list(src)} -> {list(dst)} does not keep the leading axis apart "
+                "from the static axes the map varies along"
+            )
+        i, j = block
+        tail_src = tuple(int(d) for d in src[i:])  # type: ignore[arg-type]
+        tail_dst = tuple(int(d) for d in dst[j:])  # type: ignore[arg-type]
+        lead = (1,) * j
+
+        def move(a: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(a.reshape(a.shape[i:]), tail_src).reshape(lead + tail_dst)
+
+        return Affine.make(move(self.s), move(self.t))
+
+    def squeeze(self, axes: Sequence[int]) -> Affine:
+        """The map after a reduction that drops ``axes`` (it must be constant along them)."""
+        if not axes:
+            return self
+        return Affine(np.squeeze(self.s, tuple(axes)), np.squeeze(self.t, tuple(axes)))
+
+    def unsqueeze(self, axes: Sequence[int]) -> Affine:
+        """The map before such a reduction: size 1 along ``axes`` (positions in the result)."""
+        if not axes:
+            return self
+        return Affine(np.expand_dims(self.s, tuple(axes)), np.expand_dims(self.t, tuple(axes)))
 
     def take(self, axis: int, start: int, stop: int) -> Affine:
         """The map on slice [start:stop) along ``axis`` (a Concat input)."""
@@ -158,6 +178,29 @@ class Affine:
         if self.rank >= 2 and self.varying_axes() == {1}:
             return BATCHNORM
         return MUL_ADD
+
+
+def _static(dims: Sequence[object]) -> bool:
+    return all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+
+
+def _trailing_block(src: Shape, dst: Shape, first: int) -> tuple[int, int] | None:
+    """(i, j): ``src[i:]`` and ``dst[j:]`` static with the same product, ``i <= first``."""
+    for i in range(min(first, len(src)), -1, -1):
+        if not _static(src[i:]):
+            return None  # a smaller i keeps the dynamic dim in the block
+        n = int(np.prod([int(d) for d in src[i:]], dtype=np.int64))  # type: ignore[arg-type]
+        if n == 0:
+            return None
+        for j in range(len(dst), -1, -1):
+            if not _static(dst[j:]):
+                break
+            p = int(np.prod([int(d) for d in dst[j:]], dtype=np.int64))  # type: ignore[arg-type]
+            if p == n:
+                return i, j
+            if p > n:
+                break
+    return None
 
 
 def concat_extend(aff: Affine, axis: int, sizes: Sequence[int], index: int) -> Affine:

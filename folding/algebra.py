@@ -178,6 +178,27 @@ def matmul_input(w: FloatArray, s: FloatArray, t: FloatArray) -> tuple[FloatArra
     return w64 * s[:, None], (bias[..., None, :] if w64.ndim > 2 else bias)
 
 
+def centre_tap(
+    w: FloatArray, b: FloatArray | None, s: FloatArray, t: FloatArray, group: int
+) -> tuple[FloatArray, FloatArray]:
+    """A Conv that also adds ``s * x + t`` of its own input (the identity branch of a sum).
+
+    W: (C, C/group, *kernel), odd kernel, stride 1, padded to keep the size
+    ("same"). Its centre tap reads x at the output position itself, never a
+    padded one, so adding s[c] at W[c, c mod (C/group), centre] adds s[c] x[c]
+    to output channel c (channel c is in the group that reads input c), and
+    b'[c] = b[c] + t[c]:
+
+        conv(x; W', b') = conv(x; W, b) + s * x + t
+    """
+    w_new = np.array(w, dtype=np.float64)
+    c_out, c_per_group = w_new.shape[0], w_new.shape[1]
+    centre = tuple(k // 2 for k in w_new.shape[2:])
+    channels = np.arange(c_out)
+    w_new[(channels, channels % c_per_group, *centre)] += s
+    return w_new, _f64(b, c_out) + t
+
+
 def cast_exact_dtype(a: FloatArray, dtype: np.dtype) -> FloatArray | None:
     """Cast to the model's dtype, or None if a value does not fit (float16 overflow)."""
     with np.errstate(over="ignore"):

@@ -24,9 +24,11 @@ from bnfold.folding.across import (
     TransposeRule,
 )
 from bnfold.folding.add import AddRule, BiasAddRule
+from bnfold.folding.branch import IdentityBranchRule
 from bnfold.folding.compose import ComposeRule
 from bnfold.folding.graph import AFFINE_DOMAIN, Graph
 from bnfold.folding.recognize import BN_PARAMETERS
+from bnfold.folding.reduce import ReduceMeanRule
 from bnfold.folding.resize import ResizeRule
 from bnfold.folding.rule import Absorbs, Rule
 
@@ -41,8 +43,10 @@ RULES: tuple[Rule[Any], ...] = (
     TransposeRule(),
     ReshapeRule(),
     PoolRule(),
+    ReduceMeanRule(),
     ReluRule(),
     ConcatRule(),
+    IdentityBranchRule(),
     AddRule(),
     ResizeRule(),
 )

@@ -52,6 +52,8 @@ class Search:
         if switch:
             options.append(self._forward_from(edge, aff))
         refusal = self.g.exclusive(value, node)
+        if refusal is not None:
+            refusal = _residual_stream(self.g, value, node, refusal)
         producer = self.g.producer(value)
         if refusal is None and producer is None:
             refusal = Refusal(f"'{value}' is a graph input (the BN is the first layer)")
@@ -149,6 +151,26 @@ class Search:
         fwd = self.forward_value(self.y, aff, switch=True)
         fwd.reasons = [f"forward: {r}" for r in fwd.reasons]
         return back, fwd
+
+
+def _residual_stream(g: Graph, value: str, node: onnx.NodeProto, refusal: Refusal) -> Refusal:
+    """Say so when ``value`` is a residual stream: another reader is an Add of two branches.
+
+    The map could then move back only if the whole stream took it: every
+    block that writes the stream and every reader of it, the shortcut
+    included, which no local exact rewrite does.
+    """
+    for reader, _ in g.consumers(value):
+        if reader is node or reader.op_type not in ("Add", "Sub"):
+            continue
+        if all(g.const(i) is None for i in reader.input):
+            return Refusal(
+                f"{refusal.reason}; '{value}' is a residual stream (also read by "
+                f"{reader.op_type} '{reader.name}'): the map could move back only with the "
+                "whole stream, every block writing it and every reader, which no local "
+                "exact rewrite does"
+            )
+    return refusal
 
 
 def _no_rule(node: onnx.NodeProto) -> Refusal:

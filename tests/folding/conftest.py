@@ -51,13 +51,15 @@ def make_model(
     positive: bool = False,
     values: dict[str, np.ndarray] | None = None,
     checked: bool = True,
+    opset: int = 17,
     **shapes: tuple[int, ...],
 ) -> onnx.ModelProto:
     """Parse ``graph_text`` (without header) and add the named initializers.
 
     ``values`` gives initializers explicitly; ``shapes`` draws them at random.
     """
-    model = onnx.parser.parse_model(HEADER + "\n" + graph_text)
+    header = HEADER.replace('"" : 17', f'"" : {opset}')
+    model = onnx.parser.parse_model(header + "\n" + graph_text)
     rng = np.random.default_rng(seed)
     arrays = {n: random_init(n, tuple(s), rng, positive) for n, s in shapes.items()}
     arrays.update(values or {})

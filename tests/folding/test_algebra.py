@@ -8,21 +8,25 @@ from hypothesis import strategies as st
 
 from bnfold.folding import algebra
 from bnfold.folding.affine import Affine, concat_extend
+from bnfold.folding.refusal import Refusal
 
 EXAMPLES = settings(max_examples=40, deadline=None)
 
 
-def conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray, group: int, pad: int) -> np.ndarray:
-    """x (N, C, L), w (M, C/group, K) -> (N, M, L + 2 pad - K + 1)."""
+def conv1d(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, group: int, pad: int, dilation: int = 1
+) -> np.ndarray:
+    """x (N, C, L), w (M, C/group, K) -> (N, M, L + 2 pad - dilation (K - 1))."""
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad)))
     m, cg, k = w.shape
-    out_len = x.shape[2] - k + 1
+    span = dilation * (k - 1) + 1
+    out_len = x.shape[2] - span + 1
     y = np.zeros((x.shape[0], m, out_len))
     for o in range(m):
         g = o // (m // group)
         xs = x[:, g * cg : (g + 1) * cg]
         for i in range(out_len):
-            y[:, o, i] = np.einsum("nck,ck->n", xs[:, :, i : i + k], w[o])
+            y[:, o, i] = np.einsum("nck,ck->n", xs[:, :, i : i + span : dilation], w[o])
     return y + b[None, :, None]
 
 
@@ -210,6 +214,114 @@ def test_affine_moves_with_transpose_reshape_concat(c, h, w, seed):
         apply(ext, np.concatenate([other, x], 1)), np.concatenate([other, apply(a, x)], 1)
     )
     np.testing.assert_allclose(apply(ext.take(1, 2, 2 + c), x), apply(a, x))
+
+
+@EXAMPLES
+@given(
+    groups=st.sampled_from([1, 2, 4]),
+    k=st.sampled_from([1, 3, 5]),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_centre_tap_adds_the_identity_branch(groups, k, dilation, bias, seed):
+    """conv(x; W', b') = conv(x; W, b) + s x + t for a size-keeping, stride-1, odd kernel."""
+    rng = np.random.default_rng(seed)
+    c = 4
+    w = rng.normal(size=(c, c // groups, k))
+    b = vec(rng, c) if bias else None
+    x = rng.normal(size=(2, c, 7))
+    s, t = vec(rng, c), vec(rng, c)
+    pad = dilation * (k - 1) // 2
+    w2, b2 = algebra.centre_tap(w, b, s, t, groups)
+    b0 = np.zeros(c) if b is None else b
+    np.testing.assert_allclose(
+        conv1d(x, w2, b2, groups, pad, dilation),
+        conv1d(x, w, b0, groups, pad, dilation) + bn(x, s, t),
+        atol=1e-9,
+    )
+
+
+@EXAMPLES
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 4),
+    c=st.integers(1, 4),
+    split=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_affine_moves_across_reshapes_of_the_leading_axes(b, n, c, split, seed):
+    """[B, N, C] <-> [B*N, C] with B dynamic: a map along C moves exactly, both ways."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(b, n, c))
+    tokens: tuple[object, ...] = ("B", n, c)
+    flat: tuple[object, ...] = (None, c)
+
+    def apply(aff: Affine, v: np.ndarray) -> np.ndarray:
+        return v * aff.s + aff.t
+
+    if split:  # the map on [B*N, C], moved to [B, N, C]
+        a = Affine.channel(vec(rng, c), vec(rng, c), 2, 1)
+        moved = a.reshape(flat, tokens)  # type: ignore[arg-type]
+        assert isinstance(moved, Affine)
+        np.testing.assert_allclose(
+            apply(moved, x), apply(a, x.reshape(-1, c)).reshape(b, n, c), atol=1e-12
+        )
+    else:
+        a = Affine.channel(vec(rng, c), vec(rng, c), 3, 2)
+        moved = a.reshape(tokens, flat)  # type: ignore[arg-type]
+        assert isinstance(moved, Affine)
+        np.testing.assert_allclose(
+            apply(moved, x.reshape(-1, c)), apply(a, x).reshape(-1, c), atol=1e-12
+        )
+    # a map along N cannot cross a reshape that merges N into the dynamic batch axis
+    along_n = Affine.channel(vec(rng, n) + 3.0, vec(rng, n), 3, 1)
+    if n > 1:
+        assert isinstance(along_n.reshape(tokens, flat), Refusal)  # type: ignore[arg-type]
+
+
+@EXAMPLES
+@given(
+    c=st.integers(1, 4),
+    axes=st.sampled_from([(2, 3), (2,), (3,), (0, 2, 3)]),
+    keepdims=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_mean_commutes_with_a_map_constant_along_the_reduced_axes(c, axes, keepdims, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, c, 3, 4))
+    a = Affine.channel(vec(rng, c), vec(rng, c), 4, 1)
+    out = a if keepdims else a.squeeze(axes)
+    reduced = x.mean(axis=axes, keepdims=keepdims)
+    np.testing.assert_allclose(
+        (x * a.s + a.t).mean(axis=axes, keepdims=keepdims), reduced * out.s + out.t, atol=1e-12
+    )
+    if not keepdims:  # and back: the map on the output, with the reduced axes restored
+        back = out.unsqueeze(axes)
+        np.testing.assert_allclose(back.s, a.s)
+        np.testing.assert_allclose(back.t, a.t)
+
+
+@EXAMPLES
+@given(
+    b=st.integers(1, 3),
+    n=st.integers(1, 4),
+    k=st.integers(1, 4),
+    d=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_token_matmul_as_a_gemm_on_the_flattened_tensor(b, n, k, d, seed):
+    """reshape(x @ W, [-1, D]) * s + t = reshape(x, [-1, K]) @ (W s) + t: one Gemm."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.normal(size=(b, n, k)), rng.normal(size=(k, d))
+    s, t = vec(rng, d), vec(rng, d)
+    gemm = x.reshape(-1, k) @ algebra.matmul_output(w, s) + t
+    np.testing.assert_allclose(gemm, (x @ w).reshape(-1, d) * s + t, atol=1e-9)
+    s, t = vec(rng, k), vec(rng, k)  # and forward: the map on x, the bias t @ W
+    w2, bias = algebra.matmul_input(w, s, t)
+    np.testing.assert_allclose(
+        x.reshape(-1, k) @ w2 + bias, ((x * s + t) @ w).reshape(-1, d), atol=1e-9
+    )
 
 
 def test_float16_cast_detects_overflow():

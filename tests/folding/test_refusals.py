@@ -26,6 +26,7 @@ class Case:
     positive: bool = False
     dtype: type = np.float32
     runnable: bool = True  # False: ORT cannot run it (or its reference overflows)
+    opset: int = 17
 
 
 def st(c: int, suffix: str = "") -> dict[str, list[int]]:
@@ -341,6 +342,102 @@ CASES = [
         "has no bias for the shift",
         {"w": [5, 4], **st(4)},
     ),
+    Case(
+        "reduce-mean-over-channels",
+        """g (float[N, 4, 3, 3] x) => (float[N, 3, 3] z) {
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            axes = Constant <value = int64[1] {1}> ()
+            p = ReduceMean <keepdims = 0> (y, axes)
+            z = Sigmoid (p)
+        }""",
+        "ReduceMean 'ReduceMean_2': the map varies along the reduced axes [1]",
+        st(4),
+        opset=18,
+    ),
+    Case(
+        "reduce-mean-axes-not-constant",
+        """g (float[N, 4, 3, 3] x, int64[2] axes) => (float[N, 4] z) {
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            p = ReduceMean <keepdims = 0> (y, axes)
+            z = Gemm (p, w)
+        }""",
+        "its axes 'axes' are not constants",
+        {"w": [4, 2], **st(4)},
+        runnable=False,
+        opset=18,
+    ),
+    Case(
+        "reduce-mean-map-on-axes",
+        """g (float[N, 4, 3, 3] x, float[2] u) => (float[N, 4] z) {
+            m = Mul (u, a)
+            axes = Add (m, d)
+            z = ReduceMean <keepdims = 0> (x, axes)
+        }""",
+        "the map is on its axes input",
+        {"a": [2], "d": [2]},
+        runnable=False,
+        opset=18,
+    ),
+    Case(
+        "identity-branch-no-centre-tap",
+        """g (float[N, 4, 6, 6] u) => (float[N, 4, 6, 6] z) {
+            x = Relu (u)
+            c = Conv <pads = [0, 0, 1, 1]> (x, w, b)
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            a = Add (c, y)
+            z = Relu (a)
+        }""",
+        "Conv 'Conv_1': kernel [2, 2] has no centre tap",
+        {"w": [4, 4, 2, 2], "b": [4], **st(4)},
+    ),
+    Case(
+        "identity-branch-off-centre",
+        """g (float[N, 4, 6, 6] u) => (float[N, 4, 6, 6] z) {
+            x = Relu (u)
+            c = Conv <pads = [2, 2, 0, 0]> (x, w, b)
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            a = Add (c, y)
+            z = Relu (a)
+        }""",
+        "pads [2, 2, 0, 0] do not centre the kernel (need [1, 1, 1, 1])",
+        {"w": [4, 4, 3, 3], "b": [4], **st(4)},
+    ),
+    Case(
+        "identity-branch-strides",
+        """g (float[N, 4, 1, 1] u) => (float[N, 4, 1, 1] z) {
+            x = Relu (u)
+            c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w, b)
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            a = Add (c, y)
+            z = Relu (a)
+        }""",
+        "strides [2, 2] are not 1",
+        {"w": [4, 4, 3, 3], "b": [4], **st(4)},
+    ),
+    Case(
+        "identity-branch-weight-not-constant",
+        """g (float[N, 4, 6, 6] u, float[4, 4, 3, 3] w) => (float[N, 4, 6, 6] z) {
+            x = Relu (u)
+            c = Conv <pads = [1, 1, 1, 1]> (x, w)
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            a = Add (c, y)
+            z = Relu (a)
+        }""",
+        "Conv 'Conv_1': its weight or bias is not a constant",
+        st(4),
+    ),
+    Case(
+        "residual-stream",
+        """g (float[N, 4, 6, 6] u) => (float[N, 4, 6, 6] z) {
+            x = Conv (u, w0, b0)
+            y = BatchNormalization (x, gamma, beta, mean, var)
+            r = Relu (y)
+            c = Conv <pads = [1, 1, 1, 1]> (r, w, b)
+            z = Add (x, c)
+        }""",
+        "'x' is a residual stream (also read by Add 'Add_4')",
+        {"w0": [4, 4, 1, 1], "b0": [4], "w": [4, 4, 3, 3], "b": [4], **st(4)},
+    ),
 ]
 
 
@@ -352,6 +449,7 @@ def test_refusal(build, check, case):
         positive=case.positive,
         values=case.values,
         checked=case.runnable,
+        opset=case.opset,
         **case.shapes,
     )
     if case.runnable:
@@ -368,11 +466,11 @@ def test_refusal(build, check, case):
 
 
 def test_reshape_refusal_keeps_bn(build):
-    """A reshape that merges the batch axis stops a map from crossing it."""
+    """A reshape that merges the channel axis into the dynamic batch axis stops a map."""
     model = build(
-        """g (float[2, 3, 4] x) => (float[6, 5] z) {
+        """g (float[N, 3, 4] x) => (float[M, 5] z) {
             y = BatchNormalization (x, gamma, beta, mean, var)
-            shape = Constant <value = int64[2] {6, 4}> ()
+            shape = Constant <value = int64[2] {-1, 4}> ()
             r = Reshape (y, shape)
             z = Gemm (r, w)
         }""",

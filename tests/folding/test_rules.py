@@ -37,4 +37,12 @@ def test_weight_inputs_come_from_the_rules():
 
 def test_only_absorbing_rules_fill_folded_into():
     absorbing = {r.name for r in RULES if r.absorbs is not Absorbs.NOTHING}
-    assert absorbing == {"conv", "convtranspose", "gemm", "matmul", "compose", "bias-add"}
+    assert absorbing == {
+        "conv",
+        "convtranspose",
+        "gemm",
+        "matmul",
+        "compose",
+        "bias-add",
+        "identity-branch",
+    }
