@@ -61,7 +61,7 @@ def page(browser: Any) -> Any:
 def test_the_page_lists_the_models(page: Any, server: RunningServer) -> None:
     visit(page, server, "/")
     models = {m.get_attribute("data-model"): m for m in css(page, "#models li.model")}
-    assert set(models) == {"broken", "digits", "fold-demo", "tabular"}
+    assert set(models) == {"broken", "digits", "fold-demo", "tabular", "twice"}
     broken = models["broken"].find_element(By.CSS_SELECTOR, "li[data-version='1']")
     assert broken.get_attribute("data-state") == "UNAVAILABLE"
     assert "needs the API token" in broken.text  # the token is set: no reason without it
@@ -71,7 +71,29 @@ def test_the_page_lists_the_models(page: Any, server: RunningServer) -> None:
     wait(page).until(EC.text_to_be_present_in_element((By.ID, "model-title"), "digits"))
     assert "#/m/digits/1" in page.current_url
     server_line = page.find_element(By.ID, "server").text
-    assert "bnfold" in server_line and "3 ready" in server_line
+    assert "bnfold" in server_line and "5 ready" in server_line
+    assert_only_this_server(page, server)
+
+
+def test_every_served_version_has_its_page(
+    page: Any, server: RunningServer, http: httpx.Client
+) -> None:
+    visit(page, server, "/#/m/twice/1")
+    twice = page.find_element(By.CSS_SELECTOR, "li.model[data-model='twice']")
+    versions = twice.find_elements(By.CSS_SELECTOR, "li[data-version]")
+    assert [(v.get_attribute("data-version"), v.get_attribute("data-state")) for v in versions] == [
+        ("1", "READY"),
+        ("2", "READY"),
+    ]
+    wait(page).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#parity-table td.rel")))
+    tabs = css(page, ".tabs a")
+    assert [t.text for t in tabs] == ["v1", "v2"]
+    tabs[1].click()
+    wait(page).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, ".tab.on"), "v2"))
+    want = http.get("/v2/models/twice/versions/2/parity").json()["parity"]["max_rel_error"]
+    rel = (By.CSS_SELECTOR, "#parity-table tr.stored td.rel")
+    wait(page).until(lambda d: value(d.find_element(*rel)) == pytest.approx(want, rel=1e-12))
+    assert "#/m/twice/2" in page.current_url
     assert_only_this_server(page, server)
 
 

@@ -9,11 +9,13 @@ ONNX Runtime, through ``bnfold.contract.compare`` as the converter does.
   (flat 64 = 8x8 grayscale), with BN health and training curves;
 - ``fold-demo``: a CNN whose four BNs end folded, partly folded and kept;
 - ``tabular``: the MLP without image preprocessing (the V2 request form);
+- ``twice``: two versions of the MLP, both served (``version_policy: all``);
 - ``broken``: refused at load (its model.onnx does not match the manifest).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,12 @@ def web_repo(repo: Path) -> Path:
     )
     write_folded(repo, "fold-demo", fold_demo(), [1, 8, 8], preprocessing=CNN_PREP)
     write_folded(repo, "tabular", mlp(1)[1], [64], preprocessing=None)
+    for seed in (3, 4):  # two versions, both served
+        write_folded(repo, "twice", mlp(seed)[1], [64], preprocessing=MLP_PREP)
+    config_file = repo / "twice" / "config.json"
+    config_file.write_text(
+        json.dumps(json.loads(config_file.read_text()) | {"version_policy": {"all": {}}})
+    )
     bad = write_folded(repo, "broken", mlp(2)[1], [64], preprocessing=None)
     with open(bad / "model.onnx", "ab") as f:
         f.write(b"\0")  # one byte the manifest's sha256 does not cover
