@@ -28,6 +28,7 @@ from .protocol import SERVER_VERSION
 from .repository import Repository
 from .routes import ROUTERS
 from .settings import Settings
+from .shm import SharedMemory
 from .shutdown import drain_on_sigterm
 
 log = logging.getLogger("bnfold.service")
@@ -52,8 +53,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("ready: %d model(s) on %s", len(served), ", ".join(providers))
     _quiet_gc()
     _prompt_gil_handoff(settings.gil_switch_ms)
+    shm = app.state.shm = SharedMemory()  # system shared memory regions (HTTP and gRPC)
     try:
-        grpc_server = await _start_grpc(app, state)
+        grpc_server = await _start_grpc(app, state, shm)
     except BaseException:
         await state.repository.close()
         state.executor.shutdown(wait=True)
@@ -73,13 +75,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.gather(watch, return_exceptions=True)
         if grpc_server is not None:  # its calls in flight finish, new ones are refused
             await grpc_server.stop(settings.shutdown_timeout_s)
+        shm.close()  # every region unmapped
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()
         log.info("models released")
 
 
-async def _start_grpc(app: FastAPI, state: ServerState) -> GrpcServer | None:
+async def _start_grpc(app: FastAPI, state: ServerState, shm: SharedMemory) -> GrpcServer | None:
     """The gRPC server on ``--grpc-port`` (none for 0), in this event loop.
     ``app.state.grpc_bind`` (``host:port``; port 0 for a free one) overrides
     the address, for tests; the server is ``app.state.grpc_server``."""
@@ -89,7 +92,7 @@ async def _start_grpc(app: FastAPI, state: ServerState) -> GrpcServer | None:
         if settings.grpc_port == 0:
             return None
         bind = address(settings.host, settings.grpc_port)
-    server = await GrpcServer.start(state, bind, reuse_port=settings.workers > 1)
+    server = await GrpcServer.start(state, bind, reuse_port=settings.workers > 1, shm=shm)
     app.state.grpc_server = server
     return server
 

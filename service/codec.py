@@ -26,6 +26,7 @@ from .binary import tensor_from_bytes as _tensor_from_bytes
 from .errors import BadRequest, InferenceFailed, PayloadTooLarge
 from .outputs import OutputOptions, finish, output_options
 from .protocol import DATATYPE_OF
+from .shm import BYTE_SIZE, REGION, SharedMemory, Slice, no_shared_memory
 from .signature import Signature
 
 
@@ -116,8 +117,10 @@ def decode_infer(
     *,
     max_elements: int,
     allow_nonfinite: bool,
+    shm: SharedMemory | None = None,
 ) -> InferRequest:
-    """Parse and validate a V2 inference request (JSON or binary framing)."""
+    """Parse and validate a V2 inference request (JSON or binary framing);
+    ``shm`` holds the shared-memory regions inputs and outputs may name."""
     json_part, binary_part = split_body(body, header_length)
     request = _load_json(body if header_length is None else json_part)  # no copy for pure JSON
     if not isinstance(request, dict):
@@ -135,9 +138,10 @@ def decode_infer(
         binary=binary_part,
         max_elements=max_elements,
         allow_nonfinite=allow_nonfinite,
+        shm=shm,
     )
     binary_default = params.get("binary_data_output") is True
-    outputs, options = _requested_outputs(request.get("outputs"), signature, binary_default)
+    outputs, options = _requested_outputs(request.get("outputs"), signature, binary_default, shm)
     timeout = _timeout(params.get("timeout"))
     return InferRequest(request_id, feeds, rows, outputs, timeout, signature.batched, options)
 
@@ -149,6 +153,7 @@ def decode_inputs(
     binary: memoryview = memoryview(b""),
     max_elements: int,
     allow_nonfinite: bool,
+    shm: SharedMemory | None = None,
 ) -> tuple[Feeds, int]:
     """V2 request ``inputs`` (parsed JSON objects) as feeds and their batch
     size, each checked against ``signature``; ``binary`` holds the bytes of
@@ -166,7 +171,12 @@ def decode_inputs(
         )
         in_params = _object(entry.get("parameters"), f"input {name!r}: parameters")
         size = in_params.get("binary_data_size")
-        if size is not None:
+        where = _shm_slice(f"input {name!r}", in_params, shm)
+        if where is not None:
+            if entry.get("data") is not None or size is not None:
+                raise BadRequest(f"input {name!r} has data besides its shared memory region")
+            array = where.read_tensor(name, spec.dtype, shape)
+        elif size is not None:
             if entry.get("data") is not None:
                 raise BadRequest(f"input {name!r} has both data and binary_data_size")
             array = _tensor_from_bytes(name, reader.take(name, size), spec.dtype, shape)
@@ -200,8 +210,18 @@ def decode_inputs(
     return feeds, rows
 
 
+def _shm_slice(tensor: str, params: dict[str, Any], shm: SharedMemory | None) -> Slice | None:
+    if shm is None:
+        no_shared_memory(tensor, params)
+        return None
+    return shm.slice(tensor, params)
+
+
 def _requested_outputs(
-    requested: object, signature: Signature, binary_default: bool
+    requested: object,
+    signature: Signature,
+    binary_default: bool,
+    shm: SharedMemory | None = None,
 ) -> tuple[list[tuple[str, bool]], dict[str, OutputOptions]]:
     if requested is None:
         return [(name, binary_default) for name in signature.output_names()], {}
@@ -217,7 +237,7 @@ def _requested_outputs(
         if name not in known:
             raise BadRequest(f"unknown output {name!r}; the model returns {known}")
         params = _object(entry.get("parameters"), f"output {name!r}: parameters")
-        option = output_options(name, signature.output(name).datatype, params)
+        option = output_options(name, signature.output(name).datatype, params, shm)
         if not option.plain:
             options[name] = option
         binary = params.get("binary_data", binary_default)
@@ -254,7 +274,11 @@ def encode_infer(
         if datatype is None:
             raise InferenceFailed(f"output {name!r} has unsupported dtype {array.dtype}")
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
+        where = request.options[name].shm if name in request.options else None
+        if where is not None:  # written into the region; the response says where
+            written = where.write_tensor(name, array)
+            entry["parameters"] = {REGION: where.region.name, BYTE_SIZE: written}
+        elif binary:
             raw = tensor_bytes(array)
             chunks.append(raw)
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -31,11 +31,11 @@ from google.protobuf import json_format
 
 from bnfold.contract import PBTXT_FILE, ContractError, ModelConfig
 
-from .errors import BadRequest, NotFound, Unavailable
+from .errors import BadRequest, LoadFailed, NotFound, Unavailable
 from .model import ServedModel
 from .model_config import read_model_config
 from .proto import model_config_pb2 as mc
-from .repository import Repository, unknown_model, valid_name
+from .repository import Repository, valid_name
 from .triton_config import from_proto
 
 WHERE = "parameters.config"
@@ -120,18 +120,33 @@ def current_config(repo: Repository, name: str) -> ModelConfig | None:
         return None  # a broken file: the override replaces it
 
 
+class FilesRefused(LoadFailed):
+    """``file:`` overrides (a model directory sent with the request). Triton
+    answers a load whose files it cannot poll with INTERNAL, and its clients
+    check for that status; over HTTP it stays a 400."""
+
+    grpc_code = "INTERNAL"
+
+
 async def load(repo: Repository, name: str, params: dict[str, Any]) -> ServedModel:
-    """A load request with Triton's parameters (``config``; ``file:`` refused)."""
+    """A load request with Triton's parameters (``config``; ``file:`` refused).
+    Every refusal reads as Triton's: ``failed to load 'NAME', <reason>``."""
     files = sorted(k for k in params if k.startswith("file:"))
     if files:
-        raise BadRequest(
-            f"file overrides ({', '.join(files)}) are not supported: write the model into "
-            "the repository and load it by name"
+        shown = ", ".join(f if len(f) <= 40 else f[:37] + "..." for f in files)
+        raise FilesRefused(
+            f"failed to load {name!r}, failed to poll from model repository: file overrides "
+            f"({shown}) are not supported; write the model into the repository and load it "
+            "by name"
         )
     text = params.get("config")
     if text is None:
         return await repo.load(name)
     if not valid_name(name) or not (repo.root / name).is_dir():
-        raise NotFound(unknown_model(name))
-    override, keys = parse_override(text, repo.root / name, repo.root)
-    return await repo.load(name, config=merge(current_config(repo, name), override, keys))
+        return await repo.load(name)  # its own refusal of an unknown model
+    try:
+        override, keys = parse_override(text, repo.root / name, repo.root)
+        config = merge(current_config(repo, name), override, keys)
+    except BadRequest as e:
+        raise LoadFailed(f"failed to load {name!r}, {e.message}") from None
+    return await repo.load(name, config=config)

@@ -34,6 +34,7 @@ from .errors import BadRequest, InferenceFailed
 from .outputs import OutputOptions, finish, output_options
 from .proto import grpc_service_pb2 as pb
 from .protocol import DATATYPE_OF, DATATYPES
+from .shm import BYTE_SIZE, REGION, SharedMemory, no_shared_memory
 from .signature import Signature
 
 # Datatype -> the InferTensorContents field that carries it (FP16 has none:
@@ -124,8 +125,10 @@ def decode_request(
     *,
     max_elements: int,
     allow_nonfinite: bool,
+    shm: SharedMemory | None = None,
 ) -> GrpcInferRequest:
-    """Parse and validate a ``ModelInferRequest`` against ``signature``."""
+    """Parse and validate a ``ModelInferRequest`` against ``signature``;
+    ``shm`` holds the shared-memory regions inputs and outputs may name."""
     params = parameters(request.parameters)
     if params.get("sequence_id") not in (None, 0, ""):
         raise BadRequest("sequence batching is not supported (bnfold serves stateless models)")
@@ -133,6 +136,13 @@ def decode_request(
         raise BadRequest("inputs must be a non-empty list")
     raw = request.raw_input_contents
     next_raw = 0
+    if raw:  # Triton's rule: raw contents for every input that has data, or none
+        for tensor in request.inputs:
+            if tensor.HasField("contents") and tensor.contents.ListFields():
+                raise BadRequest(
+                    "contents field must not be specified when using raw_input_contents "
+                    f"for {tensor.name!r} for model {request.model_name!r}"
+                )
     feeds: Feeds = {}
     for tensor in request.inputs:
         name = tensor.name
@@ -140,9 +150,17 @@ def decode_request(
             raise BadRequest(f"input {name!r} is given twice")
         spec, shape = signature.check_input(name, tensor.datatype, list(tensor.shape), max_elements)
         in_params = parameters(tensor.parameters)
-        if in_params.get("shared_memory_region") is not None:
-            raise BadRequest(f"input {name!r}: shared memory is not enabled on this server")
-        if tensor.HasField("contents") and tensor.contents.ListFields():
+        where = None
+        if shm is not None:
+            where = shm.slice(f"input {name!r}", in_params)
+        else:
+            no_shared_memory(f"input {name!r}", in_params)
+        has_contents = tensor.HasField("contents") and bool(tensor.contents.ListFields())
+        if where is not None:
+            if has_contents:
+                raise BadRequest(f"input {name!r} has contents besides its shared memory region")
+            array = where.read_tensor(name, spec.dtype, shape)
+        elif has_contents:
             array = _typed(name, spec.datatype, tensor.contents, shape)
         elif next_raw < len(raw):
             array = _raw(name, spec.dtype, raw[next_raw], shape)
@@ -178,7 +196,7 @@ def decode_request(
             raise BadRequest(f"output {name!r} is requested twice")
         outputs.append(name)
         datatype = signature.output(name).datatype
-        option = output_options(name, datatype, parameters(requested.parameters))
+        option = output_options(name, datatype, parameters(requested.parameters), shm)
         if not option.plain:
             options[name] = option
     if not outputs:
@@ -212,8 +230,14 @@ def encode_response(
         datatype = DATATYPE_OF.get(array.dtype)
         if datatype is None:
             raise InferenceFailed(f"output {name!r} has unsupported dtype {array.dtype}")
-        response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        if datatype == "BYTES":
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        where = request.options[name].shm if name in request.options else None
+        if where is not None:  # written into the region; an empty entry keeps the order
+            written = where.write_tensor(name, array)
+            tensor.parameters[REGION].string_param = where.region.name
+            tensor.parameters[BYTE_SIZE].int64_param = written
+            response.raw_output_contents.append(b"")
+        elif datatype == "BYTES":
             response.raw_output_contents.append(bytes_tensor.serialize(array))
         else:
             response.raw_output_contents.append(tensor_bytes(array))

@@ -67,6 +67,7 @@ from .proto import grpc_service_pb2 as pb
 from .proto import model_config_pb2 as mc
 from .protocol import SERVER_NAME, SERVER_VERSION
 from .repository import Repository
+from .shm import SharedMemory
 
 log = logging.getLogger("bnfold.service")
 access = logging.getLogger("bnfold.access")
@@ -82,12 +83,14 @@ PROTECTED = frozenset(
         "SystemSharedMemoryStatus",
         "SystemSharedMemoryRegister",
         "SystemSharedMemoryUnregister",
+        "CudaSharedMemoryStatus",
+        "CudaSharedMemoryRegister",
+        "CudaSharedMemoryUnregister",
     }
 )
 UNSUPPORTED = {
-    "CudaSharedMemoryStatus": "CUDA shared memory is not supported; use system shared memory",
+    # Status and unregister answer (nothing is registered): clients call them to clean up.
     "CudaSharedMemoryRegister": "CUDA shared memory is not supported; use system shared memory",
-    "CudaSharedMemoryUnregister": "CUDA shared memory is not supported; use system shared memory",
     "TraceSetting": "tracing is not supported",
     "LogSettings": "log settings are set at startup (--log-level, BNFOLD_LOG_LEVEL)",
 }
@@ -195,7 +198,7 @@ class InferenceServicer:
     """The RPCs; each takes the request message and returns the response
     message, raising ``ServiceError`` (or ``GrpcError``) on failure."""
 
-    def __init__(self, state: ServerState, shm: Any = None) -> None:
+    def __init__(self, state: ServerState, shm: SharedMemory | None = None) -> None:
         self.state = state
         self.settings = state.settings
         self.shm = shm
@@ -316,6 +319,47 @@ class InferenceServicer:
         await self.repository().unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # --- system shared memory (service/shm.py)
+    def shared_memory(self) -> SharedMemory:
+        if self.shm is None:
+            raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, "shared memory is not enabled")
+        return self.shm
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = self.shared_memory().status(request.name or None)
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={r["name"]: status(**r) for r in regions}
+        )
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.shared_memory().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.shared_memory().unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:
+            raise NotFound(f"no CUDA shared memory region {request.name!r} is registered")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        if request.name:
+            raise NotFound(f"no CUDA shared memory region {request.name!r} is registered")
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     # --- inference
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         repo = self.repository()
@@ -329,6 +373,7 @@ class InferenceServicer:
                     served.signature,
                     max_elements=settings.max_body_bytes,
                     allow_nonfinite=settings.allow_nonfinite,
+                    shm=self.shm,
                 )
                 timeout = min(settings.request_timeout_s, req.timeout_s or float("inf"))
                 outputs = await served.infer(req.feeds, req.rows, timeout)
@@ -541,7 +586,7 @@ class GrpcServer:
 
     @classmethod
     async def start(
-        cls, state: ServerState, bind: str, *, reuse_port: bool, shm: Any = None
+        cls, state: ServerState, bind: str, *, reuse_port: bool, shm: SharedMemory | None = None
     ) -> GrpcServer:
         """Serve on ``bind`` (``host:port``; port 0 picks a free one).
         ``reuse_port`` lets the workers of ``--workers N`` share the port

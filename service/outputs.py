@@ -6,30 +6,42 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .classification import class_count, classify
 from .errors import BadRequest
+from .shm import no_shared_memory
+
+if TYPE_CHECKING:
+    from .shm import SharedMemory, Slice
 
 
 @dataclass(frozen=True)
 class OutputOptions:
     classification: int = 0  # top K as "score:index:label" (0: the tensor itself)
+    shm: Slice | None = None  # written into this shared-memory region, not the response
 
     @property
     def plain(self) -> bool:
-        return self.classification == 0
+        return self.classification == 0 and self.shm is None
 
 
-def output_options(name: str, datatype: str, params: Mapping[str, Any]) -> OutputOptions:
+def output_options(
+    name: str, datatype: str, params: Mapping[str, Any], shm: SharedMemory | None = None
+) -> OutputOptions:
     """An output's ``parameters`` (HTTP JSON, or gRPC's as plain values),
-    checked against its ``datatype`` before the model runs."""
+    checked against its ``datatype`` and the registered shared-memory regions
+    before the model runs."""
     count = class_count(name, params.get("classification"))
     if count and datatype == "BYTES":
         raise BadRequest(f"output {name!r} is not numeric: it cannot be classified")
-    return OutputOptions(classification=count)
+    where = f"output {name!r}"
+    if shm is None:
+        no_shared_memory(where, dict(params))
+        return OutputOptions(classification=count)
+    return OutputOptions(classification=count, shm=shm.slice(where, dict(params)))
 
 
 def finish(

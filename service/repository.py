@@ -281,8 +281,8 @@ class Repository:
         """Load the versions of ``name`` its version_policy selects and swap
         them in atomically; returns the highest. ``config`` (a load request's
         override) replaces the model folder's configuration."""
-        if not valid_name(name) or not (self.root / name).is_dir():
-            raise NotFound(unknown_model(name))
+        if not valid_name(name) or not (self.root / name).is_dir():  # Triton's words
+            raise NotFound(f"failed to load {name!r}, no model folder {name!r} in the repository")
         self._expected.add(name)
         async with self._lock(name):
             return await self._load_locked(name, config)

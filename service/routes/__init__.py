@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import images, infer, models, parity, repository, server, web
+from . import images, infer, models, parity, repository, server, shm, web
 
 # Inference first: routes are matched in order, and it is the hot path.
 ROUTERS = (
@@ -12,5 +12,6 @@ ROUTERS = (
     repository.router,
     parity.router,
     images.router,
+    shm.router,
     web.router,  # the page at /, its assets, /docs and /redoc
 )

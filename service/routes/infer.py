@@ -95,6 +95,7 @@ async def infer(
             served.signature,
             max_elements=settings.max_body_bytes,
             allow_nonfinite=settings.allow_nonfinite,
+            shm=getattr(request.app.state, "shm", None),
         )
         timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
         outputs = await served.infer(req.feeds, req.rows, timeout)

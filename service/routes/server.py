@@ -20,6 +20,8 @@ EXTENSIONS = [
     "model_repository",
     "model_configuration",
     "statistics",
+    "classification",
+    "system_shared_memory",
     "bnfold_parity",
     "bnfold_classify",
 ]

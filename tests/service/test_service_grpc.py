@@ -386,7 +386,7 @@ def test_unload_and_load(client: grpcclient.InferenceServerClient) -> None:
     assert client.is_model_ready("reloaded")
     assert client.infer("reloaded", [inp]).as_numpy("logits").shape == (1, 10)
     code, message = status_of(lambda: client.load_model("nope", headers=AUTH))
-    assert code == "StatusCode.NOT_FOUND" and "'nope'" in message
+    assert code == "StatusCode.NOT_FOUND" and message.startswith("failed to load 'nope', ")
 
 
 def test_file_overrides_refused(client: grpcclient.InferenceServerClient) -> None:
@@ -395,11 +395,20 @@ def test_file_overrides_refused(client: grpcclient.InferenceServerClient) -> Non
             "simple", headers=AUTH, config="{}", files={"file:1/model.onnx": b"x"}
         )
     )
-    assert code == "StatusCode.INVALID_ARGUMENT" and "file overrides" in message
+    # Triton's status and words for files it cannot poll, which its clients check
+    assert code == "StatusCode.INTERNAL"
+    assert message.startswith("failed to load 'simple', failed to poll from model repository")
+    assert "file overrides (file:1/model.onnx) are not supported" in message
+    assert client.is_model_ready("simple")
 
 
-def test_cuda_shared_memory_unimplemented(client: grpcclient.InferenceServerClient) -> None:
-    code, message = status_of(lambda: client.get_cuda_shared_memory_status(headers=AUTH))
+def test_cuda_shared_memory_refused(client: grpcclient.InferenceServerClient) -> None:
+    # nothing is registered: status and unregister (clients' clean-up) answer
+    assert not client.get_cuda_shared_memory_status(headers=AUTH).regions
+    client.unregister_cuda_shared_memory(headers=AUTH)
+    code, message = status_of(
+        lambda: client.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 64, headers=AUTH)
+    )
     assert code == "StatusCode.UNIMPLEMENTED" and "CUDA shared memory" in message
 
 

@@ -10,18 +10,24 @@ models (triton_models.py) and the service tests' MLP and CNN.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from grpc_harness import GrpcRunning, run_grpc_server
+from onnx import TensorProto
 from served_models import LABELS, write_cnn, write_mlp
-from service_harness import TOKEN, base_settings
-from triton_models import write_simple_models
-from tritonclient.utils import InferenceServerException
+from service_harness import TOKEN, WAIT_S, base_settings
+from triton_models import SIMPLE_MODELS, add_sub, pbtxt, write_model, write_simple_models
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -186,7 +192,9 @@ def test_triton_error_texts(client: httpclient.InferenceServerClient) -> None:
     message = error_of(lambda: client.get_model_metadata("mlp", model_version="x"))
     assert "failed to get model version from specified version string 'x'" in message
     message = error_of(lambda: client.load_model("nope", headers=AUTH))
-    assert message == "Request for unknown model: 'nope' is not found"
+    assert message == "failed to load 'nope', no model folder 'nope' in the repository"
+    message = error_of(lambda: client.load_model("mlp", headers=AUTH, config="{oops"))
+    assert message.startswith("failed to load 'mlp', parameters.config is not valid JSON")
 
 
 def test_config_fields(client: httpclient.InferenceServerClient) -> None:
@@ -198,3 +206,313 @@ def test_config_fields(client: httpclient.InferenceServerClient) -> None:
     kind = "KIND_GPU" if provider == "CUDAExecutionProvider" else "KIND_CPU"
     assert cnn["instance_group"][0]["kind"] == kind  # the kind actually used
     assert client.get_model_config("simple_string")["input"][0]["data_type"] == "TYPE_STRING"
+
+
+# ----------------------------------------------------------------- system shared memory
+
+
+@pytest.fixture(params=["grpc", "http"])
+def shm_client(request: pytest.FixtureRequest, server: GrpcRunning) -> Iterator[Any]:
+    """A tritonclient of either protocol, its module, and headers with the token."""
+    if request.param == "grpc":
+        c: Any = grpcclient.InferenceServerClient(server.grpc)
+        module: Any = grpcclient
+        headers = {"authorization": f"Bearer {TOKEN}"}
+    else:
+        c = httpclient.InferenceServerClient(server.host_port, network_timeout=60)
+        module = httpclient
+        headers = AUTH
+    yield c, module, headers
+    c.unregister_system_shared_memory(headers=headers)
+    c.close()
+
+
+@pytest.fixture()
+def regions(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Creates shared-memory objects (unique keys) and destroys them after."""
+    made: list[Any] = []
+    prefix = f"/bnfold-test-{os.getpid()}-{len(request.node.name)}-{id(made) % 10_000}"
+
+    def create(name: str, size: int) -> tuple[Any, str]:
+        key = f"{prefix}-{name}"
+        handle = shm.create_shared_memory_region(name, key, size)
+        made.append(handle)
+        return handle, key
+
+    yield create
+    for handle in made:
+        shm.destroy_shared_memory_region(handle)
+
+
+def _simple_shm_inputs(module: Any, region: str, size: int = 64) -> list[Any]:
+    inputs = [module.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    inputs[0].set_shared_memory(region, size)
+    inputs[1].set_shared_memory(region, size, offset=64)
+    return inputs
+
+
+def test_shared_memory_inputs_and_outputs(shm_client: Any, regions: Any) -> None:
+    c, module, headers = shm_client
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 5, dtype=np.int32)
+    ins, in_key = regions("in", 128)
+    outs, out_key = regions("out", 128)
+    shm.set_shared_memory_region(ins, [a, b])  # a at 0, b at 64
+    c.register_system_shared_memory("in", in_key, 128, headers=headers)
+    c.register_system_shared_memory("out", out_key, 128, headers=headers)
+    status = c.get_system_shared_memory_status(headers=headers)
+    if module is grpcclient:
+        assert {n: (r.key, r.byte_size) for n, r in status.regions.items()} == {
+            "in": (in_key, 128),
+            "out": (out_key, 128),
+        }
+    else:
+        assert sorted(r["name"] for r in status) == ["in", "out"]
+    asked = [module.InferRequestedOutput("OUTPUT0"), module.InferRequestedOutput("OUTPUT1")]
+    asked[0].set_shared_memory("out", 64)
+    asked[1].set_shared_memory("out", 64, offset=64)
+    result = c.infer("simple", _simple_shm_inputs(module, "in"), outputs=asked)
+    out0 = result.get_output("OUTPUT0")
+    shape = list(out0.shape) if module is grpcclient else out0["shape"]
+    assert shape == [1, 16]
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(outs, np.int32, [1, 16]), a + b)
+    np.testing.assert_array_equal(
+        shm.get_contents_as_numpy(outs, np.int32, [1, 16], offset=64), a - b
+    )
+    # an input from memory, an output in the response, in one request
+    plain = c.infer("simple", _simple_shm_inputs(module, "in"))
+    np.testing.assert_array_equal(plain.as_numpy("OUTPUT0"), a + b)
+    c.unregister_system_shared_memory("in", headers=headers)
+    status = c.get_system_shared_memory_status(headers=headers)
+    names = list(status.regions) if module is grpcclient else [r["name"] for r in status]
+    assert names == ["out"]
+
+
+def test_shared_memory_strings(shm_client: Any, regions: Any) -> None:
+    c, module, headers = shm_client
+    a = np.array([[str(i) for i in range(16)]], dtype=np.object_)
+    raw = serialize_byte_tensor(a).item()
+    ins, in_key = regions("sin", 2 * len(raw))
+    outs, out_key = regions("sout", 1024)
+    shm.set_shared_memory_region(ins, [serialize_byte_tensor(a), serialize_byte_tensor(a)])
+    c.register_system_shared_memory("sin", in_key, 2 * len(raw), headers=headers)
+    c.register_system_shared_memory("sout", out_key, 1024, headers=headers)
+    inputs = [module.InferInput(n, [1, 16], "BYTES") for n in ("INPUT0", "INPUT1")]
+    inputs[0].set_shared_memory("sin", len(raw))
+    inputs[1].set_shared_memory("sin", len(raw), offset=len(raw))
+    asked = [module.InferRequestedOutput("OUTPUT0")]
+    asked[0].set_shared_memory("sout", 1024)
+    c.infer("simple_string", inputs, outputs=asked)
+    out = shm.get_contents_as_numpy(outs, np.object_, [1, 16])
+    assert [int(v) for v in out.ravel()] == [2 * i for i in range(16)]
+
+
+def test_shared_memory_errors(shm_client: Any, regions: Any) -> None:
+    """A region smaller than the tensor, a bad offset, an unknown region, an
+    object that is not there: each a clear 400 / INVALID_ARGUMENT, and the
+    server keeps serving."""
+    c, module, headers = shm_client
+    _small, small_key = regions("small", 96)
+    _big, big_key = regions("big", 128)
+    c.register_system_shared_memory("small", small_key, 96, headers=headers)
+    c.register_system_shared_memory("big", big_key, 128, headers=headers)
+
+    def infer_error(inputs: list[Any], outputs: list[Any] | None = None) -> str:
+        return error_of(lambda: c.infer("simple", inputs, outputs=outputs))
+
+    # the second input (offset 64, 64 bytes) runs past a 96-byte region
+    message = infer_error(_simple_shm_inputs(module, "small"))
+    assert "shared_memory_offset 64 + shared_memory_byte_size 64 is past the end" in message
+    assert "region 'small' (96 bytes)" in message
+    inputs = _simple_shm_inputs(module, "big")
+    inputs[1].set_shared_memory("big", 64, offset=100)
+    assert "shared_memory_offset 100 + shared_memory_byte_size 64" in infer_error(inputs)
+    inputs = _simple_shm_inputs(module, "big")
+    inputs[0].set_shared_memory("nowhere", 64)
+    assert "unable to find system shared memory region 'nowhere'" in infer_error(inputs)
+    inputs = _simple_shm_inputs(module, "big")
+    inputs[0].set_shared_memory("big", 60)  # not the tensor's 64 bytes
+    assert "shared_memory_byte_size is 60 bytes but shape [1, 16] of int32 needs 64" in (
+        infer_error(inputs)
+    )
+    asked = [module.InferRequestedOutput("OUTPUT0")]
+    asked[0].set_shared_memory("small", 32)  # the output needs 64
+    message = infer_error(_simple_shm_inputs(module, "big"), asked)
+    assert "output 'OUTPUT0' needs 64 bytes; shared_memory_byte_size 32" in message
+
+    def register_error(name: str, key: str, size: int, offset: int = 0) -> str:
+        return error_of(
+            lambda: c.register_system_shared_memory(name, key, size, offset, headers=headers)
+        )
+
+    assert "past the end of" in register_error("r1", big_key, 129)
+    assert "offset 100 + byte_size 64 is past the end" in register_error("r2", big_key, 64, 100)
+    assert "no shared memory object" in register_error("r3", "/bnfold-no-such-object", 8)
+    assert "not a path" in register_error("r4", "/../../etc/passwd", 8)
+    assert "not a path" in register_error("r5", "/a/b", 8)
+    assert "already registered" in register_error("big", big_key, 8)
+    assert "byte_size must be positive" in register_error("r6", big_key, 0)
+    # the server is up and serves as before
+    assert c.is_server_live() and c.is_model_ready("simple")
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    plain = [module.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for p in plain:
+        p.set_data_from_numpy(a)
+    np.testing.assert_array_equal(c.infer("simple", plain).as_numpy("OUTPUT0"), 2 * a)
+
+
+def test_shared_memory_truncated_behind_the_server(shm_client: Any, regions: Any) -> None:
+    """A region made smaller after it was registered is refused, never read
+    past its end (which would be SIGBUS)."""
+    c, module, headers = shm_client
+    _handle, key = regions("shrinks", 128)
+    c.register_system_shared_memory("shrinks", key, 128, headers=headers)
+    os.truncate(f"/dev/shm/{key.lstrip('/')}", 16)
+    message = error_of(lambda: c.infer("simple", _simple_shm_inputs(module, "shrinks")))
+    assert "smaller than when it was registered" in message
+    assert c.is_server_live()
+
+
+def test_shared_memory_needs_the_token(shm_client: Any, regions: Any) -> None:
+    c, _module, _headers = shm_client
+    _, key = regions("guarded", 64)
+    for call in (
+        lambda: c.register_system_shared_memory("guarded", key, 64),
+        lambda: c.get_system_shared_memory_status(),
+        lambda: c.unregister_system_shared_memory(),
+    ):
+        assert "a valid bearer token is required" in error_of(call)
+
+
+def _mapped(key: str) -> bool:
+    return f"/dev/shm/{key.lstrip('/')}" in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+def test_regions_unmapped_on_unregister_and_shutdown(repo: Path, tmp_path: Path) -> None:
+    """The server runs in this process: its mappings are in /proc/self/maps
+    (the objects are made here without mapping them, unlike tritonclient's)."""
+    first, second = (f"/bnfold-test-{os.getpid()}-{n}" for n in ("first", "second"))
+    for key in (first, second):
+        with open(f"/dev/shm{key}", "wb") as f:
+            f.truncate(4096)
+    try:
+        _serve_and_unmap(repo, first, second)
+    finally:
+        for key in (first, second):
+            os.unlink(f"/dev/shm{key}")
+
+
+def _serve_and_unmap(repo: Path, first: str, second: str) -> None:
+    with run_grpc_server(base_settings(repo)) as running:
+        c = httpclient.InferenceServerClient(running.host_port, network_timeout=60)
+        c.register_system_shared_memory("first", first, 4096, headers=AUTH)
+        c.register_system_shared_memory("second", second, 4096, headers=AUTH)
+        assert _mapped(first) and _mapped(second)
+        c.unregister_system_shared_memory("first", headers=AUTH)
+        assert not _mapped(first) and _mapped(second)
+        c.close()
+    assert not _mapped(second)  # shutdown unmapped what was left
+
+
+# ----------------------------------------------------------------- Triton's example clients
+
+EXAMPLES = Path(__file__).resolve().parent / "triton_examples"
+GRPC_EXAMPLES = [
+    "simple_grpc_infer_client.py",
+    "simple_grpc_async_infer_client.py",
+    "simple_grpc_aio_infer_client.py",
+    "simple_grpc_keepalive_client.py",
+    "simple_grpc_custom_args_client.py",
+    "simple_grpc_string_infer_client.py",
+    "simple_grpc_shm_client.py",
+    "simple_grpc_shm_string_client.py",
+    "grpc_explicit_int_content_client.py",
+    "grpc_explicit_int8_content_client.py",
+    "grpc_explicit_byte_content_client.py",
+]
+HTTP_EXAMPLES = [
+    "simple_http_infer_client.py",
+    "simple_http_async_infer_client.py",
+    "simple_http_aio_infer_client.py",
+    "simple_http_string_infer_client.py",
+    "simple_http_shm_client.py",
+    "simple_http_shm_string_client.py",
+]
+
+
+def run_example(script: str, *args: str) -> str:
+    """Run one of Triton's scripts as Triton's CI does; its output on success."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        cwd=EXAMPLES,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{out[-3000:]}"
+    return out
+
+
+def _passes(script: str, out: str) -> None:
+    if "PASS" in (EXAMPLES / script).read_text():  # the scripts that print a verdict
+        assert "PASS" in out, out[-3000:]
+
+
+@pytest.fixture(scope="module")
+def open_server(repo: Path) -> Iterator[GrpcRunning]:
+    """The examples send no token: a server without one, on the same models."""
+    with run_grpc_server(base_settings(repo, api_token=None)) as running:
+        yield running
+
+
+@pytest.mark.parametrize("script", GRPC_EXAMPLES)
+def test_triton_grpc_example(open_server: GrpcRunning, script: str) -> None:
+    _passes(script, run_example(script, "-u", open_server.grpc))
+
+
+@pytest.mark.parametrize("script", HTTP_EXAMPLES)
+def test_triton_http_example(open_server: GrpcRunning, script: str) -> None:
+    _passes(script, run_example(script, "-u", open_server.host_port))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_reuse_objects_example(open_server: GrpcRunning, protocol: str) -> None:
+    url = open_server.grpc if protocol == "grpc" else open_server.host_port
+    run_example("reuse_infer_objects_client.py", "-u", url, "-i", protocol)
+
+
+def test_triton_image_client(open_server: GrpcRunning, tmp_path: Path) -> None:
+    """Triton's image classifier client on bnfold's CNN: it reads the input
+    format and dims from the configuration and asks for classification."""
+    from PIL import Image
+
+    image = tmp_path / "digit.png"
+    pixels = (np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(image)
+    args = ["-u", open_server.grpc, "-i", "grpc", "-m", "cnn", "-c", "3", "-s", "NONE"]
+    out = run_example("image_client.py", *args, str(image))
+    lines = [ln.strip() for ln in out.splitlines() if " = " in ln]
+    assert len(lines) == 3, out  # "score (index) = label", the top 3
+    assert "PASS" in out
+
+
+@pytest.mark.parametrize(
+    ("script", "models", "url"),
+    [("simple_grpc_model_control.py", 8, "grpc"), ("simple_http_model_control.py", 7, "http")],
+)
+def test_triton_model_control_example(tmp_path: Path, script: str, models: int, url: str) -> None:
+    """Load, load with an override (a malformed one refused), unload, a file
+    override and an unknown model refused; the index counts Triton's test
+    repository, which has ``models`` entries."""
+    write_simple_models(tmp_path)
+    for i in range(models - len(SIMPLE_MODELS)):
+        write_model(tmp_path, f"extra{i}", add_sub(TensorProto.INT32), _pbtxt(f"extra{i}"))
+    with run_grpc_server(base_settings(tmp_path, api_token=None)) as running:
+        out = run_example(script, "-u", running.grpc if url == "grpc" else running.host_port)
+    assert "PASS: model control" in out
+
+
+def _pbtxt(name: str) -> str:
+    return pbtxt(name, TensorProto.INT32, ["INPUT0", "INPUT1"], ["OUTPUT0", "OUTPUT1"], [16])

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
-from served_models import IR_VERSION, OPSET
 
+OPSET = 17
+IR_VERSION = 10  # what the installed onnxruntime reads (as served_models.py)
 SIMPLE_MODELS = ("simple", "simple_int8", "simple_string", "simple_identity", "simple_fp32")
 TRITON_TYPE = {
     TensorProto.INT32: "TYPE_INT32",
