@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 
 from . import bytes_tensor
 from .errors import BadRequest
@@ -91,9 +92,32 @@ def tensor_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+class StdlibList(list[Any]):
+    """Values orjson must not write (NaN and infinities, which it writes as
+    null): a body holding one is written by the stdlib, as NaN / Infinity."""
+
+
+_ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON, by orjson (numpy arrays written without a Python list in
+    between); anything orjson refuses or must not write, by the stdlib."""
+    try:
+        return orjson.dumps(value, option=_ORJSON)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), default=_plain).encode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def encode_body(header: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, int | None]:
     """Response body and, when binary chunks follow, the JSON header's length."""
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = dump_json(header)
     if not chunks:
         return head, None
     return b"".join([head, *chunks]), len(head)

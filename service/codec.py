@@ -18,10 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from . import bytes_tensor
 from .batching import Feeds
-from .binary import HEADER_LENGTH, BinaryReader, encode_body, split_body, tensor_bytes
+from .binary import (
+    HEADER_LENGTH,
+    BinaryReader,
+    StdlibList,
+    encode_body,
+    split_body,
+    tensor_bytes,
+)
 from .binary import tensor_from_bytes as _tensor_from_bytes
 from .errors import BadRequest, InferenceFailed, PayloadTooLarge
 from .outputs import OutputOptions, finish, output_options
@@ -60,6 +68,14 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def _load_json(data: bytes | memoryview) -> Any:
+    # orjson parses a 63 KB tensor body ~10x faster than json.loads (and
+    # reads a memoryview without a copy); what it refuses (NaN literals,
+    # integers past 64 bits, bad UTF-8, deep nesting) goes to the stdlib,
+    # which accepts or refuses it as before, with its own message.
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(data if isinstance(data, bytes) else bytes(data))
     except (UnicodeDecodeError, ValueError) as e:
@@ -253,6 +269,20 @@ def _timeout(value: object) -> float | None:
     return value / 1e6 if value else None
 
 
+def json_data(array: np.ndarray) -> Any:
+    """An output's flat JSON ``data``: the numpy array itself, written by
+    orjson without a Python list in between (float32 in its shortest
+    round-trip form); BYTES as strings; non-finite floats as a list, which
+    the writer renders as NaN / Infinity like the stdlib."""
+    if array.dtype.kind == "O":
+        return bytes_tensor.to_json(array)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return StdlibList(array.ravel().tolist())
+    if array.dtype.byteorder == ">" or array.dtype == np.float16:
+        return array.ravel().tolist()
+    return np.ascontiguousarray(array.ravel())
+
+
 def encode_infer(
     model_name: str,
     model_version: str,
@@ -283,8 +313,7 @@ def encode_infer(
             chunks.append(raw)
             entry["parameters"] = {"binary_data_size": len(raw)}
         else:
-            strings = array.dtype.kind == "O"
-            entry["data"] = bytes_tensor.to_json(array) if strings else array.ravel().tolist()
+            entry["data"] = json_data(array)
         entries.append(entry)
     header["outputs"] = entries
     body, json_length = encode_body(header, chunks)
