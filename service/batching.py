@@ -4,15 +4,19 @@ Knows nothing of HTTP or models: it merges the feeds of queued requests on
 axis 0 (the batch axis), calls ``run`` once in a worker thread, and splits
 every output back by each request's row count.
 
-- A batch is formed when the first waiting request has waited
-  ``max_delay_s`` or ``max_rows`` rows are waiting, whichever comes first,
-  and only once a run slot is free, so the queue keeps filling while the
-  previous batch computes (the busier the server, the larger its batches).
-- Waiting only pays when more requests are on their way. ``Arrivals``
-  counts the requests the server has begun reading that have not reached a
-  queue yet; when none is left, the batch leaves at once instead of waiting
-  out ``max_delay_s`` (a lone request is not delayed; a burst read in one
-  event-loop pass still leaves as one batch).
+- Eager batching (with ``arrivals``, the server's default): a batch never
+  waits. An idle runner takes the request at once; while the runner is
+  busy, requests queue, and the moment a run slot frees, everything queued
+  (up to ``max_rows`` rows) leaves as one batch. The busier the server, the
+  larger its batches, and a lone request is never delayed. Measured on two
+  cores: any wait for requests "on their way" (the former policy: hold the
+  batch while ``Arrivals.pending`` > 0, up to ``max_delay_s``) lost to no
+  batching at all in most cells, because the loop that would read those
+  requests is the one the wait occupies.
+- Without ``arrivals`` (``dynamic_batching.eager: false``, Triton's rule): a
+  batch is formed when the first waiting request has waited ``max_delay_s``
+  or ``max_rows`` rows are waiting, whichever comes first, and only once a
+  run slot is free.
 - ``inline_below_s``: on an idle batcher (nothing queued or running, nobody
   arriving), a lone request whose compute is known to take less than this
   runs at once on the event loop's thread, skipping the two thread
@@ -198,8 +202,6 @@ class Batcher:
         self._nonempty.set()
         if self._arrivals is not None:
             self._arrivals.queued()
-            if self._arrivals.pending == 0:
-                self._full.set()  # nobody else is coming: wake the batch up
         if self._queued_rows >= self._max_rows:
             self._full.set()
         try:
@@ -268,12 +270,11 @@ class Batcher:
     async def _wait_for_batch(self) -> None:
         """Until the oldest live request has waited ``max_delay_s``,
         ``max_rows`` rows are queued, or no other request is on its way;
-        the clock restarts if that request gives up while waiting."""
-        if not self._merge or self._max_delay <= 0:
+        the clock restarts if that request gives up while waiting. Eager
+        (with ``arrivals``): never; what is queued is the batch."""
+        if not self._merge or self._max_delay <= 0 or self._arrivals is not None:
             return
         while self._queue and self._queued_rows < self._max_rows:
-            if self._arrivals is not None and self._arrivals.pending <= 0:
-                return
             head = self._queue[0]
             if head.future.done():  # timed out or cancelled while queued
                 self._queue.popleft()

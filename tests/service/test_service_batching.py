@@ -287,33 +287,57 @@ def test_the_delay_restarts_when_the_oldest_request_gives_up() -> None:
     assert rec.batches == [1]
 
 
-def test_eager_batch_leaves_when_no_other_request_is_on_its_way() -> None:
-    """With ``Arrivals``: a lone request is not held for ``max_delay_s``; a
-    request still on its way (entered, not queued) is waited for, and both
-    leave as one batch as soon as it is queued."""
+def test_an_idle_eager_runner_never_waits() -> None:
+    """Eager (with ``Arrivals``): an idle runner takes a request at once, even
+    with another request on its way (entered, not queued) and an hour's
+    ``max_delay_s``; the one on its way runs as its own batch when it comes."""
     rec = Recorder()
     arrivals = Arrivals()
 
     async def body(b: Batcher) -> list[Feeds]:
-        token = arrivals.enter()  # the lone request, as the middleware marks it
-        await b.submit(x(1), 1, timeout=TIMEOUT)  # not the hour's delay: answered at all
-        arrivals.leave(token)
+        coming = arrivals.enter()  # begun by the server, body still being read
+        first = arrivals.enter()
+        alone = await b.submit(x(1), 1, timeout=TIMEOUT)  # answered at all: not held
+        arrivals.leave(first)
+        assert rec.batches == [1] and arrivals.pending == 1  # the other still on its way
+        late = await b.submit(x(2, 10), 2, timeout=TIMEOUT)
+        arrivals.leave(coming)
+        return [alone, late]
 
-        async def request(rows: int, start: float, pause: float) -> Feeds:
-            token = arrivals.enter()
-            try:
-                await asyncio.sleep(pause)  # still reading its body
-                return await b.submit(x(rows, start), rows, timeout=TIMEOUT)
-            finally:
-                arrivals.leave(token)
-
-        pair = await asyncio.gather(request(1, 0, 0.0), request(2, 10, 0.05))
-        return list(pair)
-
-    pair = run_with(rec, body, arrivals=arrivals, max_delay_s=HOUR)
-    assert rec.batches == [1, 3]  # the first waited for the second: one batch
-    np.testing.assert_array_equal(pair[1]["y"], x(2, 10)["x"] * 2)
+    alone, late = run_with(rec, body, arrivals=arrivals, max_delay_s=HOUR)
+    assert rec.batches == [1, 2]
+    assert [requests for _, requests in rec.done] == [1, 1]
+    np.testing.assert_array_equal(alone["y"], x(1)["x"] * 2)
+    np.testing.assert_array_equal(late["y"], x(2, 10)["x"] * 2)
     assert arrivals.pending == 0
+
+
+def test_a_busy_eager_runner_merges_what_is_queued() -> None:
+    """While the runner computes, requests queue; when it frees, everything
+    queued leaves as one batch (up to ``max_rows``), nothing waits for more,
+    and each request gets its own rows back."""
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    arrivals = Arrivals()
+
+    async def body(b: Batcher) -> list[Feeds]:
+        first = asyncio.ensure_future(b.submit(x(1), 1, timeout=TIMEOUT))
+        await until(lambda: rec.batches == [1], "the first batch computing")
+        sizes = [1, 2, 3, 4]  # 10 rows queued behind it; max_rows 8
+        rest = [
+            asyncio.ensure_future(b.submit(x(n, 100 * n), n, timeout=TIMEOUT)) for n in sizes
+        ]
+        await until(lambda: b.pending == 4, "four requests queued behind it")
+        assert rec.batches == [1]  # queued, not run, while the runner is busy
+        gate.set()
+        return list(await asyncio.gather(first, *rest))
+
+    results = run_with(rec, body, arrivals=arrivals, max_rows=8, max_delay_s=HOUR)
+    assert rec.batches == [1, 6, 4]  # 1+2+3 fit in 8 rows; the 4 leaves next, at once
+    assert [requests for _, requests in rec.done] == [1, 3, 1]
+    for n, result in zip([1, 1, 2, 3, 4], results, strict=True):
+        start = 0 if result is results[0] else 100 * n
+        np.testing.assert_array_equal(result["y"], x(n, start)["x"] * 2)
 
 
 def test_a_lone_short_request_on_an_idle_model_runs_inline() -> None:
