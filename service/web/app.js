@@ -214,7 +214,7 @@ function renderRepository() {
           head,
           badge(e.state, stateKind(e.state)),
           meta ? el("span", { class: "device", text: device(meta) }) : null,
-          reason ? el("p", { class: "reason", text: reason }) : null,
+          reason ? el("p", { class: e.state === "READY" ? "reason muted" : "reason", text: reason }) : null,
           e.state !== "READY" && reason === undefined && state.tokenRequired
             ? el("p", { class: "reason muted", text: "reason: needs the API token" })
             : null,
@@ -724,7 +724,8 @@ function trainingCard(m) {
         id: "no-curves",
         text: "No training curves in this version: bnfold keeps the per-epoch curves in the training run's folder (metrics.json, curves.png), not in the repository.",
       });
-  return card("Training", "training", facts.length ? list : el("p", { class: "muted", text: "The manifest says nothing about training." }), charts);
+  const none = Object.keys(man).length ? "The manifest says nothing about training." : "This version has no manifest.json.";
+  return card("Training", "training", facts.length ? list : el("p", { class: "muted", text: none }), charts);
 }
 
 function chart(title, rows, keys) {
@@ -855,7 +856,8 @@ function imagePanel(m, prep) {
     };
     img.src = URL.createObjectURL(f);
   });
-  const shape = prep.input_shape.join("×");
+  const side = Math.round(Math.sqrt(prep.input_shape[0]));
+  const shape = prep.layout === "NC" ? `${side}×${side} (${prep.input_shape[0]} values)` : prep.input_shape.join("×");
   return el(
     "div",
     { class: "trypanel" },

@@ -61,17 +61,17 @@ def page(browser: Any) -> Any:
 def test_the_page_lists_the_models(page: Any, server: RunningServer) -> None:
     visit(page, server, "/")
     models = {m.get_attribute("data-model"): m for m in css(page, "#models li.model")}
-    assert set(models) == {"broken", "digits", "fold-demo", "tabular", "twice"}
+    assert set(models) == {"bare", "broken", "digits", "fold-demo", "tabular", "twice"}
     broken = models["broken"].find_element(By.CSS_SELECTOR, "li[data-version='1']")
     assert broken.get_attribute("data-state") == "UNAVAILABLE"
     assert "needs the API token" in broken.text  # the token is set: no reason without it
     digits = models["digits"].find_element(By.CSS_SELECTOR, "li[data-version='1']")
     assert "READY" in digits.text and "CPU" in digits.text
     # the root shows the first serving model
-    wait(page).until(EC.text_to_be_present_in_element((By.ID, "model-title"), "digits"))
-    assert "#/m/digits/1" in page.current_url
+    wait(page).until(EC.text_to_be_present_in_element((By.ID, "model-title"), "bare"))
+    assert "#/m/bare/1" in page.current_url
     server_line = page.find_element(By.ID, "server").text
-    assert "bnfold" in server_line and "5 ready" in server_line
+    assert "bnfold" in server_line and "6 ready" in server_line
     assert_only_this_server(page, server)
 
 
@@ -173,6 +173,22 @@ def test_the_fold_picture_and_the_parity_table(
     assert "CPU" in row.text and "pass" in row.text
     assert value(row.find_element(By.CSS_SELECTOR, "td.n")) == 256
     assert value(row.find_element(By.CSS_SELECTOR, "td.rel")) <= 1e-5
+    assert_only_this_server(page, server)
+
+
+def test_a_model_folded_on_load_is_drawn_from_its_original_graph(
+    page: Any, server: RunningServer
+) -> None:
+    visit(page, server, "/#/m/bare/1")
+    wait(page).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".foldsvg .layer")))
+    assert "Folded when the server loaded it: serving the folded graph" in (
+        page.find_element(By.ID, "fold").text
+    )
+    bn = page.find_element(By.CSS_SELECTOR, ".foldsvg .layer[data-op='BatchNormalization']")
+    assert bn.get_attribute("data-status") == "folded"
+    assert [a.get_attribute("data-to") for a in css(page, ".arc")] == ["Gemm_0"]
+    rows = css(page, "#parity-table tbody tr.stored")
+    assert len(rows) == 1 and "at load" in rows[0].text and "pass" in rows[0].text
     assert_only_this_server(page, server)
 
 

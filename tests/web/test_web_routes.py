@@ -95,3 +95,14 @@ def test_version_details_errors(http: httpx.Client) -> None:
     assert http.get("/web/api/models/digits/versions/7").status_code == 404
     assert http.get("/web/api/models/digits/versions/01").status_code == 400
     assert http.get("/web/api/models/broken/versions/1").status_code == 503
+
+
+def test_a_model_folded_on_load_is_described_by_its_original(http: httpx.Client) -> None:
+    details = http.get("/web/api/models/bare/versions/1").json()
+    assert set(details["graphs"]) == {"reference"}  # the folded graph is in memory only
+    reference = details["graphs"]["reference"]
+    assert reference["file"] == "model.onnx"
+    report = http.get("/v2/models/bare/versions/1/parity").json()["fold_on_load"]["report"]
+    names = {layer["name"] for layer in reference["layers"]}
+    assert {bn["name"] for bn in report["bns"]} <= names
+    assert "manifest" not in details or not details["manifest"]

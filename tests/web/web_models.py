@@ -10,6 +10,7 @@ ONNX Runtime, through ``bnfold.contract.compare`` as the converter does.
 - ``fold-demo``: a CNN whose four BNs end folded, partly folded and kept;
 - ``tabular``: the MLP without image preprocessing (the V2 request form);
 - ``twice``: two versions of the MLP, both served (``version_policy: all``);
+- ``bare``: a bare ``model.onnx`` (no manifest) folded on load;
 - ``broken``: refused at load (its model.onnx does not match the manifest).
 """
 
@@ -188,6 +189,11 @@ def web_repo(repo: Path) -> Path:
     config_file.write_text(
         json.dumps(json.loads(config_file.read_text()) | {"version_policy": {"all": {}}})
     )
+    bare = repo / "bare" / "1"  # a bare model.onnx with its BN, folded when it loads
+    bare.mkdir(parents=True)
+    (bare / "model.onnx").write_bytes(mlp(5)[1])
+    settings = config("bare", "input", [64], preprocessing=MLP_PREP) | {"fold_on_load": True}
+    (repo / "bare" / "config.json").write_text(json.dumps(settings))
     bad = write_folded(repo, "broken", mlp(2)[1], [64], preprocessing=None)
     with open(bad / "model.onnx", "ab") as f:
         f.write(b"\0")  # one byte the manifest's sha256 does not cover
