@@ -148,6 +148,7 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         if not k.startswith("BNFOLD_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
     env.update(BNFOLD_LOG_LEVEL="warning", BNFOLD_DEVICE="cpu", BNFOLD_DRAIN_S="0")
+    env.update(BNFOLD_GRPC_PORT="0")  # HTTP only: no shared port 8001 between test servers
     log = tmp_path_factory.mktemp("server") / "serve.log"
     for _attempt in range(3):  # the port is picked before the server binds it
         port = _free_port()

@@ -55,6 +55,7 @@ def server_process(
         "BNFOLD_API_TOKEN": "test-token",
         # Repositories here hold broken models on purpose: "ready" means started.
         "BNFOLD_STRICT_READINESS": "false",
+        "BNFOLD_GRPC_PORT": "0",  # HTTP only: no shared port 8001 between test servers
         **(env or {}),
     }
     log = workdir / f"server-{port}.log"
