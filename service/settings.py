@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     eager_batching: Annotated[
         bool,
         Field(
-            description="A batch leaves at once when no other request is on its way, "
-            "instead of waiting out max_queue_delay_ms (config.json dynamic_batching.eager)."
+            description="A batch never waits: an idle runner takes a request at once, a "
+            "busy one takes everything queued when it frees; false: wait out "
+            "max_queue_delay_ms (config.json dynamic_batching.eager)."
         ),
     ] = True
     inline_below_ms: Annotated[
@@ -154,7 +155,13 @@ class Settings(BaseSettings):
         Field(description="Bearer token for /v2/repository/*; unset leaves them open."),
     ] = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    access_log: Annotated[bool, Field(description="One log line per request, with its id.")] = True
+    access_log: Annotated[
+        bool,
+        Field(
+            description="One log line per request, with its id (off by default: a line "
+            "per request costs the hot path; errors are logged either way).",
+        ),
+    ] = False
     drain_s: Annotated[
         float, Field(ge=0, description="After SIGTERM, seconds reporting not-ready before closing.")
     ] = 1.0
