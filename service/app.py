@@ -3,8 +3,9 @@
 
 Models are loaded in the lifespan, never at import: startup scans the
 repository, loads and warms every model (broken ones are listed with their
-reason), then reports ready; shutdown reports not-ready, lets in-flight
-requests finish and releases every session.
+reason), starts the gRPC server in the same event loop (service/grpc_server.py),
+then reports ready; shutdown reports not-ready, lets in-flight HTTP and gRPC
+requests finish, unmaps the shared-memory regions and releases every session.
 """
 
 from __future__ import annotations
