@@ -76,6 +76,9 @@ MAX_LAYERS = 2000  # a page can draw this many; larger graphs are cut (and say s
 PROVENANCE = ("created", "arch", "data", "training", "metrics", "source", "versions")
 # Ops whose output is a shape, not data: what hangs off them is shape arithmetic.
 SHAPE_OPS = {"Shape", "Size"}
+# Ops that read only the type of their later inputs: CastLike(x, like) is data
+# only when x is (exporters cast constants like an activation, for a bias).
+TYPE_ONLY_AFTER = {"CastLike": 1}
 
 _layers: weakref.WeakKeyDictionary[ServedModel, dict[str, Any]] = weakref.WeakKeyDictionary()
 
@@ -262,7 +265,8 @@ def layers(model: onnx.ModelProto) -> dict[str, Any]:
         if not name or name in seen:
             name = f"{node.op_type}_{i}" if f"{node.op_type}_{i}" not in seen else f"node_{i}"
         seen.add(name)
-        if node.op_type in SHAPE_OPS or not any(x in data for x in node.input):
+        inputs = node.input[: TYPE_ONLY_AFTER.get(node.op_type, len(node.input))]
+        if node.op_type in SHAPE_OPS or not any(x in data for x in inputs):
             continue
         data.update(o for o in node.output if o)
         out.append({"name": name, "op": node.op_type})

@@ -107,7 +107,10 @@ function card(title, id, ...children) {
 }
 
 function wrap(text, width) {
-  const words = String(text).split(/\s+/);
+  // words longer than a line (node names) are cut into pieces that fit
+  const words = String(text)
+    .split(/\s+/)
+    .flatMap((w) => w.match(new RegExp(`.{1,${width}}`, "g")) || []);
   const lines = [];
   let line = "";
   for (const w of words) {
@@ -411,18 +414,19 @@ function foldPicture(report, graph) {
       continue;
     }
     for (const i of at) rows[i].bn = bn;
+    rows[Math.max(...at)].head = true; // a BN made of several nodes speaks once, at its last
     for (const target of bn.folded_into || []) {
       const t = index.get(target);
       if (t !== undefined) rows[t].absorbed.push(bn);
     }
   }
-  for (const bn of loose) rows.push({ name: bn.name, op: bn.kind, bn, absorbed: [], loose: true });
+  for (const bn of loose) rows.push({ name: bn.name, op: bn.kind, bn, absorbed: [], loose: true, head: true });
 
   // vertical layout: a BN that stays carries its leftovers and reasons under it
   let y = 8;
   for (const r of rows) {
     r.extra = [];
-    if (r.bn && r.bn.status !== "folded") {
+    if (r.bn && r.bn.status !== "folded" && (r.head || r.loose)) {
       for (const res of r.bn.residual || []) r.extra.push(...wrap(`left: ${res}`, CHARS));
       for (const why of r.bn.reasons || []) r.extra.push(...wrap(`why: ${why}`, CHARS));
     } else if (r.bn && r.loose && (r.bn.folded_into || []).length) {
@@ -463,7 +467,7 @@ function foldPicture(report, graph) {
   for (const r of rows) picture.append(layerBox(r));
   // arcs: from each BN to the layers that absorbed it, farther ones wider
   rows.forEach((r, i) => {
-    if (!r.bn || r.loose) return;
+    if (!r.bn || r.loose || !r.head) return;
     for (const target of r.bn.folded_into || []) {
       const t = index.get(target);
       if (t === undefined || t === i) continue;

@@ -106,3 +106,26 @@ def test_a_model_folded_on_load_is_described_by_its_original(http: httpx.Client)
     names = {layer["name"] for layer in reference["layers"]}
     assert {bn["name"] for bn in report["bns"]} <= names
     assert "manifest" not in details or not details["manifest"]
+
+
+def test_layers_leave_out_shape_arithmetic_and_type_only_inputs() -> None:
+    from onnx import TensorProto, helper
+
+    from bnfold.service.routes.web import layers
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Constant", [], ["zero"], name="zero", value_float=0.0),
+        helper.make_node("CastLike", ["zero", "x"], ["b"], name="bias"),  # x gives its type only
+        helper.make_node("Expand", ["b", "s"], ["bb"], name="expand"),
+        helper.make_node("Add", ["x", "bb"], ["y0"], name=""),
+        helper.make_node("Reshape", ["y0", "s"], ["y"], name=""),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    assert layers(model) == {
+        "ops": 6,
+        "layers": [{"name": "Add_4", "op": "Add"}, {"name": "Reshape_5", "op": "Reshape"}],
+        "truncated": False,
+    }
