@@ -959,12 +959,13 @@ async function start() {
     await loadRepository();
   });
   window.addEventListener("hashchange", show);
-  loadServer();
+  const server = loadServer();
   try {
     await loadRepository();
   } catch (e) {
     clear(document.getElementById("models")).append(el("li", { class: "error", text: `Repository: ${e.message}` }));
   }
+  await server;
   // on a phone the list folds away once a model is shown (its summary opens it)
   if (window.matchMedia("(max-width: 959px)").matches && (state.summary || []).some((e) => e.state === "READY")) {
     document.getElementById("repository").open = false;
