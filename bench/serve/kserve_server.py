@@ -29,7 +29,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 DATATYPE = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 
 
-class OnnxModel(kserve.Model):  # type: ignore[misc]
+class OnnxModel(kserve.Model):
     def __init__(self, name: str, path: Path, device: str) -> None:
         super().__init__(name)
         self.path = path

@@ -1,24 +1,33 @@
-"""Serving benchmark: bnfold beside the limit and beside the peers, one command.
+"""Serving benchmark: every contender started at once, each on its own port,
+and rotated in random order for every point over several rounds.
 
-    python -m bench.serve                      # full run (~10 min on 2 cores)
-    python -m bench.serve --quick              # smoke run: one model, short points
-    python -m bench.serve --device cuda        # every server and the limit on CUDA
+    python -m bench.serve                      # full run (~15-20 min on 2 cores)
+    python -m bench.serve --quick              # smoke run: cifar-cnn, 1 round, 1 s points
+    python -m bench.serve --setup-kserve --setup-pytriton   # the peers' venvs only
 
-For each model (the digits MLP, the 3x32x32 CIFAR CNN, the 48x48 FER CNN),
-one sample per request, at concurrency 1, 8, 32 and 64, JSON and binary
-tensors:
+A point is (model, protocol and format, concurrency): the digits MLP, the
+3x32x32 CIFAR CNN and the 48x48 FER CNN, one sample per request, JSON and
+binary tensors over HTTP at concurrency 1, 8, 32, 64, and gRPC (raw tensor
+contents) on the CIFAR CNN. For every point of every round, the contenders
+serving it are measured one after the other in a fresh random order:
 
+- ``bnfold``: ``python -m bnfold.service`` at its shipped defaults (dynamic
+  batching on), ONNX Runtime on one thread like every peer;
+- ``bnfold-nobatch``: the same with ``BNFOLD_BATCHING=false``;
+- ``bnfold-w2``: the same with ``--workers 2`` (CIFAR CNN only);
+- ``pytriton``: the real Triton server (the ``nvidia-pytriton`` wheel's
+  tritonserver) with dynamic batching, in front of a Python callable running
+  ONNX Runtime (bench/serve/pytriton_server.py, in bench/serve/.venv-pytriton);
+- ``kserve``: KServe's Python model server (bench/serve/kserve_server.py, in
+  bench/serve/.venv-kserve);
 - ``inprocess``: ONNX Runtime called in a loop at batch size = concurrency,
-  no server (the limit);
-- ``bnfold``: ``python -m service``, dynamic batching on, and again off;
-- ``naive``: the hand-rolled FastAPI + ONNX Runtime route (bench/serve/naive.py),
-  JSON only;
-- ``kserve``: KServe's Python model server on the same ONNX files
-  (bench/serve/kserve_server.py, in its own virtual environment).
+  no server (the limit).
 
-Every server runs ONNX Runtime on one thread and shares the machine with the
-load generator: ``wrk`` with a Lua script that sends the prepared body
-(bench/serve/wrk_body.lua), or bench/serve/loadgen.py when wrk is missing.
+One load generator for all: ``wrk`` (bench/serve/wrk_body.lua) for HTTP, or
+bench/serve/loadgen.py with ``--loadgen`` or without wrk; for gRPC
+bench/serve/grpc_load.py (bytes in, bytes out, in its own process). The
+report gives, per point and contender, the median over rounds and the
+interquartile range, and the ratios computed within each round.
 Writes bench/results/serve.{md,json,png}.
 """
 
@@ -28,15 +37,16 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,8 +62,12 @@ HERE = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "tmp"  # git-ignored: models, bodies, server logs
 KSERVE_VENV = HERE / ".venv-kserve"
+PYTRITON_VENV = HERE / ".venv-pytriton"
 ARCHS = {"digits-mlp": "mlp", "cifar-cnn": "cifar-cnn", "fer-cnn": "fer-cnn"}
 CONCURRENCY = (1, 8, 32, 64)
+GRPC_MODEL = "cifar-cnn"
+GRPC_CONCURRENCY = (1, 32)
+WORKERS_MODEL = "cifar-cnn"
 HEADER = "Inference-Header-Content-Length"
 
 
@@ -70,6 +84,8 @@ class Server:
     kind: str
     port: int
     pid: int
+    grpc_port: int = 0
+    pids: list[int] = field(default_factory=list)
 
 
 # --- models and request bodies ------------------------------------------------
@@ -149,7 +165,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 120) -> None:
+def _wait_ready(
+    proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float, path: str
+) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -157,7 +175,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
         if proc.poll() is not None:
             raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -166,7 +184,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
 
 
 @contextmanager
-def _process(kind: str, argv: list[str], env: dict[str, str], port: int) -> Iterator[Server]:
+def _process(
+    kind: str,
+    argv: list[str],
+    env: dict[str, str],
+    port: int,
+    *,
+    timeout: float = 120,
+    ready: str = "/v2/health/ready",
+) -> Iterator[Server]:
     WORK.mkdir(parents=True, exist_ok=True)
     log = WORK / f"{kind}.log"
     with open(log, "wb") as out:
@@ -174,7 +200,7 @@ def _process(kind: str, argv: list[str], env: dict[str, str], port: int) -> Iter
             argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_ready(proc, port, log)
+        _wait_ready(proc, port, log, timeout, ready)
         yield Server(kind, port, proc.pid)
     finally:
         if proc.poll() is None:
@@ -193,60 +219,64 @@ def _env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-BNFOLD_SETTINGS = {
-    "BNFOLD_INTRA_OP_THREADS": "1",
-    "BNFOLD_INTER_OP_THREADS": "1",
-    "BNFOLD_RUNNER_THREADS": "1",  # one session.run at a time: one ORT thread in all
-    "BNFOLD_BATCHES_IN_FLIGHT": "2",  # the next batch waits ready behind the running one
-    "BNFOLD_ACCESS_LOG": "false",
-    "BNFOLD_LOG_LEVEL": "warning",
-}
+# bnfold at its shipped defaults: only the device, the ports and one ORT
+# thread (what every peer gets) are set.
+BNFOLD_SETTINGS = {"BNFOLD_INTRA_OP_THREADS": "1", "BNFOLD_DEVICE": "cpu"}
 
 
 @contextmanager
-def start_bnfold(repo: Path, *, batching: bool, device: str = "cpu") -> Iterator[Server]:
-    port = free_port()
-    env = _env(
-        **BNFOLD_SETTINGS,
-        BNFOLD_BATCHING="true" if batching else "false",
-        BNFOLD_DEVICE=device,
-    )
+def start_bnfold(
+    repo: Path, kind: str, *, batching: bool = True, workers: int = 1, grpc: bool = True
+) -> Iterator[Server]:
+    port, grpc_port = free_port(), (free_port() if grpc else 0)
+    env = _env(**BNFOLD_SETTINGS, BNFOLD_GRPC_PORT=str(grpc_port))
+    if not batching:
+        env["BNFOLD_BATCHING"] = "false"
     argv = [sys.executable, "-m", "bnfold.service", "--repo", str(repo), "--port", str(port)]
-    with _process("bnfold" if batching else "bnfold-nobatch", argv, env, port) as server:
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    with _process(kind, argv, env, port) as server:
+        server.grpc_port = grpc_port
         yield server
 
 
-@contextmanager
-def start_naive(repo: Path, device: str = "cpu") -> Iterator[Server]:
-    port = free_port()
-    argv = [sys.executable, "-m", "bench.serve.naive", "--repo", str(repo), "--port", str(port)]
-    with _process("naive", [*argv, "--device", device], _env(), port) as server:
-        yield server
+def _venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
 
 
-def kserve_python() -> Path:
-    return KSERVE_VENV / "bin" / "python"
+def _setup_venv(venv: Path, packages: list[str]) -> str | None:
+    """Create ``venv`` with ``packages``; the reason when it cannot be done."""
+    if _venv_python(venv).exists():
+        return None
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(_venv_python(venv)), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, *packages], check=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        shutil.rmtree(venv, ignore_errors=True)
+        return f"pip install {' '.join(packages)} failed: {e}"
+    return None
 
 
 def setup_kserve() -> str | None:
-    """Create the separate venv for KServe; the reason when it cannot be done."""
-    if kserve_python().exists():
-        return None
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(KSERVE_VENV)], check=True)
-        pip = [str(kserve_python()), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "kserve", "onnxruntime", "numpy"], check=True)
-    except (subprocess.CalledProcessError, OSError) as e:
-        shutil.rmtree(KSERVE_VENV, ignore_errors=True)
-        return f"pip install kserve failed: {e}"
-    return None
+    return _setup_venv(KSERVE_VENV, ["kserve", "onnxruntime", "numpy"])
+
+
+def setup_pytriton() -> str | None:
+    """PyTriton's wheel carries the tritonserver binary (glibc 2.35 or newer)."""
+    reason = _setup_venv(PYTRITON_VENV, ["nvidia-pytriton", "onnxruntime", "numpy"])
+    if reason is None:
+        check = [str(_venv_python(PYTRITON_VENV)), "-c", "import pytriton.triton"]
+        if subprocess.run(check, capture_output=True).returncode != 0:
+            return "pytriton does not import in its venv"
+    return reason
 
 
 @contextmanager
 def start_kserve(repo: Path, device: str = "cpu") -> Iterator[Server]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     argv = [
-        str(kserve_python()),
+        str(_venv_python(KSERVE_VENV)),
         str(HERE / "kserve_server.py"),
         "--repo",
         str(repo),
@@ -254,48 +284,80 @@ def start_kserve(repo: Path, device: str = "cpu") -> Iterator[Server]:
         device,
         "--http_port",
         str(port),
-        "--enable_grpc",
-        "false",
+        "--grpc_port",
+        str(grpc_port),
         "--enable_latency_logging",
         "false",
         "--configure_logging",
         "false",
     ]
     with _process("kserve", argv, _env(), port) as server:
+        server.grpc_port = grpc_port
+        yield server
+
+
+@contextmanager
+def start_pytriton(repo: Path, device: str = "cpu") -> Iterator[Server]:
+    port, grpc_port, metrics = free_port(), free_port(), free_port()
+    argv = [str(_venv_python(PYTRITON_VENV)), str(HERE / "pytriton_server.py")]
+    argv += ["--repo", str(repo), "--device", device, "--http-port", str(port)]
+    argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
+    # Triton's Python backend stub links the system's libpython3.x; the venv's
+    # interpreter may be another build of the same version (pyenv here), whose
+    # standard library the stub then cannot run. Its own libpython goes first.
+    code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    libdir = subprocess.run(
+        [str(_venv_python(PYTRITON_VENV)), "-c", code], capture_output=True, text=True
+    ).stdout.strip()
+    env = _env()
+    if libdir:
+        env["LD_LIBRARY_PATH"] = ":".join(x for x in (libdir, env.get("LD_LIBRARY_PATH")) if x)
+    ready = f"/v2/models/{next(iter(ARCHS))}/ready"  # models bind after the server starts
+    with _process("pytriton", argv, env, port, timeout=300, ready=ready) as server:
+        server.grpc_port = grpc_port
         yield server
 
 
 # --- measuring ----------------------------------------------------------------
 
 
-def measure_inprocess(spec: ModelSpec, batch: int, device: str, seconds: float) -> dict[str, Any]:
-    import onnxruntime as ort
+class InProcess:
+    """ONNX Runtime in this process, one thread: the limit for each model."""
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(spec.path), so, providers=providers)
-    x = sample(spec, batch)
-    for _ in range(10):
-        session.run(None, {spec.input: x})
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        session.run(None, {spec.input: x})
-        times.append(time.perf_counter() - t0)
-    t = np.asarray(times)
-    return {
-        "throughput": round(batch / float(t.mean()), 1),
-        "mean_ms": round(float(t.mean()) * 1e3, 3),
-        "p50_ms": round(float(np.percentile(t, 50)) * 1e3, 3),
-        "p99_ms": round(float(np.percentile(t, 99)) * 1e3, 3),
-        "provider": session.get_providers()[0],
-    }
+    def __init__(self, specs: dict[str, ModelSpec]) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = {
+            n: ort.InferenceSession(str(s.path), so, providers=["CPUExecutionProvider"])
+            for n, s in specs.items()
+        }
+        self.specs = specs
+
+    def measure(self, model: str, batch: int, seconds: float) -> dict[str, Any]:
+        spec, session = self.specs[model], self.sessions[model]
+        x = sample(spec, batch)
+        for _ in range(5):
+            session.run(None, {spec.input: x})
+        times = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            session.run(None, {spec.input: x})
+            times.append(time.perf_counter() - t0)
+        t = np.asarray(times)
+        return {
+            "throughput": round(batch * len(t) / float(t.sum()), 1),
+            "mean_ms": round(float(t.mean()) * 1e3, 3),
+            "p50_ms": round(float(np.percentile(t, 50)) * 1e3, 3),
+            "p90_ms": round(float(np.percentile(t, 90)) * 1e3, 3),
+            "p99_ms": round(float(np.percentile(t, 99)) * 1e3, 3),
+            "requests": len(t),
+            "errors": 0,
+        }
 
 
 def run_wrk(port: int, request: Request, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -342,15 +404,56 @@ def run_loadgen(port: int, request: Request, concurrency: int, seconds: float) -
     }
 
 
-def drive(
-    server: Server, request: Request, concurrency: int, seconds: float, use_wrk: bool
-) -> dict[str, Any]:
-    runner = run_wrk if use_wrk else run_loadgen
-    runner(server.port, request, concurrency, 1.0)  # warm-up
-    return runner(server.port, request, concurrency, seconds)
+def run_grpc(port: int, spec: ModelSpec, concurrency: int, seconds: float) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench.serve.grpc_load", "--port", str(port)]
+    argv += ["--model", spec.name, "--input", spec.input]
+    argv += ["--shape", ",".join(map(str, (1, *spec.row_shape)))]
+    argv += ["--concurrency", str(concurrency), "--seconds", str(seconds)]
+    out = subprocess.run(
+        argv, cwd=ROOT, env=_env(), capture_output=True, text=True, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
+    d = json.loads(line.removeprefix("BENCH_JSON "))
+    return {
+        "throughput": round(d["requests"] / d["seconds"], 1),
+        "mean_ms": round(d["mean_us"] / 1e3, 3),
+        "p50_ms": round(d["p50_us"] / 1e3, 3),
+        "p90_ms": round(d["p90_us"] / 1e3, 3),
+        "p99_ms": round(d["p99_us"] / 1e3, 3),
+        "requests": d["requests"],
+        "errors": d["errors"],
+    }
 
 
 # --- the run -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    protocol: str  # "http" or "grpc"
+    format: str  # "binary", "json" (HTTP) or "raw" (gRPC)
+    c: int
+
+
+def plan(specs: dict[str, ModelSpec], levels: list[int], grpc: bool) -> list[Point]:
+    points = [Point(m, "http", fmt, c) for m in specs for fmt in ("binary", "json") for c in levels]
+    if grpc and GRPC_MODEL in specs:
+        points += [Point(GRPC_MODEL, "grpc", "raw", c) for c in GRPC_CONCURRENCY]
+    return points
+
+
+def contenders_for(point: Point, servers: dict[str, Server]) -> list[str]:
+    names = []
+    for name, server in servers.items():
+        if point.protocol == "grpc" and not server.grpc_port:
+            continue
+        if name == "bnfold-w2" and point.model != WORKERS_MODEL:
+            continue
+        names.append(name)
+    if point.protocol == "http" and point.format == "binary":
+        names.append("inprocess")  # the limit does not depend on the format
+    return names
 
 
 def versions() -> dict[str, str]:
@@ -360,15 +463,29 @@ def versions() -> dict[str, str]:
     for dist in ("bnfold", "onnxruntime-gpu", "onnxruntime", "fastapi", "uvicorn", "starlette"):
         with suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-    if kserve_python().exists():
-        code = "from importlib import metadata; print(metadata.version('kserve'))"
-        r = subprocess.run([str(kserve_python()), "-c", code], capture_output=True, text=True)
-        out["kserve"] = r.stdout.strip() or "unknown"
+    for dist in ("orjson", "grpcio"):
+        with suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    for venv, dists in ((KSERVE_VENV, ["kserve"]), (PYTRITON_VENV, ["nvidia-pytriton"])):
+        if _venv_python(venv).exists():
+            for dist in dists:
+                code = f"from importlib import metadata; print(metadata.version('{dist}'))"
+                r = subprocess.run(
+                    [str(_venv_python(venv)), "-c", code], capture_output=True, text=True
+                )
+                out[dist] = r.stdout.strip() or "unknown"
     wrk = shutil.which("wrk")
     if wrk:
         r = subprocess.run([wrk, "--version"], capture_output=True, text=True)
         out["wrk"] = (r.stdout or r.stderr).split("[")[0].strip()
     return out
+
+
+def load_average() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
 
 
 def machine() -> dict[str, Any]:
@@ -392,85 +509,117 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.serve", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per point")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--models", default=",".join(ARCHS))
-    parser.add_argument("--quick", action="store_true", help="cifar-cnn only, 2 s points")
+    parser.add_argument("--quick", action="store_true", help="cifar-cnn, 1 round, 1 s points")
     parser.add_argument("--no-kserve", action="store_true")
+    parser.add_argument("--no-pytriton", action="store_true")
+    parser.add_argument("--no-grpc", action="store_true")
+    parser.add_argument("--no-workers", action="store_true", help="leave bnfold-w2 out")
+    parser.add_argument("--setup-kserve", action="store_true", help="make the venv and exit")
+    parser.add_argument("--setup-pytriton", action="store_true", help="make the venv and exit")
     parser.add_argument("--loadgen", action="store_true", help="asyncio client even if wrk exists")
+    parser.add_argument("--seed", type=int, default=0, help="of the rotation order")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.setup_kserve or args.setup_pytriton:
+        for flag, setup in (
+            (args.setup_kserve, setup_kserve),
+            (args.setup_pytriton, setup_pytriton),
+        ):
+            if flag:
+                print(setup() or f"{setup.__name__}: ready")
+        return
     if args.quick:
-        args.models, args.duration = "cifar-cnn", 2.0
+        args.models, args.duration, args.rounds = "cifar-cnn", 1.0, 1
     levels = [int(c) for c in args.concurrency.split(",")]
     use_wrk = shutil.which("wrk") is not None and not args.loadgen
+    http = run_wrk if use_wrk else run_loadgen
     repo, all_specs = bench_repo()
     specs = {n: all_specs[n] for n in args.models.split(",")}
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
+    load_before = load_average()
     notes: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    rng = random.Random(args.seed)
 
-    def add(server: str, model: str, fmt: str, batching: str, c: int, r: dict[str, Any]) -> None:
-        rows.append(
-            {"server": server, "model": model, "format": fmt, "batching": batching, "c": c, **r}
+    with ExitStack() as stack:
+        servers: dict[str, Server] = {}
+        servers["bnfold"] = stack.enter_context(start_bnfold(repo, "bnfold"))
+        servers["bnfold-nobatch"] = stack.enter_context(
+            start_bnfold(repo, "bnfold-nobatch", batching=False, grpc=False)
         )
-        print(
-            f"{server:10s} {model:11s} {fmt:6s} batching={batching:3s} c={c:<3d} "
-            f"{r['throughput']:9.1f}/s p50 {r['p50_ms']:8.3f} ms p99 {r['p99_ms']:8.3f} ms"
-            + (f"  ERRORS {r['errors']}" if r.get("errors") else ""),
-            flush=True,
-        )
+        if not args.no_workers and WORKERS_MODEL in specs:
+            servers["bnfold-w2"] = stack.enter_context(
+                start_bnfold(repo, "bnfold-w2", workers=2, grpc=False)
+            )
+        peers: list[tuple[str, bool, Callable[[], str | None], Any]] = [
+            ("pytriton", args.no_pytriton, setup_pytriton, start_pytriton),
+            ("kserve", args.no_kserve, setup_kserve, start_kserve),
+        ]
+        for name, skip, setup, start in peers:
+            reason = f"skipped (--no-{name})" if skip else setup()
+            if reason:
+                notes[name] = reason
+                continue
+            try:
+                servers[name] = stack.enter_context(start(repo))
+            except RuntimeError as e:
+                notes[name] = f"did not start: {str(e).splitlines()[0]}"
+        inprocess = InProcess(specs)
+        if args.no_grpc:
+            notes["grpc"] = "skipped (--no-grpc)"
 
-    for name, spec in specs.items():
-        for c in levels:
-            r = measure_inprocess(spec, c, args.device, min(2.0, args.duration / 2))
-            add("inprocess", name, "-", "-", c, r)
+        def measure(name: str, point: Point, seconds: float) -> dict[str, Any]:
+            spec = specs[point.model]
+            if name == "inprocess":
+                return inprocess.measure(point.model, point.c, seconds)
+            server = servers[name]
+            if point.protocol == "grpc":
+                return run_grpc(server.grpc_port, spec, point.c, seconds)
+            request = binary_request(spec, 1) if point.format == "binary" else json_request(spec, 1)
+            return http(server.port, request, point.c, seconds)
 
-    def sweep(server: Server, label: str, batching: str, formats: tuple[str, ...]) -> None:
+        points = plan(specs, levels, grpc=not args.no_grpc)
         # A fresh server is slower for its first seconds (allocator, caches,
-        # interpreter specialisation): warm every model before measuring.
-        for spec in specs.values():
-            request = binary_request(spec, 1) if "binary" in formats else json_request(spec, 1)
-            runner = run_wrk if use_wrk else run_loadgen
-            runner(server.port, request, 8, 2.0)
-        for name, spec in specs.items():
-            for fmt in formats:
-                request = binary_request(spec, 1) if fmt == "binary" else json_request(spec, 1)
-                for c in levels:
-                    add(
-                        label,
-                        name,
-                        fmt,
-                        batching,
-                        c,
-                        drive(server, request, c, args.duration, use_wrk),
+        # interpreter specialisation): every contender serves every model in
+        # every format once before the first round.
+        kinds = {Point(p.model, p.protocol, p.format, 8) for p in points}
+        for name in servers:
+            for point in sorted(kinds, key=str):
+                if name in contenders_for(point, servers):
+                    measure(name, point, 1.0)
+        for r in range(args.rounds):
+            for point in points:
+                names = contenders_for(point, servers)
+                rng.shuffle(names)
+                for name in names:
+                    result = measure(name, point, args.duration)
+                    row = {"round": r, "server": name, **point.__dict__, **result}
+                    rows.append(row)
+                    print(
+                        f"r{r} {name:15s} {point.model:11s} {point.protocol:4s} "
+                        f"{point.format:6s} c={point.c:<3d} {result['throughput']:9.1f}/s "
+                        f"p50 {result['p50_ms']:8.3f} ms"
+                        + (f"  ERRORS {result['errors']}" if result.get("errors") else ""),
+                        flush=True,
                     )
-
-    with start_bnfold(repo, batching=True, device=args.device) as s:
-        sweep(s, "bnfold", "on", ("binary", "json"))
-    with start_bnfold(repo, batching=False, device=args.device) as s:
-        sweep(s, "bnfold", "off", ("binary", "json"))
-    with start_naive(repo, device=args.device) as s:
-        sweep(s, "naive", "off", ("json",))
-    if args.no_kserve:
-        notes["kserve"] = "skipped (--no-kserve)"
-    else:
-        reason = setup_kserve()
-        if reason:
-            notes["kserve"] = reason
-        else:
-            with start_kserve(repo, device=args.device) as s:
-                sweep(s, "kserve", "off", ("binary", "json"))
 
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
         "versions": versions(),
-        "device": args.device,
-        "load_generator": "wrk (bench/serve/wrk_body.lua)" if use_wrk else "bench/serve/loadgen.py",
-        "seconds_per_point": args.duration,
+        "load_generator": (
+            "wrk (bench/serve/wrk_body.lua)" if use_wrk else "bench/serve/loadgen.py"
+        )
+        + "; gRPC: bench/serve/grpc_load.py",
+        "seconds_per_measurement": args.duration,
+        "rounds": args.rounds,
         "bnfold_settings": BNFOLD_SETTINGS,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "wall_seconds": round(time.monotonic() - started),
         "notes": notes,
     }

@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     repo, models = bench_repo()
     spec = models[args.model]
-    with start_bnfold(repo, batching=True) as server:
+    with start_bnfold(repo, "bnfold-soak", grpc=False) as server:
         report = soak(
             server.port,
             server.pid,
