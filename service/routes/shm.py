@@ -134,12 +134,21 @@ async def cuda_unregister_all(_: AuthDep) -> Response:
     return Response(status_code=200)
 
 
-@router.api_route(
+@router.post(
     "/v2/cudasharedmemory/region/{name}/{action}",
-    methods=["GET", "POST"],
-    summary="CUDA shared memory (not supported)",
+    summary="Register or unregister a CUDA shared memory region (not supported)",
     responses=CUDA_ERRORS,
 )
-async def cuda(name: str, action: str, _: AuthDep) -> Response:
+async def cuda_region(name: str, action: str, _: AuthDep) -> Response:
+    """Answered 400: regions of GPU memory are not served."""
+    raise BadRequest(CUDA)
+
+
+@router.get(
+    "/v2/cudasharedmemory/region/{name}/status",
+    summary="Status of a CUDA shared memory region (not supported)",
+    responses=CUDA_ERRORS,
+)
+async def cuda_region_status(name: str, _: AuthDep) -> Response:
     """Answered 400: regions of GPU memory are not served."""
     raise BadRequest(CUDA)
