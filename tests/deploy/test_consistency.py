@@ -176,9 +176,9 @@ def test_service_image_contract() -> None:
     for s in reversed(df.lineage("service")):
         env.update(s.env())
     settings = assert_bnfold_env(env, "Dockerfile service stage")
-    # port: EXPOSE == BNFOLD_PORT
+    # ports: EXPOSE == {BNFOLD_PORT, BNFOLD_GRPC_PORT}
     exposed = {int(p.split("/")[0]) for v in svc.values("EXPOSE") for p in v.split()}
-    assert exposed == {settings.port} == {8000}
+    assert exposed == {settings.port, settings.grpc_port} == {8000, 8001}
     assert settings.repo == Path("/models")
     # the baked-in models land where BNFOLD_REPO points
     sources = copy_sources(svc, df)
@@ -278,11 +278,13 @@ def test_compose_service() -> None:
     assert svc["depends_on"]["converter"]["condition"] == "service_completed_successfully"
     env = env_mapping(svc["environment"])
     settings = assert_bnfold_env(env, "compose service")
-    # ports: published -> BNFOLD_PORT == the image's EXPOSE
-    (mapping,) = svc["ports"]
-    host_ip, host_port, container_port = str(mapping).rsplit(":", 2)
-    assert host_ip == "127.0.0.1" and int(host_port) == 8000
-    assert int(container_port) == settings.port == 8000
+    # ports: published -> BNFOLD_PORT and BNFOLD_GRPC_PORT == the image's EXPOSE
+    published = [str(m).rsplit(":", 2) for m in svc["ports"]]
+    assert [(ip, int(host), int(inside)) for ip, host, inside in published] == [
+        ("127.0.0.1", 8000, settings.port),
+        ("127.0.0.1", 8001, settings.grpc_port),
+    ]
+    assert (settings.port, settings.grpc_port) == (8000, 8001)
     # healthcheck on the readiness route of that port
     test = svc["healthcheck"]["test"]
     assert test[0] == "CMD"
@@ -411,8 +413,8 @@ def test_k8s_deployment() -> None:
     assert name == "serve" and params["host"] == "0.0.0.0"
     assert k8s_env_names(c) <= settings_env_names()
     settings = assert_bnfold_env(k8s_env(c), "Deployment")
-    (port,) = c["ports"]
-    assert port["containerPort"] == settings.port
+    assert container_port(c, "http") == settings.port
+    assert container_port(c, "grpc") == settings.grpc_port == 8001
     probes = {k: c[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes["readinessProbe"]["path"] == READY
     assert probes["livenessProbe"]["path"] == LIVE
@@ -454,9 +456,10 @@ def test_k8s_service_and_hpa() -> None:
     (c,) = pod["spec"]["containers"]
     svc = docs["Service/bnfold"]
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    (port,) = svc["spec"]["ports"]
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
     settings = settings_from_env(k8s_env(c))
-    assert container_port(c, port["targetPort"]) == settings.port
+    assert container_port(c, ports["http"]["targetPort"]) == settings.port
+    assert container_port(c, ports["grpc"]["targetPort"]) == settings.grpc_port
     hpa = docs["HorizontalPodAutoscaler/bnfold"]
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
