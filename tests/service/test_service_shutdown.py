@@ -40,6 +40,7 @@ def test_sigterm_drains_then_exits(repo: Repo, tmp_path: Path) -> None:
     env["BNFOLD_ACCESS_LOG"] = "true"  # off by default; this test reads its request id
     # The repository holds broken models on purpose; readiness here means "started".
     env["BNFOLD_STRICT_READINESS"] = "false"
+    env["BNFOLD_ACCESS_LOG"] = "true"  # off by default; its lines carry the request id
     env["BNFOLD_GRPC_PORT"] = "0"  # HTTP only: no shared port 8001 between test servers
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
