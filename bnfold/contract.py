@@ -327,34 +327,88 @@ class DynamicBatching:
 
 @dataclass
 class Preprocessing:
-    """How an uploaded image becomes the model input:
-    ``x = (pixel / pixel_scale - mean[c]) / std[c]``, resized to ``input_shape``
-    (``[C, H, W]`` for NCHW; ``[F]`` for flat NC inputs, a square image)."""
+    """What the model's input is, and how an uploaded image becomes it
+    (docs/repository.md, "preprocessing").
 
-    layout: Literal["NCHW", "NC"]
+    ``input_range`` ``[lo, hi]`` is the range of the values the graph takes
+    as they come (digits' ink counts ``[0, 16]``, 8-bit pixels ``[0, 255]``,
+    the default), ``input_meaning`` says what they are. An image's 8-bit
+    values ``v`` map onto it linearly: ``raw = lo + v / 255 * (hi - lo)``.
+
+    - ``normalized: false`` (what the converter writes): the graph takes
+      ``raw`` as it is and applies ``(raw / pixel_scale - mean[c]) / std[c]``
+      itself, folded into its first layer; the service only lays out.
+    - ``normalized: true`` (the default, as before this key existed): the
+      graph takes ``(raw / pixel_scale - mean[c]) / std[c]``, which the
+      service computes.
+
+    The image is laid out as ``input_shape``: ``[C, H, W]`` for NCHW,
+    ``[H, W, C]`` for NHWC (Keras/tf2onnx), ``[F]`` for flat NC inputs (a
+    square image). ``background`` (``dark``: light ink on dark, as digits are
+    stored) lets the service turn around images of the other kind;
+    ``fit`` is how an image is fitted to the input by default (``resize``,
+    or ``crop-center``: crop to the ink, scale it to fill ``fit_box`` of the
+    frame keeping its aspect ratio, centre it, as digit data sets were made)."""
+
+    layout: Literal["NCHW", "NHWC", "NC"]
     input_shape: list[int]
     pixel_scale: float = 255.0
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
     color: Literal["grayscale", "rgb"] = "grayscale"
+    normalized: bool = True
+    input_range: list[float] | None = None  # None: [0, 255], the 8-bit values themselves
+    input_meaning: str | None = None
+    background: Literal["dark", "light"] | None = None  # None: unknown, never inverted on auto
+    fit: Literal["resize", "crop-center"] = "resize"
+    fit_box: float = 1.0
 
     def __post_init__(self) -> None:
-        rank = 3 if self.layout == "NCHW" else 1
+        rank = 1 if self.layout == "NC" else 3
         if len(self.input_shape) != rank or any(d < 1 for d in self.input_shape):
             raise ContractError(f"input_shape {self.input_shape} does not fit layout {self.layout}")
         if self.pixel_scale <= 0:
             raise ContractError("pixel_scale must be positive")
         if any(s == 0 for s in self.std):
             raise ContractError("std has a zero entry")
-        channels = self.input_shape[0] if self.layout == "NCHW" else 1
+        channels = self.channels
         for name in ("mean", "std"):
             if len(getattr(self, name)) not in (1, channels):
                 raise ContractError(f"{name} needs 1 or {channels} entries")
         if self.layout == "NC" and round(self.input_shape[0] ** 0.5) ** 2 != self.input_shape[0]:
             raise ContractError(f"flat input_shape {self.input_shape} is not a square image")
         want = 3 if self.color == "rgb" else 1
-        if self.layout == "NCHW" and self.input_shape[0] != want:
+        if self.layout != "NC" and channels != want:
             raise ContractError(f"{self.color} images need {want} channels")
+        if self.input_range is not None and (
+            len(self.input_range) != 2 or not self.input_range[0] < self.input_range[1]
+        ):
+            raise ContractError(f"input_range {self.input_range} must be [low, high], low < high")
+        if not 0 < self.fit_box <= 1:
+            raise ContractError("fit_box must be within 0 (exclusive) and 1")
+
+    @property
+    def channels(self) -> int:
+        """Channels of the image the input is made of (1 for flat inputs)."""
+        if self.layout == "NCHW":
+            return self.input_shape[0]
+        return self.input_shape[-1] if self.layout == "NHWC" else 1
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        """(height, width) of the image the input is made of."""
+        if self.layout == "NCHW":
+            return self.input_shape[1], self.input_shape[2]
+        if self.layout == "NHWC":
+            return self.input_shape[0], self.input_shape[1]
+        side = round(self.input_shape[0] ** 0.5)
+        return side, side
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """``input_range`` as (low, high), the 8-bit range when unset."""
+        lo, hi = self.input_range if self.input_range is not None else (0.0, 255.0)
+        return float(lo), float(hi)
 
 
 @dataclass
