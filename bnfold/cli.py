@@ -563,6 +563,15 @@ def convert(
             help="Also keep the training run (checkpoint, curves) here.", show_default="not kept"
         ),
     ] = None,
+    normalized_input: Annotated[
+        bool,
+        typer.Option(
+            "--normalized-input",
+            help="Write a model that takes standardised input ((raw / pixel_scale - mean) / "
+            "std, as the network was trained) instead of the raw data (digits' counts 0..16, "
+            "pixels 0..255), whose normalisation is then folded into the first layer.",
+        ),
+    ] = False,
 ) -> None:
     """Train, export, fold, verify and write a model version: the one-shot offline pipeline."""
     shape = _shape(input_shape)
@@ -585,6 +594,7 @@ def convert(
         version=version,
         rtol=rtol,
         run_dir=run_dir,
+        normalized_input=normalized_input,
     )
     try:
         with _TrainingBar(arch, epochs or DEFAULT_EPOCHS[arch]) as bar:

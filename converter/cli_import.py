@@ -14,6 +14,7 @@ from rich.markup import escape
 from bnfold.contract import DEFAULT_RTOL
 from bnfold.converter.console import console
 from bnfold.converter.importer import DEFAULT_MAX_BATCH, N_RANDOM, ImportOptions, import_onnx
+from bnfold.converter.input_map import parse_normalize, parse_range
 
 
 def import_model(
@@ -55,8 +56,37 @@ def import_model(
         typer.Option(help="Class names for config.json, comma-separated (e.g. cat,dog)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated rows.")] = 0,
+    normalize: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MEAN/STD",
+            help="The model was trained on (x / HIGH - MEAN) / STD: put that in front of the "
+            "graph, so the version takes the raw data (--input-range) and the map folds into "
+            "the first layer. MEAN and STD are comma-separated, one value or one per channel: "
+            "0.5/0.25, or ImageNet's 0.485,0.456,0.406/0.229,0.224,0.225. With it, --data "
+            "holds raw rows.",
+            show_default="none: the version takes the input as the model does",
+        ),
+    ] = None,
+    input_range: Annotated[
+        str,
+        typer.Option(
+            metavar="LOW,HIGH",
+            help="With --normalize: the raw values the version takes (0,255: 8-bit pixels; "
+            "0,1: values already scaled).",
+        ),
+    ] = "0,255",
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NCHW|NHWC|NC",
+            help="With --normalize: where the channels are (NHWC: Keras/tf2onnx).",
+            show_default="from the input's shape",
+        ),
+    ] = None,
 ) -> None:
     """Fold any ONNX model's BatchNorms, prove the result, and write it as a repository version."""
+    parsed = parse_normalize(normalize) if normalize is not None else None
     opts = ImportOptions(
         model=model,
         repo=repo,
@@ -68,6 +98,9 @@ def import_model(
         rtol=rtol,
         max_batch_size=max_batch_size,
         labels=tuple(x.strip() for x in labels.split(",")) if labels else (),
+        normalize=(tuple(parsed[0]), tuple(parsed[1])) if parsed else None,
+        input_range=parse_range(input_range),
+        layout=layout.upper() if layout else None,
     )
     result = import_onnx(opts, log=lambda line: console.print(escape(line)))
     p = result.parity

@@ -10,9 +10,13 @@
   ``test_batch.bin``; PATH is their folder or one ``.bin`` file);
 - ``fer2013:PATH``: the FER2013 CSV (``emotion,pixels,Usage``).
 
-Every loader returns pixels scaled to [0, 1]; :func:`prepare` resizes them to
-the architecture's input, splits train/validation/test deterministically and
-standardises with statistics of the training split only.
+Every loader returns the values as the data set stores them, which is what a
+user has: digits' ink counts 0..16, 8-bit pixels 0..255 (``Dataset.input_range``
+and ``input_meaning`` say which). :func:`prepare` resizes them to the
+architecture's input, splits train/validation/test deterministically
+(:func:`split_indices`) and standardises with statistics of the training
+split only: ``(raw / pixel_scale - mean) / std``. The converter puts that map
+in front of the exported network, so the served model takes the raw values.
 """
 
 from __future__ import annotations
@@ -39,9 +43,21 @@ class DataError(InputError):
     """A data source is missing, malformed or does not fit the architecture."""
 
 
+# What the embedded digits are: scikit-learn's load_digits() is UCI's optdigits,
+# NIST bitmaps of 32x32 pixels (each digit scaled to fill the height, centred)
+# counted in 4x4 blocks.
+DIGITS_MEANING = "ink pixels per 4x4 block of a 32x32 bitmap (0..16), light ink on dark"
+PIXELS_MEANING = "8-bit pixel values (0..255)"
+
+
 @dataclass
 class Dataset:
-    """Samples in [0, 1], images as (N, C, H, W) and vectors as (N, F)."""
+    """Samples as stored, images as (N, C, H, W) and vectors as (N, F).
+
+    ``input_range`` is the range the values live in and ``pixel_scale`` what
+    they are divided by to lie in [0, 1] before standardising (16 for digits,
+    255 for 8-bit images, 1 for data already in [0, 1]); ``background`` and
+    ``fit`` describe images for the service (docs/repository.md)."""
 
     name: str
     x: np.ndarray
@@ -50,6 +66,11 @@ class Dataset:
     # Optional predefined split per sample (TRAIN/VAL/TEST, -1 = choose).
     split: np.ndarray | None = None
     source: str = ""
+    input_range: tuple[float, float] = (0.0, 1.0)
+    pixel_scale: float = 1.0
+    input_meaning: str = ""
+    background: str | None = None  # "dark": light ink on a dark background
+    fit: str = "resize"  # "crop-center" for digit-like images
 
 
 @dataclass
@@ -65,6 +86,10 @@ class Splits:
     labels: list[str]
     preprocessing: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
+    # The test split as stored (raw values, laid out for the network), and
+    # which samples of the data set it holds.
+    raw_test: np.ndarray | None = None
+    test_indices: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- loaders
@@ -93,13 +118,18 @@ def load_digits() -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    x = (d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8), counts 0..16
+    x = d.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), counts 0..16 as stored
     return Dataset(
         "digits",
         x,
         d.target.astype(np.int64),
         [str(i) for i in range(10)],
         source="sklearn.datasets.load_digits",
+        input_range=(0.0, 16.0),
+        pixel_scale=16.0,
+        input_meaning=DIGITS_MEANING,
+        background="dark",
+        fit="crop-center",
     )
 
 
@@ -118,6 +148,7 @@ def synthetic(
         y.astype(np.int64),
         [f"class_{i}" for i in range(num_classes)],
         source=f"seed={seed}",
+        input_meaning="synthetic values in [0, 1]",
     )
 
 
@@ -147,16 +178,38 @@ def load_npz(path: Path) -> Dataset:
             f"npz: x must be (N, F), (N, H, W) or (N, H, W, C)/(N, C, H, W); got {x.shape}"
         )
     xf = x.astype(np.float32)
-    if x.dtype.kind in "ui":
-        xf /= 255.0 if x.max(initial=0) > 1 else 1.0
     if not np.isfinite(xf).all():
         raise DataError("npz: x contains NaN or infinite values")
+    lo, hi = float(xf.min(initial=0.0)), float(xf.max(initial=0.0))
+    if lo >= 0 and hi <= 1:  # already in [0, 1]
+        value_range, scale, meaning = (0.0, 1.0), 1.0, "values in [0, 1]"
+    elif lo >= 0 and hi <= 255 and (x.dtype.kind in "ui" or hi > 1):  # pixels
+        value_range, scale, meaning = (0.0, 255.0), 255.0, PIXELS_MEANING
+    else:
+        scale = max(abs(lo), abs(hi))
+        value_range, meaning = (lo, hi), f"values in [{lo:g}, {hi:g}]"
     if x.ndim == 3:
         xf = xf[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         xf = np.ascontiguousarray(xf.transpose(0, 3, 1, 2))  # NHWC -> NCHW
     labels = _check_labels(y.astype(np.int64), "npz")
-    return Dataset("npz", xf, y.astype(np.int64), labels, source=str(path))
+    return Dataset(
+        "npz",
+        xf,
+        y.astype(np.int64),
+        labels,
+        source=str(path),
+        input_range=value_range,
+        pixel_scale=scale,
+        input_meaning=meaning,
+    )
+
+
+PIXELS: dict[str, Any] = {
+    "input_range": (0.0, 255.0),
+    "pixel_scale": 255.0,
+    "input_meaning": PIXELS_MEANING,
+}
 
 
 def load_cifar10(path: Path) -> Dataset:
@@ -192,8 +245,16 @@ def load_cifar10(path: Path) -> Dataset:
         names = [ln.strip() for ln in meta.read_text().splitlines() if ln.strip()]
         if len(names) == 10:
             labels = names
-    x = np.concatenate(xs).astype(np.float32) / 255.0
-    return Dataset("cifar10", x, y, list(labels), split=np.concatenate(splits), source=str(path))
+    x = np.concatenate(xs).astype(np.float32)
+    return Dataset(
+        "cifar10",
+        x,
+        y,
+        list(labels),
+        split=np.concatenate(splits),
+        source=str(path),
+        **PIXELS,
+    )
 
 
 def load_fer2013(path: Path) -> Dataset:
@@ -230,7 +291,7 @@ def load_fer2013(path: Path) -> Dataset:
             splits.append(FER2013_USAGE.get(usage, -1))
     if not xs:
         raise DataError(f"fer2013: {path} has no rows")
-    x = np.stack(xs).astype(np.float32) / 255.0
+    x = np.stack(xs).astype(np.float32)
     return Dataset(
         "fer2013",
         x,
@@ -238,6 +299,7 @@ def load_fer2013(path: Path) -> Dataset:
         list(FER2013_LABELS),
         split=np.array(splits),
         source=str(path),
+        **PIXELS,
     )
 
 
@@ -321,33 +383,31 @@ def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
 
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    if x.size and float(x.min()) >= 0 and float(x.max()) <= 1:
-        out.clamp_(0, 1)  # antialiasing overshoots; keep [0, 1] data in [0, 1]
+    if x.size:  # antialiasing overshoots; keep the data within its own range (0..16 digits)
+        out.clamp_(float(x.min()), float(x.max()))
     return out.numpy()
 
 
 # --------------------------------------------------------------------------- split
 
 
-def prepare(
+def split_indices(
     data: Dataset,
-    input_shape: tuple[int, ...],
     *,
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     limit: int | None = None,
-    resize: bool | None = None,
-) -> Splits:
-    """Deterministic stratified split, layout (:func:`fit_to`; ``resize`` None:
-    only the embedded data sets are resampled), standardise with train
-    statistics."""
+) -> dict[str, np.ndarray]:
+    """The samples of each split (``train``, ``val``, ``test``), as ascending
+    indices into ``data``: stratified, deterministic for a seed, a data set's
+    own split (its ``split`` column) respected. What :func:`prepare` trains,
+    validates and tests on; the demo and ``bnfold sample-image`` take their
+    digits from ``test``."""
     n = len(data.y)
     idx = np.arange(n)
     if limit is not None and limit < n:
         idx = _stratified_take(data.y, limit, seed)
-    allow = data.name in RESIZED_BY_DESIGN if resize is None else resize
-    x = fit_to(data.x[idx], input_shape, resize=allow)
     y = data.y[idx]
     preset = data.split[idx] if data.split is not None else np.full(len(idx), -1)
     rng = np.random.default_rng(seed)
@@ -363,13 +423,36 @@ def prepare(
         split[members] = TRAIN
         split[members[:n_test]] = TEST
         split[members[n_test : n_test + n_val]] = VAL
-    parts = {s: np.flatnonzero(split == s) for s in (TRAIN, VAL, TEST)}
-    for s, name in ((TRAIN, "train"), (VAL, "validation"), (TEST, "test")):
-        if len(parts[s]) == 0:
+    parts = {"train": idx[split == TRAIN], "val": idx[split == VAL], "test": idx[split == TEST]}
+    for key, name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        if len(parts[key]) == 0:
             raise DataError(f"{data.name}: the {name} split is empty; need more samples")
+    return parts
 
-    x_train = x[parts[TRAIN]]
-    if x.ndim == 4:
+
+def prepare(
+    data: Dataset,
+    input_shape: tuple[int, ...],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+    resize: bool | None = None,
+) -> Splits:
+    """Deterministic stratified split (:func:`split_indices`), layout
+    (:func:`fit_to`; ``resize`` None: only the embedded data sets are
+    resampled), standardise with train statistics:
+    ``(raw / pixel_scale - mean) / std``. ``raw_test`` keeps the test split
+    as stored (laid out for the network, not standardised)."""
+    parts = split_indices(
+        data, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, limit=limit
+    )
+    allow = data.name in RESIZED_BY_DESIGN if resize is None else resize
+    x = {k: fit_to(data.x[v], input_shape, resize=allow) for k, v in parts.items()}
+    scale = float(data.pixel_scale)
+    x_train = x["train"] / np.float32(scale)
+    if x_train.ndim == 4:
         mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
         std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
         bshape: tuple[int, ...] = (1, -1, 1, 1)
@@ -382,26 +465,39 @@ def prepare(
     std = np.where(std < 1e-6, 1.0, std)
 
     def norm(a: np.ndarray) -> np.ndarray:
-        return ((a - mean.reshape(bshape)) / std.reshape(bshape)).astype(np.float32)
+        scaled = a.astype(np.float64) / scale
+        return ((scaled - mean.reshape(bshape)) / std.reshape(bshape)).astype(np.float32)
 
-    preprocessing = {
+    lo, hi = data.input_range
+    preprocessing: dict[str, Any] = {
         "layout": layout,
         "input_shape": list(input_shape),
-        "pixel_scale": 255.0,
+        "pixel_scale": scale,
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "color": "grayscale" if (layout == "NC" or input_shape[0] == 1) else "rgb",
+        "normalized": True,  # these arrays are; the converter's graphs take raw_test's kind
+        "input_range": [float(lo), float(hi)],
+        "input_meaning": data.input_meaning or None,
+        "background": data.background,
+        "fit": data.fit,
+        "fit_box": 1.0,  # crop-center: the ink's box fills the frame (digits fill the height)
     }
+    preprocessing = {k: v for k, v in preprocessing.items() if v is not None}
+    y = {k: data.y[v] for k, v in parts.items()}
     return Splits(
-        x_train=norm(x_train), y_train=y[parts[TRAIN]],
-        x_val=norm(x[parts[VAL]]), y_val=y[parts[VAL]],
-        x_test=norm(x[parts[TEST]]), y_test=y[parts[TEST]],
+        x_train=norm(x["train"]), y_train=y["train"],
+        x_val=norm(x["val"]), y_val=y["val"],
+        x_test=norm(x["test"]), y_test=y["test"],
         labels=data.labels, preprocessing=preprocessing,
         info={"name": data.name, "source": data.source, "seed": seed,
-              "n_train": len(parts[TRAIN]), "n_val": len(parts[VAL]),
-              "n_test": len(parts[TEST]),
+              "n_train": len(parts["train"]), "n_val": len(parts["val"]),
+              "n_test": len(parts["test"]),
+              "limit": limit,
               "sample_shape": list(data.x.shape[1:]),
-              "resized": tuple(data.x.shape[1:]) != tuple(x.shape[1:])},
+              "resized": tuple(data.x.shape[1:]) != tuple(x["test"].shape[1:])},
+        raw_test=x["test"].astype(np.float32),
+        test_indices=parts["test"],
     )  # fmt: skip
 
 

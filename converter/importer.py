@@ -7,7 +7,11 @@ or on generated inputs, and the version is written only when every output
 agrees (:func:`bnfold.contract.compare`). ``config.json`` is completed from
 the graph (names, datatypes, shapes, ``max_batch_size`` from a dynamic
 first dimension), or, when the model already has one, keeps its edits.
-No torch: the serving image can import models too.
+With ``--normalize MEAN/STD`` the model's input normalisation goes in front
+of the graph (:mod:`bnfold.converter.input_map`), so the version takes the
+raw data (pixels 0..255 by default) and the map folds into the first layer;
+that the prepended graph computes what the original computes on normalised
+data is proven too. No torch: the serving image can import models too.
 """
 
 from __future__ import annotations
@@ -28,13 +32,23 @@ from bnfold import folding
 from bnfold.contract import (
     DEFAULT_RTOL,
     ONNX_DATATYPES,
+    ContractError,
     Parity,
+    Preprocessing,
     check_name,
     check_version,
     compare,
     complete_config,
 )
 from bnfold.converter.errors import InputError, ParityFailure
+from bnfold.converter.input_map import (
+    NormalizeError,
+    denormalize_array,
+    describe_input_map,
+    fold_outcome,
+    normalize_array,
+    prepend_normalization,
+)
 from bnfold.converter.repository import RepositoryError, write_version
 from bnfold.converter.verify import load_model, random_inputs, read_data, run_onnx, session
 
@@ -71,6 +85,24 @@ class ImportOptions:
     rtol: float = DEFAULT_RTOL
     max_batch_size: int = DEFAULT_MAX_BATCH
     labels: tuple[str, ...] = ()
+    # (mean, std) per channel, in units of raw / input_range[1]: put the
+    # normalisation in front, so the version takes the raw data.
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    input_range: tuple[float, float] = (0.0, 255.0)
+    layout: str | None = None  # NCHW, NHWC or NC; None: from the input's shape
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """An imported graph with its input normalisation in front."""
+
+    model: onnx.ModelProto
+    axis: int
+    pixel_scale: float
+    mean: list[float]
+    std: list[float]
+    preprocessing: dict[str, Any] | None  # None: the input is not an image
+    why_no_preprocessing: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,12 +179,128 @@ def prove(
     return worst, {name: p.to_dict() for name, p in per_output.items()}
 
 
+def _layout(dims: list[int | None], given: str | None) -> str | None:
+    """NCHW, NHWC or NC for an input of these dims (batch first), or None."""
+    if given is not None:
+        want = {"NC": 2, "NCHW": 4, "NHWC": 4}.get(given)
+        if want is None:
+            raise NormalizeError(f"--layout {given!r}: use NCHW, NHWC or NC")
+        if len(dims) != want:
+            raise NormalizeError(f"--layout {given} needs an input of rank {want}, not {dims}")
+        return given
+    if len(dims) == 2:
+        return "NC"
+    if len(dims) == 4:
+        if dims[1] in (1, 3):
+            return "NCHW"
+        if dims[3] in (1, 3):
+            return "NHWC"
+    return None
+
+
+def normalize_input(model: onnx.ModelProto, opts: ImportOptions, log: Log) -> Normalized:
+    """``model`` with ``opts.normalize`` in front, and the preprocessing that says so."""
+    assert opts.normalize is not None
+    mean, std = (list(v) for v in opts.normalize)
+    lo, hi = opts.input_range
+    if hi <= 0:
+        raise NormalizeError(f"--input-range {lo:g},{hi:g}: HIGH must be positive")
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise NormalizeError(f"--normalize needs a model of one input; it has {len(inputs)}")
+    dims: list[int | None] = [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
+    layout = _layout(dims, opts.layout)
+    channels = max(len(mean), len(std))
+    if layout is None and channels > 1:
+        raise NormalizeError(
+            f"cannot tell the channel axis of input {inputs[0].name!r} {dims}; "
+            "give --layout NCHW, NHWC or NC"
+        )
+    axis = 3 if layout == "NHWC" else 1
+    reference = prepend_normalization(model, pixel_scale=hi, mean=mean, std=std, channel_axis=axis)
+    log(
+        f"the input normalisation (x / {hi:g} - mean) / std goes in front: the version takes "
+        f"raw values in {lo:g}..{hi:g}"
+    )
+    prep: dict[str, Any] | None = None
+    why = ""
+    shape = dims[1:]
+    if layout is not None and all(isinstance(d, int) and d > 0 for d in shape):
+        c = {"NCHW": shape[0], "NHWC": shape[-1]}.get(layout, 1)
+        candidate = {
+            "layout": layout,
+            "input_shape": shape,
+            "pixel_scale": hi,
+            "mean": mean,
+            "std": std,
+            "color": "rgb" if c == 3 else "grayscale",
+            "normalized": False,
+            "input_range": [lo, hi],
+            "input_meaning": f"raw values in {lo:g}..{hi:g} (normalised in the graph)",
+        }
+        try:
+            Preprocessing(**candidate)  # type: ignore[arg-type]
+            prep = candidate
+        except ContractError as e:
+            why = str(e)
+    else:
+        why = f"input {inputs[0].name!r} {dims} is not an image of static size"
+    if prep is None:
+        log(f"no image preprocessing in config.json ({why}); /classify is off for it")
+    return Normalized(reference, axis, hi, mean, std, prep, why)
+
+
+def normalized_feeds(
+    original: onnx.ModelProto, norm: Normalized, opts: ImportOptions
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(raw feeds for the prepended graph, normalised feeds for the original):
+    ``--data`` rows as raw values, then generated rows drawn N(0, 1) in the
+    normalised space and mapped back to raw."""
+    (name,) = [i.name for i in norm.model.graph.input if i.name not in _inits(norm.model)]
+    parts: list[np.ndarray] = []
+    if opts.data is not None:
+        parts.append(read_data(opts.data, norm.model)[name])
+    if opts.n_random > 0:
+        x = random_inputs(original, opts.n_random, seed=opts.seed)[name]
+        parts.append(denormalize_array(x, norm.pixel_scale, norm.mean, norm.std, norm.axis))
+    if not parts:
+        raise InputError("no inputs to prove parity on: give --data or --n-random above 0")
+    raw = np.concatenate(parts) if _batch_axis_dynamic(original) else parts[0]
+    raw = raw.astype(np.float32)
+    normalized = normalize_array(raw, norm.pixel_scale, norm.mean, norm.std, norm.axis)
+    return {name: raw}, {name: normalized}
+
+
+def _inits(model: onnx.ModelProto) -> set[str]:
+    return {t.name for t in model.graph.initializer}
+
+
 def import_onnx(opts: ImportOptions, *, log: Log = _noop) -> ImportResult:
     """``opts.model`` (an ONNX file) folded, proven and written as a version."""
     check_target(opts)
     reference = load_model(opts.model)
     source = {"file": opts.model.name, "bytes": opts.model.stat().st_size}
-    return import_model(reference, opts, source=source, log=log)
+    if opts.normalize is None:
+        return import_model(reference, opts, source=source, log=log)
+    norm = normalize_input(reference, opts, log)
+    feeds, original_feeds = normalized_feeds(reference, norm, opts)
+    expected = run_onnx(reference, original_feeds)
+    source |= {"normalize": {"mean": norm.mean, "std": norm.std, "pixel_scale": norm.pixel_scale}}
+    return import_model(
+        norm.model,
+        opts,
+        source=source,
+        feeds=feeds,
+        expected=expected,
+        expected_from="the original graph on normalised data",
+        preprocessing=norm.preprocessing,
+        network_bns=folding.count_bn(reference),
+        log=log,
+    )
 
 
 def import_model(
@@ -162,12 +310,18 @@ def import_model(
     source: dict[str, Any],
     feeds: dict[str, np.ndarray] | None = None,
     expected: dict[str, np.ndarray] | None = None,
+    expected_from: str = "PyTorch eval",
+    preprocessing: dict[str, Any] | None = None,
+    network_bns: int | None = None,
     log: Log = _noop,
 ) -> ImportResult:
     """Fold ``reference``, prove it, write the version. ``feeds`` replaces
     the inputs of ``opts``; ``expected`` (the outputs of the network the
-    graph was exported from, on ``feeds``) adds that comparison too."""
-    bn_before = folding.count_bn(reference)
+    graph was exported from, on ``feeds``, or of the original graph when
+    ``reference`` has an input normalisation in front) adds that comparison
+    too; ``preprocessing`` goes into config.json and the manifest."""
+    # the network's BNs (an input normalisation in front is a map, not one of them)
+    bn_before = folding.count_bn(reference) if network_bns is None else network_bns
     if bn_before == 0:
         log(NO_BN_HINT)
     else:
@@ -180,14 +334,16 @@ def import_model(
     rows = len(next(iter(feeds.values())))
     comparisons: dict[str, Any] = {}
     if expected is not None:
-        log(f"verifying PyTorch eval vs reference.onnx on {rows} rows")
+        log(f"verifying {expected_from} vs reference.onnx on {rows} rows")
         exported = run_onnx(reference, feeds)
         checks = {n: compare(want, exported[n], rtol=opts.rtol) for n, want in expected.items()}
-        comparisons["pytorch_vs_reference"] = {n: p.to_dict() for n, p in checks.items()}
+        key = "original_vs_reference" if opts.normalize is not None else "pytorch_vs_reference"
+        comparisons[key] = {n: p.to_dict() for n, p in checks.items()}
         failed = [n for n, p in checks.items() if not p.passed]
         if failed:
+            what = "the module" if key == "pytorch_vs_reference" else "the original graph"
             raise ParityFailure(
-                f"reference.onnx does not compute what the module computes (output {failed[0]}: "
+                f"reference.onnx does not compute what {what} computes (output {failed[0]}: "
                 f"max rel error {checks[failed[0]].max_rel_error:.3g}); nothing was written"
             )
     log(f"verifying reference.onnx vs model.onnx on {rows} rows")
@@ -203,6 +359,11 @@ def import_model(
         None, opts.name, inputs, outputs, default_max_batch_size=opts.max_batch_size
     )
     config.labels = list(opts.labels)
+    if preprocessing is not None:
+        config.preprocessing = Preprocessing(**preprocessing)
+    input_map = fold_outcome(report.to_dict()) if opts.normalize is not None else None
+    if opts.normalize is not None:
+        log(describe_input_map(input_map))
     opset = max(
         (o.version for o in reference.opset_import if o.domain in ("", "ai.onnx")), default=0
     )
@@ -212,6 +373,7 @@ def import_model(
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": source | {"producer": producer, "opset": opset},
         "labels": config.labels,
+        **({"preprocessing": preprocessing} if preprocessing else {}),
         "inputs": [_described(t) for t in inputs],
         "outputs": [_described(t) for t in outputs],
         "folding": {
@@ -219,6 +381,7 @@ def import_model(
             "bn_before": bn_before,
             "bn_after": bn_after,
             "report": report.to_dict(),
+            **({"input_normalization": input_map} if input_map else {}),
         },
         "parity": parity.to_dict()
         | {"comparisons": comparisons, "data": str(opts.data) if opts.data else "generated"},

@@ -1,7 +1,10 @@
 """The offline pipeline behind ``bnfold convert``.
 
-train -> export reference.onnx (BN count checked) -> fold -> model.onnx ->
-verify (PyTorch eval vs reference vs folded) -> write the version atomically.
+train -> export (BN count checked) -> put the input normalisation in front
+(reference.onnx takes the data as the user has it: digits' counts 0..16,
+pixels 0..255) -> fold (the normalisation into the first layer, like a BN)
+-> model.onnx -> verify (PyTorch eval on normalised data vs both graphs on
+the raw data) -> write the version atomically.
 
 A version whose parity fails is never written: the repository only ever holds
 models that compute what the trained network computes.
@@ -28,6 +31,12 @@ from bnfold.converter.data import Splits, load, prepare
 from bnfold.converter.distributed import World
 from bnfold.converter.errors import InputError, ParityFailure
 from bnfold.converter.export import INPUT_NAME, OUTPUT_NAME, export_reference, torch_logits
+from bnfold.converter.input_map import (
+    denormalize_array,
+    describe_input_map,
+    fold_outcome,
+    prepend_normalization,
+)
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
 from bnfold.converter.repository import write_version
 from bnfold.converter.train import (
@@ -75,6 +84,8 @@ class ConvertOptions:
     run_dir: Path | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH
     resize: bool = False  # resample a user's data to the network's input
+    # The graphs take standardised data, as the network does, instead of raw values.
+    normalized_input: bool = False
 
     def model_name(self) -> str:
         return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
@@ -153,13 +164,32 @@ def check_parity(
     *,
     rtol: float,
     seed: int,
+    raw_heldout: np.ndarray | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """PyTorch eval vs reference.onnx vs model.onnx, on held-out and random inputs."""
+    """PyTorch eval vs reference.onnx vs model.onnx, on held-out and random inputs.
+
+    PyTorch gets the standardised data (``x_heldout``, and random rows drawn
+    in that space); with ``raw_heldout`` the graphs get the raw data instead
+    (the same rows as stored, and the random rows mapped back by
+    ``preprocessing``'s pixel_scale, mean and std), so the comparison covers
+    the input normalisation in front of them."""
     rng = np.random.default_rng(seed)
     x_random = rng.standard_normal((N_RANDOM_PARITY, *x_heldout.shape[1:])).astype(np.float32)
     x_all = np.concatenate([x_heldout, x_random])
-    ref_out = run_onnx(reference, {INPUT_NAME: x_all})[OUTPUT_NAME]
-    folded_out = run_onnx(folded, {INPUT_NAME: x_all})[OUTPUT_NAME]
+    graph_in = x_all
+    if raw_heldout is not None:
+        assert preprocessing is not None
+        raw_random = denormalize_array(
+            x_random,
+            preprocessing["pixel_scale"],
+            preprocessing["mean"],
+            preprocessing["std"],
+            axis=1,
+        )
+        graph_in = np.concatenate([raw_heldout.astype(np.float32), raw_random])
+    ref_out = run_onnx(reference, {INPUT_NAME: graph_in})[OUTPUT_NAME]
+    folded_out = run_onnx(folded, {INPUT_NAME: graph_in})[OUTPUT_NAME]
     torch_out = torch_logits(result.model, x_all)
     comparisons = {
         "torch_vs_reference": compare(torch_out, ref_out, rtol=rtol).to_dict(),
@@ -176,6 +206,7 @@ def check_parity(
         "n_samples": len(x_all),
         "n_heldout": len(x_heldout),
         "n_random": N_RANDOM_PARITY,
+        "inputs": "raw" if raw_heldout is not None else "normalized",
         "rtol": rtol,
         "comparisons": comparisons,
     }
@@ -194,7 +225,13 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def serving_config(name: str, arch: ArchConfig, splits: Splits, max_batch: int) -> dict[str, Any]:
+def serving_config(
+    name: str,
+    arch: ArchConfig,
+    splits: Splits,
+    max_batch: int,
+    preprocessing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "name": name,
         "platform": "onnxruntime_onnx",
@@ -203,8 +240,23 @@ def serving_config(name: str, arch: ArchConfig, splits: Splits, max_batch: int) 
         "output": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [arch.num_classes]}],
         "dynamic_batching": {"enabled": True, "max_queue_delay_ms": 1.0, "max_queue_size": 1024},
         "labels": splits.labels,
-        "preprocessing": splits.preprocessing,
+        "preprocessing": preprocessing or splits.preprocessing,
     }
+
+
+def with_input_map(
+    network: onnx.ModelProto, splits: Splits, opts: ConvertOptions
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """reference.onnx and its preprocessing: the network with the input
+    normalisation in front (``normalized: false``, the graph takes raw
+    values), or, with ``normalized_input``, the network as it is."""
+    prep = dict(splits.preprocessing)
+    if opts.normalized_input:
+        return network, prep | {"normalized": True}
+    reference = prepend_normalization(
+        network, pixel_scale=prep["pixel_scale"], mean=prep["mean"], std=prep["std"]
+    )
+    return reference, prep | {"normalized": False}
 
 
 def convert(
@@ -231,15 +283,30 @@ def convert(
         log(f"warning: {warning}")
 
     log("exporting reference.onnx (every BatchNormalization kept)")
-    reference = export_reference(result.model, result.arch)
-    bn_before = folding.count_bn(reference)
+    network = export_reference(result.model, result.arch)
+    bn_before = folding.count_bn(network)
+    reference, preprocessing = with_input_map(network, splits, opts)
+    if not opts.normalized_input:
+        lo, hi = preprocessing["input_range"]
+        log(f"reference.onnx takes the raw data ({lo:g}..{hi:g}); its normalisation runs first")
     log(f"folding {bn_before} BatchNorm layers")
     folded, report = folding.fold(reference)
     bn_after = folding.count_bn(folded)
     log(f"{bn_before - bn_after} of {bn_before} folded away; {bn_after} left")
+    input_map = None if opts.normalized_input else fold_outcome(report.to_dict())
+    log(describe_input_map(input_map))
 
     log("verifying PyTorch eval vs reference.onnx vs model.onnx")
-    parity = check_parity(result, reference, folded, splits.x_test, rtol=opts.rtol, seed=opts.seed)
+    parity = check_parity(
+        result,
+        reference,
+        folded,
+        splits.x_test,
+        rtol=opts.rtol,
+        seed=opts.seed,
+        raw_heldout=None if opts.normalized_input else splits.raw_test,
+        preprocessing=preprocessing,
+    )
     if not parity["passed"]:
         raise ParityError(
             f"parity failed (max rel error {parity['max_rel_error']:.3g} > {opts.rtol:g} or "
@@ -255,13 +322,14 @@ def convert(
         "training": {**cfg.to_dict(), "seconds": result.seconds},
         "metrics": result.metrics,
         "labels": splits.labels,
-        "preprocessing": splits.preprocessing,
+        "preprocessing": preprocessing,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32",
                     "shape": [-1, *result.arch.input_shape]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32",
                      "shape": [-1, result.arch.num_classes]}],
         "folding": {"folded": True, "bn_before": bn_before, "bn_after": bn_after,
-                    "report": report.to_dict(), "bn_health": health},
+                    "report": report.to_dict(), "bn_health": health,
+                    **({"input_normalization": input_map} if input_map else {})},
         "parity": parity,
         "versions": library_versions(),
     }  # fmt: skip
@@ -271,7 +339,7 @@ def convert(
         model_onnx=folded.SerializeToString(),
         reference_onnx=reference.SerializeToString(),
         manifest=manifest,
-        config=serving_config(name, result.arch, splits, opts.max_batch_size),
+        config=serving_config(name, result.arch, splits, opts.max_batch_size, preprocessing),
         version=opts.version,
     )
     log(f"wrote {version_dir}")

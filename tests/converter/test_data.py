@@ -32,11 +32,13 @@ def write_fer_csv(path: Path, rows: list[tuple[int, list[int], str]]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_digits_is_embedded_and_scaled() -> None:
+def test_digits_is_embedded_and_raw() -> None:
     d = load("digits", input_shape=(64,))
     assert d.x.shape == (1797, 1, 8, 8)
     assert d.x.dtype == np.float32
-    assert d.x.min() == 0.0 and d.x.max() == 1.0
+    # ink counts as scikit-learn stores them, not scaled
+    assert d.x.min() == 0.0 and d.x.max() == 16.0 and np.array_equal(d.x, np.round(d.x))
+    assert d.input_range == (0.0, 16.0) and d.pixel_scale == 16.0
     assert sorted(set(d.y.tolist())) == list(range(10))
 
 
@@ -49,13 +51,14 @@ def test_synthetic_is_seeded() -> None:
     assert a.x.shape == (2000, 1, 8, 8) and set(a.y.tolist()) == {0, 1, 2}
 
 
-def test_npz_nhwc_uint8_is_transposed_and_scaled(tmp_path: Path) -> None:
+def test_npz_nhwc_uint8_is_transposed_and_kept_raw(tmp_path: Path) -> None:
     x = np.zeros((6, 5, 5, 3), dtype=np.uint8)
     x[..., 0] = 255
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]))
     d = load(f"npz:{tmp_path / 'd.npz'}", input_shape=(3, 5, 5))
     assert d.x.shape == (6, 3, 5, 5)
-    assert d.x[:, 0].min() == 1.0 and d.x[:, 1:].max() == 0.0
+    assert d.x[:, 0].min() == 255.0 and d.x[:, 1:].max() == 0.0
+    assert d.input_range == (0.0, 255.0) and d.pixel_scale == 255.0
     assert d.labels == ["0", "1", "2"]
 
 
@@ -94,7 +97,7 @@ def test_cifar10_binary_batches(tmp_path: Path) -> None:
     assert d.x.shape == (6, 3, 32, 32)
     assert d.y.tolist() == [0, 1, 2, 3, 9, 8]
     # Record layout: 1024 red, 1024 green, 1024 blue, row-major.
-    assert d.x[0, 1, 0, 0] == pytest.approx(pixels[0, 1024] / 255.0)
+    assert d.x[0, 1, 0, 0] == pixels[0, 1024]
     assert d.split is not None and d.split.tolist() == [-1, -1, -1, -1, 2, 2]
     assert d.labels[0] == "airplane"
 
@@ -123,7 +126,7 @@ def test_fer2013_csv_uses_its_usage_column(tmp_path: Path) -> None:
     assert d.x.shape == (3, 1, 48, 48)
     assert d.y.tolist() == [3, 6, 0]
     assert d.split is not None and d.split.tolist() == [0, 1, 2]
-    assert d.x[0, 0, 0, 5] == pytest.approx(5 / 255)
+    assert d.x[0, 0, 0, 5] == 5
     assert d.labels[3] == "happy"
 
 
