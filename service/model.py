@@ -32,6 +32,7 @@ from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, map_errors
 from .files import MAX_JSON_BYTES, inside, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
+from .images import preprocessing_problem
 from .metrics import ModelMetrics
 from .model_config import read_model_config, triton_config
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
@@ -164,6 +165,10 @@ def open_version(
         default_max_batch_size=load.default_max_batch_size,
     )
     signature = build_signature(config, runtime.inputs, runtime.outputs, source=config_source)
+    if config.preprocessing is not None:  # refused here, not on every /classify request
+        problem = preprocessing_problem(config.preprocessing, signature)
+        if problem:
+            raise ValueError(f"{config_source} {problem}")
     folding: FoldOutcome | None = None
     reference: Runtime | None = None
     wants_fold = load.fold_on_load if config.fold_on_load is None else config.fold_on_load

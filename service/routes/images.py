@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from ..deps import RepositoryDep, SettingsDep, VersionDep
 from ..errors import BadRequest
-from ..images import image_input, top_labels
+from ..images import Fit, Invert, image_input, top_labels
 from .responses import MODEL, errors
 
 router = APIRouter(tags=["inference"])
@@ -24,6 +24,18 @@ ERRORS = errors(
 )
 FileDep = Annotated[UploadFile, File(description="A PNG or JPEG image.")]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many labels to return.")]
+INVERT_HELP = (
+    "auto: turn the image around when its border is the opposite of the model's training "
+    "background (a digit drawn black on white, for a model of light ink on dark); true; false."
+)
+FIT_HELP = (
+    "crop-center: crop to the ink, keep its aspect ratio, centre it, as digit data sets were "
+    "made; resize: stretch the whole image. Default: the model's preprocessing.fit."
+)
+InvertQuery = Annotated[Invert | None, Query(alias="invert", description=INVERT_HELP)]
+InvertForm = Annotated[Invert | None, Form(alias="invert", description=INVERT_HELP)]
+FitQuery = Annotated[Fit | None, Query(alias="fit", description=FIT_HELP)]
+FitForm = Annotated[Fit | None, Form(alias="fit", description=FIT_HELP)]
 
 
 @router.post(
@@ -40,17 +52,27 @@ async def classify(
     repo: RepositoryDep,
     settings: SettingsDep,
     top_k: TopK = 5,
+    invert_query: InvertQuery = None,
+    fit_query: FitQuery = None,
+    invert_form: InvertForm = None,
+    fit_form: FitForm = None,
 ) -> dict[str, Any]:
-    """Multipart upload (field ``file``): the image is preprocessed as
-    config.json says (resize, scale, mean/std), run, and the top-k labels
-    are returned with softmax probabilities."""
+    """Multipart upload (field ``file``): the image is prepared as
+    config.json's preprocessing says (transparency composited, turned around
+    where its background is the other kind, fitted, mapped to the model's
+    input range; ``invert`` and ``fit`` as query or form fields), run, and
+    the top-k labels are returned with softmax probabilities."""
     data = await file.read()
+    invert = invert_form or invert_query or "auto"
+    fit = fit_form or fit_query
     async with repo.serving(name, version) as served:
         prep = served.config.preprocessing
         if prep is None or len(served.signature.inputs) != 1:
             raise BadRequest(f"model {name!r} has no image preprocessing in its config.json")
         spec = served.signature.inputs[0]
-        x = image_input(data, prep, max_pixels=settings.max_image_pixels).astype(spec.dtype)
+        x = image_input(
+            data, prep, max_pixels=settings.max_image_pixels, invert=invert, fit=fit
+        ).astype(spec.dtype)
         if not served.signature.batched:
             x = x.reshape([d if d > 0 else -1 for d in spec.shape])
         served.signature.check_input(spec.name, spec.datatype, list(x.shape), x.size)

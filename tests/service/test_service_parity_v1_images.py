@@ -141,15 +141,21 @@ def png(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
 
 def test_classify_png_on_a_flat_model(http: httpx.Client, repo: Repo) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
-    r = http.post("/v2/models/mlp/classify?top_k=3", files={"file": ("d.png", png(pixels))})
+    r = http.post(
+        "/v2/models/mlp/classify?top_k=3&fit=resize&invert=false",
+        files={"file": ("d.png", png(pixels))},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model_name"] == "mlp" and len(body["predictions"]) == 3
     # the same preprocessing by hand, from config.json (flat NC, 8 x 8)
     prep = json.loads((repo.path / "mlp" / "config.json").read_text())["preprocessing"]
     assert prep["layout"] == "NC" and prep["input_shape"] == [64]
-    scaled = pixels.astype(np.float32) / prep["pixel_scale"]
-    x = ((scaled - prep["mean"][0]) / prep["std"][0]).reshape(1, 64)
+    lo, hi = prep.get("input_range", [0.0, 255.0])
+    raw = lo + pixels.astype(np.float32) / 255 * (hi - lo)  # the model's input range
+    if prep.get("normalized", True):  # else the graph normalises the raw values itself
+        raw = (raw / prep["pixel_scale"] - prep["mean"][0]) / prep["std"][0]
+    x = raw.reshape(1, 64).astype(np.float32)
     logits = repo.expected(repo["mlp"], x)[0].astype(np.float64)
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     top = np.argsort(-probs)[:3]
