@@ -72,7 +72,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "Serve a model repository over the Open Inference Protocol (KServe V2).",
     ),
 }
-COMMAND_ORDER = ("train", "export", "fold", "verify", "convert", "import", "serve", "demo")
+COMMAND_ORDER = (
+    "train", "export", "fold", "verify", "convert", "import", "serve", "demo", "sample-image",
+)  # fmt: skip
 
 
 def _hide_flag_types(params: list[Any]) -> list[Any]:
@@ -628,8 +630,57 @@ def demo(
     require_torch("demo")
     from bnfold.converter.demo import run_demo
 
-    code = run_demo(repo, name, host, port, once=once, log=_log, show=print)
+    code = run_demo(
+        repo, name, host, port, once=once, log=_log, show=lambda line: print(line, flush=True)
+    )
     raise typer.Exit(code)
+
+
+@command(name="sample-image")
+def sample_image(
+    model: Annotated[str, typer.Option(help="Model whose test split the sample comes from.")] = (
+        "digits-mlp"
+    ),
+    repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("digit.png"),
+    index: Annotated[
+        int, typer.Option(min=0, help="Which sample of the test split (0: the first).")
+    ] = 0,
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Longer side in pixels.")] = 128,
+    background: Annotated[
+        str,
+        typer.Option(
+            metavar="light|dark",
+            help="light: dark ink on white, as on paper; dark: as the data set stores digits "
+            "(light ink on dark). Images of other data are drawn as stored.",
+        ),
+    ] = "light",
+) -> None:
+    """Write a PNG of a test-split sample of a model's data set, for /classify."""
+    if background not in ("light", "dark"):
+        raise typer.BadParameter("use light or dark", param_hint="--background")
+    from bnfold.contract import scan_versions
+    from bnfold.converter.demo import render_test_sample
+    from bnfold.converter.errors import InputError
+
+    versions = scan_versions(repo / model).valid
+    if not versions:
+        raise InputError(f"--model {model}: {repo / model} has no version")
+    manifest = json.loads((repo / model / str(versions[-1]) / "manifest.json").read_text())
+    if not manifest.get("data"):
+        raise InputError(
+            f"--model {model}: v{versions[-1]} was not trained by bnfold convert, so there is "
+            "no data set to take a sample from"
+        )
+    sample = render_test_sample(manifest, index, size=size, background=background)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(sample.png)
+    console.print(
+        f"wrote {escape(str(out))}: test-split sample {sample.position} of "
+        f"{escape(manifest['data'].get('spec', manifest['data'].get('name', '?')))} "
+        f"(data set index {sample.index}), label {escape(sample.label)}, drawn "
+        f"{'dark on white' if sample.background == 'light' else 'light on dark'}"
+    )
 
 
 def main() -> None:
