@@ -24,6 +24,7 @@ import onnx
 
 from bnfold.folding import cost
 from bnfold.folding.affine import Affine
+from bnfold.folding.graph import AFFINE_DOMAIN
 from bnfold.folding.plan import Edge, Plan, best
 from bnfold.folding.refusal import Refusal
 
@@ -154,18 +155,23 @@ class Search:
 
 
 def _residual_stream(g: Graph, value: str, node: onnx.NodeProto, refusal: Refusal) -> Refusal:
-    """Say so when ``value`` is a residual stream: another reader is an Add of two branches.
+    """Say so when ``value`` is a residual stream: one of its readers is an Add of two branches.
 
     The map could then move back only if the whole stream took it: every
     block that writes the stream and every reader of it, the shortcut
-    included, which no local exact rewrite does.
+    included, which no local exact rewrite does. Readers behind an internal
+    map (a BN not folded yet) count as readers of ``value``.
     """
-    for reader, _ in g.consumers(value):
-        if reader is node or reader.op_type not in ("Add", "Sub"):
+    readers = [node] + [n for n, _ in g.consumers(value) if n is not node]
+    for reader in list(readers):
+        if reader.domain == AFFINE_DOMAIN and reader is not node:
+            readers += [n for n, _ in g.consumers(reader.output[0])]
+    for reader in readers:
+        if reader.op_type not in ("Add", "Sub") or reader.domain not in ("", "ai.onnx"):
             continue
         if all(g.const(i) is None for i in reader.input):
             return Refusal(
-                f"{refusal.reason}; '{value}' is a residual stream (also read by "
+                f"{refusal.reason}; '{value}' is a residual stream (read by the shortcut of "
                 f"{reader.op_type} '{reader.name}'): the map could move back only with the "
                 "whole stream, every block writing it and every reader, which no local "
                 "exact rewrite does"

@@ -435,7 +435,7 @@ CASES = [
             c = Conv <pads = [1, 1, 1, 1]> (r, w, b)
             z = Add (x, c)
         }""",
-        "'x' is a residual stream (also read by Add 'Add_4')",
+        "'x' is a residual stream (read by the shortcut of Add 'Add_4')",
         {"w0": [4, 4, 1, 1], "b0": [4], "w": [4, 4, 3, 3], "b": [4], **st(4)},
     ),
 ]
