@@ -1,0 +1,3 @@
+from bench.zoo.run import main
+
+main()
