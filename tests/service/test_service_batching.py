@@ -324,9 +324,7 @@ def test_a_busy_eager_runner_merges_what_is_queued() -> None:
         first = asyncio.ensure_future(b.submit(x(1), 1, timeout=TIMEOUT))
         await until(lambda: rec.batches == [1], "the first batch computing")
         sizes = [1, 2, 3, 4]  # 10 rows queued behind it; max_rows 8
-        rest = [
-            asyncio.ensure_future(b.submit(x(n, 100 * n), n, timeout=TIMEOUT)) for n in sizes
-        ]
+        rest = [asyncio.ensure_future(b.submit(x(n, 100 * n), n, timeout=TIMEOUT)) for n in sizes]
         await until(lambda: b.pending == 4, "four requests queued behind it")
         assert rec.batches == [1]  # queued, not run, while the runner is busy
         gate.set()
