@@ -444,9 +444,12 @@ def plan(specs: dict[str, ModelSpec], levels: list[int], grpc: bool) -> list[Poi
 
 
 def contenders_for(point: Point, servers: dict[str, Server]) -> list[str]:
+    """Who runs ``point``. Every bnfold variant listens on gRPC as the shipped
+    defaults do (a gRPC server shares the event loop), but only the defaults
+    are measured on it."""
     names = []
     for name, server in servers.items():
-        if point.protocol == "grpc" and not server.grpc_port:
+        if point.protocol == "grpc" and (not server.grpc_port or name.startswith("bnfold-")):
             continue
         if name == "bnfold-w2" and point.model != WORKERS_MODEL:
             continue
@@ -549,12 +552,10 @@ def main(argv: list[str] | None = None) -> None:
         servers: dict[str, Server] = {}
         servers["bnfold"] = stack.enter_context(start_bnfold(repo, "bnfold"))
         servers["bnfold-nobatch"] = stack.enter_context(
-            start_bnfold(repo, "bnfold-nobatch", batching=False, grpc=False)
+            start_bnfold(repo, "bnfold-nobatch", batching=False)
         )
         if not args.no_workers and WORKERS_MODEL in specs:
-            servers["bnfold-w2"] = stack.enter_context(
-                start_bnfold(repo, "bnfold-w2", workers=2, grpc=False)
-            )
+            servers["bnfold-w2"] = stack.enter_context(start_bnfold(repo, "bnfold-w2", workers=2))
         peers: list[tuple[str, bool, Callable[[], str | None], Any]] = [
             ("pytriton", args.no_pytriton, setup_pytriton, start_pytriton),
             ("kserve", args.no_kserve, setup_kserve, start_kserve),
