@@ -33,8 +33,7 @@ class Settings(BaseSettings):
         Field(
             ge=0,
             le=65535,
-            description="gRPC port of the same server (Triton's GRPCInferenceService; "
-            "0: no gRPC).",
+            description="gRPC port of the same server (Triton's GRPCInferenceService; 0: no gRPC).",
         ),
     ] = 8001
 
