@@ -19,7 +19,7 @@ import onnx
 
 from bnfold.contract import DEFAULT_RTOL, compare
 
-from .errors import ServiceError
+from .errors import ServiceError, first_line
 from .runtime import Runtime, RuntimeOptions
 from .signature import Signature, generate_inputs
 
@@ -78,7 +78,7 @@ def fold_on_load(
         bn_after = count_bn(folded)
         candidate = Runtime(folded.SerializeToString(), options, label=f"{label} (folded)")
     except Exception as e:
-        outcome = FoldOutcome("original", 0, 0, f"folding failed: {_first_line(e)}")
+        outcome = FoldOutcome("original", 0, 0, f"folding failed: {first_line(e)}")
         outcome.seconds = time.perf_counter() - start
         return None, outcome
     outcome = FoldOutcome("original", bn_before, bn_after, report=report.to_dict())
@@ -114,8 +114,3 @@ def fold_on_load(
 def _timed(outcome: FoldOutcome, start: float) -> FoldOutcome:
     outcome.seconds = time.perf_counter() - start
     return outcome
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

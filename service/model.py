@@ -29,7 +29,7 @@ from bnfold.contract import (
 )
 
 from .batching import Arrivals, Batcher, Feeds
-from .errors import InferenceFailed, NotFound, map_errors
+from .errors import InferenceFailed, NotFound, first_line, map_errors
 from .files import MAX_JSON_BYTES, inside, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
@@ -156,7 +156,7 @@ def open_version(
             external_data_dir=version_dir.resolve() if external else None,
         )
     except Exception as e:
-        raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {_first_line(e)}") from None
+        raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {first_line(e)}") from None
     config = complete_config(
         config,
         model_dir.name,
@@ -186,7 +186,7 @@ def open_version(
         try:
             runtime.warmup(signature)
         except Exception as e:
-            raise ValueError(f"warm-up failed: {_first_line(e)}") from None
+            raise ValueError(f"warm-up failed: {first_line(e)}") from None
     return OpenedVersion(
         model_dir.name,
         version,
@@ -200,11 +200,6 @@ def open_version(
         folding=folding,
         reference=reference,
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 class ServedModel:
