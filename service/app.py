@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("ready: %d model(s) on %s", len(served), ", ".join(providers))
     _quiet_gc()
     _prompt_gil_handoff(settings.gil_switch_ms)
-    shm = app.state.shm = SharedMemory()  # system shared memory regions (HTTP and gRPC)
+    shm = app.state.shm = state.shm = SharedMemory()  # system shared memory (HTTP and gRPC)
     try:
         grpc_server = await _start_grpc(app, state, shm)
     except BaseException:

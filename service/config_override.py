@@ -31,7 +31,7 @@ from google.protobuf import json_format
 
 from bnfold.contract import PBTXT_FILE, ContractError, ModelConfig
 
-from .errors import BadRequest, LoadFailed, NotFound, Unavailable
+from .errors import BadRequest, FilesRefused, LoadFailed, NotFound, Unavailable
 from .model import ServedModel
 from .model_config import read_model_config
 from .proto import model_config_pb2 as mc
@@ -118,14 +118,6 @@ def current_config(repo: Repository, name: str) -> ModelConfig | None:
         return read_model_config(repo.root / name, repo.root)[0]
     except (ContractError, ValueError):
         return None  # a broken file: the override replaces it
-
-
-class FilesRefused(LoadFailed):
-    """``file:`` overrides (a model directory sent with the request). Triton
-    answers a load whose files it cannot poll with INTERNAL, and its clients
-    check for that status; over HTTP it stays a 400."""
-
-    grpc_code = "INTERNAL"
 
 
 async def load(repo: Repository, name: str, params: dict[str, Any]) -> ServedModel:

@@ -15,13 +15,9 @@ which costs a task and a body copy per request):
 
 from __future__ import annotations
 
-import contextvars
-import itertools
 import logging
 import os
-import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,14 +26,10 @@ from .batching import Arrivals
 from .errors import PayloadTooLarge
 from .http_errors import error_response
 from .metrics import Metrics
+from .state import RequestIds, request_id
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-# Generated ids: a random per-process prefix and a counter, unique without
-# a system call per request.
-_ID_PREFIX = uuid.uuid4().hex[:20]
-_ID_COUNTER = itertools.count(1)
+__all__ = ["RequestContext", "RequestIdFilter", "configure_logging", "request_id"]
+_IDS = RequestIds()
 access = logging.getLogger("bnfold.access")
 
 
@@ -91,8 +83,7 @@ class RequestContext:
                 rid = value.decode("latin-1")
             elif key == b"content-length" and value.isdigit():
                 length = int(value)
-        if not _SANE_ID.match(rid):
-            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        rid = _IDS.pick(rid)
         token = request_id.set(rid)
         arrival = self.arrivals.enter(scope.get("client"))
         rid_header = (b"x-request-id", rid.encode())

@@ -9,13 +9,12 @@ short.
 
 from __future__ import annotations
 
-import math
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from .. import dataplane
 from ..binary import HEADER_LENGTH
-from ..codec import decode_infer, decode_v1, decompress, encode_infer, encode_v1
+from ..codec import decode_v1, decompress, encode_result, encode_v1, parse_infer
 from ..deps import RepositoryDep, StateDep, VersionDep
 from ..protocol import (
     InferenceRequest,
@@ -24,6 +23,7 @@ from ..protocol import (
     PredictResponseV1,
     inline_schema,
 )
+from ..signature import Signature
 from .responses import MODEL, Responses, errors
 
 router = APIRouter(tags=["inference"])
@@ -77,31 +77,26 @@ V1_BODY = {
     openapi_extra=V2_BODY,
     response_class=Response,
 )
-async def infer(
-    name: str, request: Request, repo: RepositoryDep, state: StateDep, version: VersionDep
-) -> Response:
+async def infer(name: str, request: Request, state: StateDep, version: VersionDep) -> Response:
     """Open Inference Protocol inference with Triton's binary tensor data
     extension. A body without Content-Type is read as JSON. ``outputs``
     selects outputs; ``parameters.binary_data_output`` or per-output
-    ``parameters.binary_data`` returns them in binary."""
-    settings = state.settings
+    ``parameters.binary_data`` returns them in binary. A header length of 0
+    is Triton's raw binary request: the body is the single input's bytes."""
     headers = request.headers
     body = await request.body()
-    async with repo.serving(name, version) as served:
-        body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
-        req = decode_infer(
-            body,
-            headers.get(HEADER_LENGTH),
-            served.signature,
-            max_elements=settings.max_body_bytes,
-            allow_nonfinite=settings.allow_nonfinite,
-            shm=getattr(request.app.state, "shm", None),
-        )
-        timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
-        outputs = await served.infer(req.feeds, req.rows, timeout)
-        content, out_headers = encode_infer(
-            served.name, served.version_str, req, outputs, labels=served.config.labels
-        )
+    limit = state.settings.max_body_bytes
+    wire: list[dataplane.WireRequest] = []
+
+    def parse(signature: Signature) -> dataplane.WireRequest:
+        raw = decompress(body, headers.get("content-encoding"), limit)
+        wire.append(parse_infer(raw, headers.get(HEADER_LENGTH), signature, name))
+        return wire[0]
+
+    result = await dataplane.infer(state, name, version, parse)
+    content, out_headers = encode_result(
+        result, wire[0].parameters.get("binary_data_output") is True
+    )
     return Response(content, headers=out_headers)
 
 
