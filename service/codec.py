@@ -134,23 +134,12 @@ def _object(value: object, what: str) -> dict[str, Any]:
 
 
 def decode_infer(
-    body: bytes,
-    header_length: str | None,
-    signature: Signature,
-    *,
-    max_elements: int,
-    allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    body: bytes, header_length: str | None, signature: Signature, **checks: Any
 ) -> InferRequest:
     """Parse and validate a V2 inference request (JSON or binary framing);
-    ``shm`` holds the shared-memory regions inputs and outputs may name."""
-    return validate(
-        parse_infer(body, header_length, signature),
-        signature,
-        max_elements=max_elements,
-        allow_nonfinite=allow_nonfinite,
-        shm=shm,
-    )
+    ``checks``: ``dataplane.validate``'s limits and the shared-memory
+    regions inputs and outputs may name."""
+    return validate(parse_infer(body, header_length, signature), signature, **checks)
 
 
 def parse_infer(

@@ -42,7 +42,7 @@ from .dataplane import (
 from .errors import BadRequest
 from .proto import grpc_service_pb2 as pb
 from .protocol import DATATYPES
-from .shm import BYTE_SIZE, REGION, SharedMemory
+from .shm import BYTE_SIZE, REGION
 from .signature import Signature, TensorSpec
 
 # Datatype -> the InferTensorContents field that carries it (FP16 has none:
@@ -116,22 +116,11 @@ def _raw(name: str, spec_dtype: np.dtype[Any], raw: bytes, shape: tuple[int, ...
 
 
 def decode_request(
-    request: pb.ModelInferRequest,
-    signature: Signature,
-    *,
-    max_elements: int,
-    allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    request: pb.ModelInferRequest, signature: Signature, **checks: Any
 ) -> InferRequest:
-    """Parse and validate a ``ModelInferRequest`` against ``signature``;
-    ``shm`` holds the shared-memory regions inputs and outputs may name."""
-    return validate(
-        parse_request(request),
-        signature,
-        max_elements=max_elements,
-        allow_nonfinite=allow_nonfinite,
-        shm=shm,
-    )
+    """Parse and validate a ``ModelInferRequest``; ``checks``: ``dataplane.validate``'s
+    limits and the shared-memory regions inputs and outputs may name."""
+    return validate(parse_request(request), signature, **checks)
 
 
 class _RawContents:
