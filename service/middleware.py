@@ -10,7 +10,9 @@ which costs a task and a body copy per request):
   streams; both are 413;
 - HTTP metrics by route template, and one access-log line per request;
 - ``Arrivals``: the request counts as on its way to a batcher until it is
-  queued or ends (the batcher does not wait for requests that are not coming).
+  queued or ends (the batcher does not wait for requests that are not coming);
+- V2 inference (``POST .../infer``) handed straight to its ASGI endpoint
+  (routes/infer.py ``direct``), past FastAPI's routing and dependencies.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .batching import Arrivals
 from .errors import PayloadTooLarge
 from .http_errors import error_response
 from .metrics import Metrics
+from .routes.infer import direct, direct_target
 from .state import RequestIds, request_id
 
 __all__ = ["RequestContext", "RequestIdFilter", "configure_logging", "request_id"]
@@ -115,6 +118,8 @@ class RequestContext:
                 )
                 self.metrics.count_failure("", "", error.reason)
                 await error_response(error)(scope, receive, send_with_id)
+            elif (target := direct_target(scope)) is not None:  # the hot path, past FastAPI
+                await direct(scope, receive_limited, send_with_id, target)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         finally:
