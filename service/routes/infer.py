@@ -168,11 +168,14 @@ async def direct(
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         content, out_headers = await answer(state, name, version, headers, body)
-        response = Response(content, headers=out_headers)
     except Exception as e:
         params: dict[str, Any] = {"name": name, "version": version}
-        response = render(state, "POST", scope["path"], params, e)
-    await response(scope, receive, send)
+        await render(state, "POST", scope["path"], params, e)(scope, receive, send)
+        return
+    raw = [(b"content-length", str(len(content)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers.items()]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
 
 
 @router.post(
