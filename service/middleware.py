@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import Arrivals
 from .errors import PayloadTooLarge
-from .http_errors import error_response
+from .http_errors import render
 from .metrics import Metrics
 from .routes.infer import direct, direct_target
 from .state import RequestIds, request_id
@@ -116,8 +116,10 @@ class RequestContext:
                 error = PayloadTooLarge(
                     f"body of {length} bytes is over the {self.max_body}-byte limit"
                 )
-                self.metrics.count_failure("", "", error.reason)
-                await error_response(error)(scope, receive, send_with_id)
+                state = scope["app"].state.bnfold  # Starlette's app, set before middleware
+                await render(state, scope["method"], scope["path"], {}, error)(
+                    scope, receive, send_with_id
+                )
             elif (target := direct_target(scope)) is not None:  # the hot path, past FastAPI
                 await direct(scope, receive_limited, send_with_id, target)
             else:
