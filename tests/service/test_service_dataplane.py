@@ -413,3 +413,46 @@ def test_unimplemented_rpc_is_unimplemented(
         stub.TraceSetting(service_pb2.TraceSettingRequest(), timeout=30)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert caught.value.details() == "tracing is not supported"
+
+
+# ----- the direct inference endpoint (past FastAPI's routing)
+
+
+def counter(text: str, name: str, **labels: str) -> float:
+    """A Prometheus sample's value (0 before it was first counted)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_direct_endpoint_answers_both_paths_as_the_routes_did(http: httpx.Client) -> None:
+    """Plain and versioned paths answer; the HTTP metrics keep the route
+    templates, failures keep their model and version labels; the OpenAPI
+    description still lists both routes; other methods still get 405."""
+    body = http_body(Case("valid", ""))
+    before = http.get("/metrics").text
+    assert http.post("/v2/models/simple/versions/1/infer", json=body).status_code == 200
+    assert http.post("/v2/models/simple/infer", json=body).status_code == 200
+    bad = http.post("/v2/models/simple/versions/1/infer", json={"inputs": []})
+    assert bad.status_code == 400 and bad.json() == {"error": "inputs must be a non-empty list"}
+    missing = http.post("/v2/models/simple/versions/9/infer", json=body)
+    assert missing.status_code == 404
+    after = http.get("/metrics").text
+
+    def delta(name: str, **labels: str) -> float:
+        return counter(after, name, **labels) - counter(before, name, **labels)
+
+    versioned = {"method": "POST", "route": "/v2/models/{name}/versions/{version}/infer"}
+    plain = {"method": "POST", "route": "/v2/models/{name}/infer"}
+    assert delta("bnfold_http_requests_total", status="200", **versioned) == 1
+    assert delta("bnfold_http_requests_total", status="200", **plain) == 1
+    assert delta("bnfold_http_requests_total", status="400", **versioned) == 1
+    assert delta("bnfold_http_requests_total", status="404", **versioned) == 1
+    simple = {"model": "simple", "version": "1", "reason": "bad_request"}
+    assert delta("bnfold_inference_failures_total", **simple) == 1
+
+    paths = http.get("/openapi.json").json()["paths"]
+    assert "post" in paths["/v2/models/{name}/infer"]
+    assert "post" in paths["/v2/models/{name}/versions/{version}/infer"]
+    assert http.get("/v2/models/simple/infer").status_code == 405
