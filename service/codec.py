@@ -1,11 +1,14 @@
 """Inference bodies to numpy and back: V2 JSON tensors, the binary
 extension, and KServe V1 ``instances``.
 
-Each input is checked against the model's signature before a single value
-is converted: name, datatype, shape (rank, fixed dimensions, batch size),
-then the data: element count, numbers only, integer range, finite floats.
-JSON tensor data is converted by numpy in one call (flat or nested lists
-alike); binary data is viewed in place with ``np.frombuffer``.
+Wire parsing and wire writing only: a V2 body becomes the data plane's
+``WireRequest`` (service/dataplane.py checks it against the model's
+signature, as it checks gRPC's, before a single value is converted), and
+an ``InferResult`` becomes a V2 body. An input's data is read once its
+header passed: JSON tensor data converted by numpy in one call (flat or
+nested lists alike; numbers only, integer range, element count), binary
+data viewed in place with ``np.frombuffer``. A header length of 0 is
+Triton's raw binary request (the body is the single input's bytes).
 """
 
 from __future__ import annotations
