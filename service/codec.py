@@ -214,7 +214,7 @@ def decode_inputs(
         feeds[name] = array
     reader.finish()
 
-    missing = [s.name for s in signature.inputs if s.name not in feeds]
+    missing = signature.missing_inputs(feeds)
     if missing:
         raise BadRequest(f"missing inputs {missing}")
     rows = 1

@@ -175,7 +175,7 @@ def decode_request(
         feeds[name] = array
     if next_raw != len(raw):
         raise BadRequest(f"{len(raw)} raw_input_contents given for {next_raw} inputs that use them")
-    missing = [s.name for s in signature.inputs if s.name not in feeds]
+    missing = signature.missing_inputs(feeds)
     if missing:
         raise BadRequest(f"missing inputs {missing}")
     rows = 1
