@@ -329,7 +329,9 @@ class ServedModel:
         data = read_reference(
             self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
         )
-        return Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+        reference = Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+        reference.adopt(self.signature)  # fed the same wire shapes as the served graph
+        return reference
 
     # --- descriptions
     def metadata(self) -> dict[str, Any]:
