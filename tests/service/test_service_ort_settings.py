@@ -10,6 +10,7 @@ itself (``get_session_options()``, ``get_provider_options()``).
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -470,3 +471,24 @@ def test_a_warmup_that_does_not_fit_fails_the_load(tmp_path: Path) -> None:
         assert entry["state"] == "UNAVAILABLE"
         assert "only has 8 bytes" in entry["reason"]
         assert server.settings.repo == tmp_path
+
+
+def test_load_override_sets_the_onnx_runtime_settings(tmp_path: Path) -> None:
+    """Triton's load with a configuration override: its ``optimization`` and
+    ``parameters`` replace the folder's, as its other fields do."""
+    tuned_repo(tmp_path)
+    override = {
+        "optimization": {"graph": {"level": 2}},
+        "parameters": {"intra_op_thread_count": {"string_value": "1"}},
+    }
+    with (
+        run_grpc_server(base_settings(tmp_path)) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=AUTH) as http,
+    ):
+        body = {"parameters": {"config": json.dumps(override)}}
+        r = http.post("/v2/repository/models/tuned/load", json=body)
+        assert r.status_code == 200, r.text
+        session = http.get("/v2/models/tuned").json()["parameters"]["onnxruntime"]["session"]
+        assert session == {"graph_optimization_level": "ORT_DISABLE_ALL", "intra_op_num_threads": 1}
+        so = server.served("tuned").runtime.session.get_session_options()
+        assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL

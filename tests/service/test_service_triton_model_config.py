@@ -8,6 +8,7 @@ shapes), answered by Triton's own ``image_client.py`` over HTTP and gRPC.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -311,6 +312,18 @@ def reshaped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcRunning]:
         'name: "z" data_type: TYPE_FP32 dims: [ 2, 2 ] reshape { shape: [ 1, 4 ] }',
     )
     write(repo, "flat", unbatched, reshape_model())
+    # the same in config.json (Triton's field names in bnfold's schema)
+    as_json = {
+        "max_batch_size": 8,
+        "input": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "reshape": [4]}],
+        "output": [
+            {"name": "y", "datatype": "FP32", "shape": [1], "reshape": []},
+            {"name": "z", "datatype": "FP32", "shape": [2, 2], "reshape": [4]},
+        ],
+    }
+    (repo / "json" / "1").mkdir(parents=True)
+    (repo / "json" / "1" / "model.onnx").write_bytes(reshape_model())
+    (repo / "json" / "config.json").write_text(json.dumps(as_json))
     with run_grpc_server(base_settings(repo)) as running:
         yield running
 
@@ -336,6 +349,17 @@ def test_reshape_with_max_batch_size(reshaped: GrpcRunning, protocol: str) -> No
             assert [o["shape"] for o in meta["outputs"]] == [[-1, 1], [-1, 2, 2]]
     finally:
         client.close()
+
+
+def test_reshape_in_config_json(reshaped: GrpcRunning) -> None:
+    with httpx.Client(base_url=reshaped.url, timeout=30, headers=dict(AUTH)) as http:
+        x = list(range(8))
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2, 2], "data": x}]}
+        r = http.post("/v2/models/json/infer", json=body)
+        assert r.status_code == 200, r.text
+        outputs = {o["name"]: o for o in r.json()["outputs"]}
+        assert (outputs["y"]["shape"], outputs["y"]["data"]) == ([2, 1], [6.0, 22.0])
+        assert outputs["z"]["shape"] == [2, 2, 2]
 
 
 def test_reshape_without_max_batch_size(reshaped: GrpcRunning) -> None:
@@ -532,3 +556,28 @@ def test_fields_not_honoured_are_named_in_the_load_log(
     said = [ln for ln in lines if "not honoured" in ln]
     assert said and "response_cache" in said[0], lines
     assert count_bn(onnx.load_from_string(reshape_model())) == 0
+
+
+def test_docs_name_every_field_not_honoured() -> None:
+    """docs/repository.md lists each model_config.proto field bnfold does not
+    act on, so none is dropped without a word."""
+    from bnfold.service.triton_config import HONOURED, REFUSED
+
+    docs = (Path(__file__).parents[2] / "docs" / "repository.md").read_text()
+    section = docs[docs.index("## Triton's model configuration") :]
+    messages = {
+        "": pb.ModelConfig,
+        "input.": pb.ModelInput,
+        "output.": pb.ModelOutput,
+        "instance_group.": pb.ModelInstanceGroup,
+        "dynamic_batching.": pb.ModelDynamicBatching,
+        "optimization.": pb.ModelOptimizationPolicy,
+    }
+    for prefix, message in messages.items():
+        for field in message.DESCRIPTOR.fields:
+            path = prefix + field.name
+            if path in HONOURED or field.name in REFUSED:
+                continue
+            if any(h.startswith(path + ".") for h in HONOURED):
+                continue  # partly honoured: its own fields are checked
+            assert f"`{field.name}`" in section, path
