@@ -53,6 +53,16 @@ class FoldOutcome:
     seconds: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)
 
+    def note(self) -> str:
+        """One line for the repository index and the load log."""
+        if self.served == "folded":
+            error = self.parity.get("max_rel_error", 0.0)
+            return (
+                f"folded on load: {self.bn_before} BNs -> {self.bn_after}, parity max rel "
+                f"error {error:.3g} on {self.parity.get('device', '?')}"
+            )
+        return f"fold on load: {self.reason}"
+
     def summary(self) -> dict[str, Any]:
         """Without the fold report: what the model metadata shows."""
         return {k: v for k, v in self.to_dict().items() if k != "report"}

@@ -191,8 +191,7 @@ def open_version(
         )
         if folded is not None:
             reference, runtime = runtime, folded
-        if folding.reason:
-            notes.append(f"fold on load: {folding.reason}")
+        notes.append(folding.note())
     # The model's own model_warmup always runs, as in Triton; zeros when asked.
     samples = warmup_samples(config, signature, model_dir, max_bytes=options.max_model_bytes)
     if load.warmup or samples:

@@ -44,6 +44,7 @@ OPENVINO = "OpenVINOExecutionProvider"
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 
+MAX_THREADS = 1024  # a repository file must not make the server start a million
 GRAPH_LEVELS = {-1: "ORT_ENABLE_BASIC", 1: "ORT_ENABLE_EXTENDED", 2: "ORT_DISABLE_ALL"}
 PRECISION = {"FP16": "trt_fp16_enable", "BF16": "trt_bf16_enable", "INT8": "trt_int8_enable"}
 CONV_SEARCH = {0: "EXHAUSTIVE", 1: "HEURISTIC", 2: "DEFAULT"}
@@ -215,6 +216,9 @@ def read_ort_settings(config: ModelConfig, model_dir: Path) -> OrtSettings:
         )
     intra = _param_int(params, "intra_op_thread_count", 0)
     inter = _param_int(params, "inter_op_thread_count", 0)
+    for key, value in (("intra_op_thread_count", intra), ("inter_op_thread_count", inter)):
+        if value > MAX_THREADS:
+            raise ContractError(f"parameter {key} {value} is over {MAX_THREADS} threads")
     return OrtSettings(
         graph_level=GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL") if "graph" in opt else None,
         intra_op_threads=intra if intra > 0 else None,

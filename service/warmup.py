@@ -12,7 +12,8 @@ the configuration's) and one of
   little-endian length and the bytes (UTF-8 text, as bnfold holds BYTES).
   Extra bytes are ignored; too few is Triton's error.
 
-A sample runs ``count`` times (0: once). A sample that does not fit the
+A sample runs ``count`` times (0: once; at most 1000), its tensors no
+larger than the model size limit. A sample that does not fit the
 model, or a run that fails, fails the load, as in Triton.
 """
 
@@ -35,6 +36,7 @@ from .triton_config import datatype_of
 
 WARMUP_DIR = "warmup"  # Triton's: <model>/warmup/<input_data_file>
 SEED = 0
+MAX_COUNT = 1000  # runs per sample: a load must end (Triton has no bound)
 
 
 def warmup_samples(
@@ -51,6 +53,8 @@ def warmup_samples(
         name = str(raw.get("name") or where)
         batch = as_int(raw.get("batch_size", 0), f"{name}: batch_size")
         count = max(as_int(raw.get("count", 0), f"{name}: count"), 1)
+        if count > MAX_COUNT:
+            raise ContractError(f"warmup setting '{name}': count {count} is over {MAX_COUNT}")
         if signature.batched and not 1 <= batch <= signature.max_batch_size:
             raise ContractError(
                 f"warmup setting '{name}': batch_size {batch} is outside "
@@ -111,6 +115,8 @@ def _feed(
     ):
         raise ContractError(f"{where}: dims {dims} do not match the model's {wire} (-1: any)")
     shape = ([batch] if batch is not None else []) + dims
+    if math.prod(shape) * max(spec.dtype.itemsize, 4) > max_bytes:
+        raise ContractError(f"{where}: dims {dims} are over the {max_bytes}-byte limit")
     kinds = [k for k in ("zero_data", "random_data", "input_data_file") if k in raw]
     if len(kinds) != 1:
         raise ContractError(f"{where}: give one of zero_data, random_data, input_data_file")

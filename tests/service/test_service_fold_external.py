@@ -190,7 +190,7 @@ def test_dynamo_export_with_external_data_serves_folded(
 
         entry = index_entry(http, "dynamo")
         assert entry["state"] == "READY"
-        assert "skipped" not in entry.get("reason", "")
+        assert "folded on load: 3 BNs -> 0, parity max rel error" in entry["reason"]
     said = server_log.lines
     assert any("fold on load: 3 BNs -> 0" in m and "folded graph" in m for m in said), said
 

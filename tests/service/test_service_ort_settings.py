@@ -204,6 +204,10 @@ def test_no_settings_leave_the_servers(tmp_path: Path) -> None:
             "parameter intra_op_thread_count: 'many' is not an integer",
         ),
         (
+            'parameters { key: "inter_op_thread_count" value: { string_value: "100000" } }',
+            "parameter inter_op_thread_count 100000 is over 1024 threads",
+        ),
+        (
             'parameters { key: "enable_mem_pattern" value: { string_value: "perhaps" } }',
             "is not a boolean",
         ),
@@ -385,6 +389,11 @@ model_warmup [ { name: "s" batch_size: 1
             "unexpected input 'NOPE'",
         ),
         ("", "no data for inputs ['INPUT0']"),
+        (
+            'count: 5000 inputs { key: "INPUT0" value: '
+            "{ data_type: TYPE_INT32 dims: [ 16 ] zero_data: true } }",
+            "count 5000 is over 1000",
+        ),
     ],
 )
 def test_warmup_samples_that_do_not_fit(tmp_path: Path, sample: str, reason: str) -> None:
@@ -492,3 +501,13 @@ def test_load_override_sets_the_onnx_runtime_settings(tmp_path: Path) -> None:
         assert session == {"graph_optimization_level": "ORT_DISABLE_ALL", "intra_op_num_threads": 1}
         so = server.served("tuned").runtime.session.get_session_options()
         assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
+def test_warmup_tensors_are_bounded(tmp_path: Path) -> None:
+    model_dir = tuned_repo(tmp_path)
+    config = parse(TUNED, model_dir)
+    runtime = Runtime(add_sub(TensorProto.INT32), RuntimeOptions(), label="t")
+    signature = build_signature(config, runtime.inputs, runtime.outputs, source="config.pbtxt")
+    with pytest.raises(ContractError) as info:
+        warmup_samples(config, signature, model_dir, max_bytes=256)  # zeros: 8 x 16 x 4 bytes
+    assert "input 'INPUT0': dims [16] are over the 256-byte limit" in str(info.value)
