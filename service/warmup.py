@@ -105,10 +105,13 @@ def _feed(
     where = f"warmup setting '{sample}', input '{spec.name}'"
     if not isinstance(raw, dict):
         raise ContractError(f"{where} must be an object")
-    datatype = datatype_of(raw.get("data_type", "TYPE_INVALID"))
+    datatype = datatype_of(str(raw.get("data_type", "TYPE_INVALID")))
     if datatype != spec.datatype:
         raise ContractError(f"{where}: data_type {datatype} but the model expects {spec.datatype}")
-    dims = [as_int(d, f"{where}: dims") for d in raw.get("dims", [])]
+    given = raw.get("dims", [])
+    if not isinstance(given, list):
+        raise ContractError(f"{where}: dims must be a list")
+    dims = [as_int(d, f"{where}: dims") for d in given]
     wire = list(spec.shape[1:] if batch is not None else spec.shape)
     if len(dims) != len(wire) or any(
         w not in (-1, d) or d < 0 for d, w in zip(dims, wire, strict=True)

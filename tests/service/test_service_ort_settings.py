@@ -25,7 +25,7 @@ from onnx import TensorProto
 from service_harness import TOKEN, base_settings
 from triton_models import add_sub, add_sub_strings, write_model
 
-from bnfold.contract import ContractError
+from bnfold.contract import ContractError, ModelConfig
 from bnfold.service import runtime as runtime_module
 from bnfold.service.ort_settings import CUDA, OPENVINO, TENSORRT, read_ort_settings
 from bnfold.service.proto import model_config_pb2 as pb
@@ -510,4 +510,71 @@ def test_warmup_tensors_are_bounded(tmp_path: Path) -> None:
     signature = build_signature(config, runtime.inputs, runtime.outputs, source="config.pbtxt")
     with pytest.raises(ContractError) as info:
         warmup_samples(config, signature, model_dir, max_bytes=256)  # zeros: 8 x 16 x 4 bytes
-    assert "input 'INPUT0': dims [16] are over the 256-byte limit" in str(info.value)
+    assert "warmup setting 'zeros', input 'INPUT" in str(info.value)
+    assert "dims [16] are over the 256-byte limit" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("warmup", "reason"),
+    [
+        (
+            [
+                {
+                    "name": "w",
+                    "batch_size": 1,
+                    "inputs": {"INPUT0": {"data_type": "TYPE_INT32", "dims": 16}},
+                }
+            ],
+            "dims must be a list",
+        ),
+        ([{"name": "w", "batch_size": True}], "batch_size must be an integer"),
+        (["w"], "config.json.model_warmup[0]: expected an object, got a string"),
+        ([{"name": "w", "batch_size": 1, "inputs": []}], "inputs must be an object"),
+    ],
+)
+def test_warmup_in_config_json_checked(tmp_path: Path, warmup: Any, reason: str) -> None:
+    """config.json carries model_warmup in Triton's JSON form; whatever it
+    holds is checked, never trusted."""
+    tensors = {
+        "input": [{"name": n, "datatype": "INT32", "shape": [16]} for n in ("INPUT0", "INPUT1")],
+        "output": [{"name": n, "datatype": "INT32", "shape": [16]} for n in ("OUTPUT0", "OUTPUT1")],
+    }
+    runtime = Runtime(add_sub(TensorProto.INT32), RuntimeOptions(), label="t")
+    with pytest.raises(ContractError) as info:
+        config = ModelConfig.from_dict({"max_batch_size": 8, **tensors, "model_warmup": warmup})
+        signature = build_signature(config, runtime.inputs, runtime.outputs)
+        warmup_samples(config, signature, tmp_path, max_bytes=1 << 20)
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("optimization", "reason"),
+    [
+        ({"graph": 3}, "optimization.graph must be an object"),
+        ({"graph": {"level": "high"}}, "optimization.graph.level: 'high' is not an integer"),
+        ({"cuda": {"graphs": "yes"}}, "optimization.cuda.graphs must be true or false"),
+        (
+            {"execution_accelerators": {"gpu_execution_accelerator": "tensorrt"}},
+            "gpu_execution_accelerator must be a list",
+        ),
+        (
+            {"execution_accelerators": {"gpu_execution_accelerator": [{"name": 1}]}},
+            "must be an object with a name",
+        ),
+        (
+            {
+                "execution_accelerators": {
+                    "gpu_execution_accelerator": [{"name": "cuda", "parameters": {"a": 1}}]
+                }
+            },
+            "parameters must map names to strings",
+        ),
+    ],
+)
+def test_optimization_in_config_json_checked(
+    tmp_path: Path, optimization: dict[str, Any], reason: str
+) -> None:
+    config = ModelConfig.from_dict({"optimization": optimization})
+    with pytest.raises(ContractError) as info:
+        read_ort_settings(config, tmp_path)
+    assert reason in str(info.value)
