@@ -168,6 +168,10 @@ def _merge(
             raise ValueError(f"{kind} {name!r} has unsupported type {onnx_type}")
         if datatype != cfg.datatype:
             raise ValueError(f"{kind} {name!r}: {source} says {cfg.datatype}, graph {datatype}")
+        if cfg.optional and batched:
+            raise ValueError(
+                f"optional input '{name}' is not supported for models that support batching"
+            )
         dims = [d if isinstance(d, int) and d >= 0 else -1 for d in graph_shape]
         if batched:
             if not dims:
@@ -180,8 +184,11 @@ def _merge(
             head, dims = [-1], dims[1:]
         else:
             head = []
-        seen = cfg.shape if cfg.reshape is None else cfg.reshape
-        what = "shape" if cfg.reshape is None else "reshape"
+        reshape = cfg.reshape
+        if reshape is None and not dims and not batched and cfg.shape and set(cfg.shape) == {1}:
+            reshape = []  # Triton's rule: a scalar may be configured as [1] (or [1, 1])
+        seen = cfg.shape if reshape is None else reshape
+        what = "shape" if reshape is None else "reshape"
         if len(dims) != len(seen):
             raise ValueError(
                 f"{kind} {name!r}: {source} {what} {seen} has rank {len(seen)}, "
@@ -194,7 +201,7 @@ def _merge(
             merged.append(g if g != -1 else c)
         optional = bool(cfg.optional) and kind == "input"
         has_default = name in default_names
-        if cfg.reshape is None:
+        if reshape is None:
             specs.append(
                 TensorSpec(name, datatype, tuple(head + merged), None, optional, has_default)
             )

@@ -581,3 +581,50 @@ def test_docs_name_every_field_not_honoured() -> None:
             if any(h.startswith(path + ".") for h in HONOURED):
                 continue  # partly honoured: its own fields are checked
             assert f"`{field.name}`" in section, path
+
+
+def scalar_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(2, np.float32), "two")],
+    )
+    return model_bytes(graph)
+
+
+def test_scalar_tensors_configured_as_one(tmp_path: Path) -> None:
+    """Triton's rule for a model that does not batch: a scalar graph tensor
+    is configured with dims of 1 ([1]), which the wire carries."""
+    config = """max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+    write(tmp_path, "scalar", config, scalar_model())
+    with (
+        run_grpc_server(base_settings(tmp_path)) as running,
+        httpx.Client(base_url=running.url, timeout=30, headers=dict(AUTH)) as http,
+    ):
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [4.5]}]}
+        r = http.post("/v2/models/scalar/infer", json=body)
+        assert r.status_code == 200, r.text
+        (out,) = r.json()["outputs"]
+        assert (out["shape"], out["data"]) == ([1], [9.0])
+
+
+def test_optional_inputs_of_a_batching_model_refused_as_triton_does(tmp_path: Path) -> None:
+    config = OPTIONAL_CONFIG.replace("max_batch_size: 0", "max_batch_size: 4")
+    config = config.replace("dims: [ -1, 2 ]", "dims: [ 2 ]")
+    write(tmp_path, "opt", config, optional_model())
+    with (
+        run_grpc_server(base_settings(tmp_path)) as running,
+        httpx.Client(base_url=running.url, timeout=30) as http,
+    ):
+        entries = http.post("/v2/repository/index", headers=dict(AUTH)).json()
+        entry = next(e for e in entries if e["name"] == "opt")
+        assert entry["state"] == "UNAVAILABLE"
+        assert (
+            "optional input 'bias' is not supported for models that support batching"
+            in (entry["reason"])
+        )
