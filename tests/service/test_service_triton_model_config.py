@@ -628,3 +628,25 @@ def test_optional_inputs_of_a_batching_model_refused_as_triton_does(tmp_path: Pa
             "optional input 'bias' is not supported for models that support batching"
             in (entry["reason"])
         )
+
+
+def test_reshape_under_batching(reshaped: GrpcRunning) -> None:
+    """Requests merged into one batch are reshaped together and split back:
+    each client gets its own rows in its wire shape."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.full((1 + i % 3, 2, 2), float(i), np.float32)
+        client = httpclient.InferenceServerClient(reshaped.host_port)
+        try:
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            result = client.infer("reshaped", [inp], headers=dict(AUTH))
+            return x, result.as_numpy("y")
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        for x, y in pool.map(one, range(24)):
+            assert y.shape == (x.shape[0], 1)
+            np.testing.assert_array_equal(y[:, 0], x.reshape(len(x), 4).sum(axis=1))
