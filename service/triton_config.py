@@ -75,7 +75,6 @@ HONOURED = frozenset(
         "optimization.execution_accelerators",
     }
 )
-_named: set[tuple[str, tuple[str, ...]]] = set()  # (model, fields) already logged
 
 
 def datatype(data_type: int) -> str:
@@ -145,8 +144,7 @@ def from_proto(message: pb.ModelConfig, *, model_dir: Path, root: Path) -> Model
     if message.model_warmup:
         config["model_warmup"] = [_json(w) for w in message.model_warmup]
     ignored = unhonoured(message)
-    if ignored and (folder, tuple(ignored)) not in _named:
-        _named.add((folder, tuple(ignored)))
+    if ignored:  # read when the model loads: said on every load
         log.warning(
             "model %s: %s fields not honoured by bnfold (accepted, no effect): %s",
             folder,
