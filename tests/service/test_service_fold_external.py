@@ -164,6 +164,13 @@ def test_dynamo_export_with_external_data_serves_folded(
         outcome = stored["fold_on_load"]
         assert (outcome["served"], outcome["bn_before"], outcome["bn_after"]) == ("folded", BN, 0)
         assert outcome["report"]  # the fold report per BN
+        # no manifest: the fold that serves, in the manifest's terms
+        assert stored["folding"] == {
+            "folded": True,
+            "bn_before": BN,
+            "bn_after": 0,
+            "report": outcome["report"],
+        }
         assert stored["reference"] == "original graph (fold on load, in memory)"
 
         # served over both protocols, against ONNX Runtime on the original files
