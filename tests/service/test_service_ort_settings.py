@@ -11,6 +11,7 @@ itself (``get_session_options()``, ``get_provider_options()``).
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -416,7 +417,24 @@ def test_warmup_samples_that_do_not_fit(tmp_path: Path, sample: str, reason: str
 # ----------------------------------------------------------------- served
 
 
-def test_served_model_reports_its_settings_fallbacks_and_warmup(tmp_path: Path) -> None:
+def test_served_model_reports_its_settings_fallbacks_and_warmup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bnfold.service.app as app
+
+    said: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    configure = app.configure_logging
+
+    def with_capture(level: str) -> None:
+        configure(level)
+        logging.getLogger("bnfold.service").addHandler(Capture())
+
+    monkeypatch.setattr(app, "configure_logging", with_capture)
     tuned_repo(tmp_path)
     with (
         run_grpc_server(base_settings(tmp_path)) as server,
@@ -449,6 +467,9 @@ def test_served_model_reports_its_settings_fallbacks_and_warmup(tmp_path: Path) 
             {"name": "random", "runs": 1},
             {"name": "from a file", "runs": 3},
         ]
+        logged = [m for m in said if "falling back to the next provider" in m]
+        assert any(TENSORRT in m and m.endswith("no GPU found") for m in logged), said
+        assert any(OPENVINO in m and m.endswith("not in this ONNX Runtime build") for m in logged)
         so = server.served("tuned").runtime.session.get_session_options()
         assert (so.intra_op_num_threads, so.inter_op_num_threads) == (2, 3)
         assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
