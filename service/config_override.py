@@ -48,6 +48,8 @@ MERGED = {
     "version_policy": ("version_policy",),
     "instance_group": ("instance_group",),
     "parameters": ("parameters", "fold_on_load"),
+    "optimization": ("optimization",),
+    "model_warmup": ("model_warmup",),
 }
 
 

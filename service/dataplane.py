@@ -202,7 +202,7 @@ def validate_inputs(
         feeds[name] = array
     finish_wire()
 
-    missing = [s.name for s in signature.inputs if s.name not in feeds]
+    missing = signature.missing_inputs(feeds)
     if missing:
         raise BadRequest(f"missing inputs {missing}")
     rows = 1

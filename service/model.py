@@ -35,9 +35,11 @@ from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
 from .model_config import read_model_config, triton_config
+from .ort_settings import read_ort_settings
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
 from .signature import Signature, build_signature
+from .warmup import warmup_samples
 
 log = logging.getLogger("bnfold.service")
 
@@ -132,6 +134,8 @@ def open_version(
             raise ValueError(f"{folder.name}/ is a link out of the model repository; refused")
     config, config_source = configured or read_model_config(model_dir, root)
     options = device_options(load.runtime, config)
+    if config is not None:  # Triton's ONNX Runtime settings (optimization, parameters)
+        options = replace(options, ort=read_ort_settings(config, model_dir))
     notes: list[str] = []
     manifest: Manifest | None = None
     if (version_dir / MANIFEST_FILE).exists():
@@ -164,7 +168,10 @@ def open_version(
         runtime.outputs,
         default_max_batch_size=load.default_max_batch_size,
     )
-    signature = build_signature(config, runtime.inputs, runtime.outputs, source=config_source)
+    signature = build_signature(
+        config, runtime.inputs, runtime.outputs, source=config_source, defaults=runtime.defaults
+    )
+    runtime.adopt(signature)  # Triton's reshape: wire shapes in and out
     if config.preprocessing is not None:  # refused here, not on every /classify request
         problem = preprocessing_problem(config.preprocessing, signature)
         if problem:
@@ -172,19 +179,24 @@ def open_version(
     folding: FoldOutcome | None = None
     reference: Runtime | None = None
     wants_fold = load.fold_on_load if config.fold_on_load is None else config.fold_on_load
-    if wants_fold and external:
-        notes.append("fold on load skipped: the graph keeps its weights in external data")
-    elif wants_fold:
+    if wants_fold:
         folded, folding = fold_on_load(
-            data, runtime, signature, options, label=label, rtol=load.fold_rtol
+            data,
+            runtime,
+            signature,
+            options,
+            label=label,
+            rtol=load.fold_rtol,
+            external_dir=version_dir if external else None,
         )
         if folded is not None:
             reference, runtime = runtime, folded
-        if folding.reason:
-            notes.append(f"fold on load: {folding.reason}")
-    if load.warmup:
+        notes.append(folding.note())
+    # The model's own model_warmup always runs, as in Triton; zeros when asked.
+    samples = warmup_samples(config, signature, model_dir, max_bytes=options.max_model_bytes)
+    if load.warmup or samples:
         try:
-            runtime.warmup(signature)
+            runtime.warmup(signature, samples)
         except Exception as e:
             raise ValueError(f"warm-up failed: {first_line(e)}") from None
     return OpenedVersion(
@@ -316,7 +328,9 @@ class ServedModel:
         data = read_reference(
             self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
         )
-        return Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+        reference = Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+        reference.adopt(self.signature)  # fed the same wire shapes as the served graph
+        return reference
 
     # --- descriptions
     def metadata(self) -> dict[str, Any]:
@@ -332,6 +346,7 @@ class ServedModel:
                 "max_batch_size": self.signature.max_batch_size,
                 "dynamic_batching": self.batching,
                 "config_source": self.config_source,
+                "onnxruntime": self.runtime.describe(),
                 **({"fold_on_load": self.folding.summary()} if self.folding else {}),
             },
         }

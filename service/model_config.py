@@ -67,24 +67,31 @@ def triton_config(
     the model has labels (``labels.txt``: Triton's image client reads it to
     know the model classifies; the labels themselves serve through the
     classification extension), and the ``instance_group`` kind the version
-    actually runs on (``KIND_GPU`` or ``KIND_CPU``).
+    actually runs on (``KIND_GPU`` or ``KIND_CPU``). An input's or output's
+    ``reshape`` and an input's ``optional`` are the configuration's, and so
+    are ``optimization`` and ``model_warmup`` when it sets them.
     """
     formats = {t.name: t.format for t in config.input if t.format}
+    configured = {t.name: t for t in [*config.input, *config.output]}
     prep = config.preprocessing
     if prep is not None and prep.layout == "NCHW" and len(inputs) == 1:
         formats.setdefault(inputs[0][0], "FORMAT_NCHW")
     labelled = _labelled_output(config, outputs)
 
     def tensor(name: str, datatype: str, dims: list[int]) -> dict[str, Any]:
-        return {
+        cfg = configured.get(name)
+        out: dict[str, Any] = {
             "name": name,
             "data_type": TRITON_DATATYPES[datatype],
             "format": formats.get(name, "FORMAT_NONE"),
             "dims": dims,
             "is_shape_tensor": False,
             "allow_ragged_batch": False,
-            "optional": False,
+            "optional": bool(cfg is not None and cfg.optional),
         }
+        if cfg is not None and cfg.reshape is not None:
+            out["reshape"] = {"shape": list(cfg.reshape)}
+        return out
 
     out: dict[str, Any] = {
         "name": name,
@@ -115,6 +122,10 @@ def triton_config(
         "default_model_filename": "model.onnx",
         "parameters": {k: {"string_value": v} for k, v in config.parameters.items()},
     }
+    if config.optimization:
+        out["optimization"] = config.optimization
+    if config.model_warmup:
+        out["model_warmup"] = config.model_warmup
     if batching:
         out["dynamic_batching"] = {
             "preferred_batch_size": [],
