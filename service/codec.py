@@ -34,7 +34,7 @@ from .binary import tensor_from_bytes as _tensor_from_bytes
 from .errors import BadRequest, InferenceFailed, PayloadTooLarge
 from .outputs import OutputOptions, finish, output_options
 from .protocol import DATATYPE_OF
-from .shm import BYTE_SIZE, REGION, SharedMemory, Slice, no_shared_memory
+from .shm import BYTE_SIZE, REGION, Regions, Slice, no_shared_memory
 from .signature import Signature
 
 
@@ -133,7 +133,7 @@ def decode_infer(
     *,
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> InferRequest:
     """Parse and validate a V2 inference request (JSON or binary framing);
     ``shm`` holds the shared-memory regions inputs and outputs may name."""
@@ -169,7 +169,7 @@ def decode_inputs(
     binary: memoryview = memoryview(b""),
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> tuple[Feeds, int]:
     """V2 request ``inputs`` (parsed JSON objects) as feeds and their batch
     size, each checked against ``signature``; ``binary`` holds the bytes of
@@ -226,7 +226,7 @@ def decode_inputs(
     return feeds, rows
 
 
-def _shm_slice(tensor: str, params: dict[str, Any], shm: SharedMemory | None) -> Slice | None:
+def _shm_slice(tensor: str, params: dict[str, Any], shm: Regions | None) -> Slice | None:
     if shm is None:
         no_shared_memory(tensor, params)
         return None
@@ -237,7 +237,7 @@ def _requested_outputs(
     requested: object,
     signature: Signature,
     binary_default: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> tuple[list[tuple[str, bool]], dict[str, OutputOptions]]:
     if requested is None:
         return [(name, binary_default) for name in signature.output_names()], {}

@@ -34,7 +34,7 @@ from .errors import BadRequest, InferenceFailed
 from .outputs import OutputOptions, finish, output_options
 from .proto import grpc_service_pb2 as pb
 from .protocol import DATATYPE_OF, DATATYPES
-from .shm import BYTE_SIZE, REGION, SharedMemory, no_shared_memory
+from .shm import BYTE_SIZE, REGION, Regions, no_shared_memory
 from .signature import Signature
 
 # Datatype -> the InferTensorContents field that carries it (FP16 has none:
@@ -125,7 +125,7 @@ def decode_request(
     *,
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> GrpcInferRequest:
     """Parse and validate a ``ModelInferRequest`` against ``signature``;
     ``shm`` holds the shared-memory regions inputs and outputs may name."""

@@ -50,7 +50,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from . import config_override
+from . import config_override, shm
 from .deps import ServerState
 from .errors import (
     BadRequest,
@@ -368,18 +368,19 @@ class InferenceServicer:
         try:
             # The block is one request in the version's statistics (done or failed).
             async with repo.serving(request.model_name, request.model_version or None) as served:
-                req = decode_request(
-                    request,
-                    served.signature,
-                    max_elements=settings.max_body_bytes,
-                    allow_nonfinite=settings.allow_nonfinite,
-                    shm=self.shm,
-                )
-                timeout = min(settings.request_timeout_s, req.timeout_s or float("inf"))
-                outputs = await served.infer(req.feeds, req.rows, timeout)
-                return encode_response(
-                    served.name, served.version_str, req, outputs, labels=served.config.labels
-                )
+                with shm.using(self.shm, served.name) as regions:  # held until the end
+                    req = decode_request(
+                        request,
+                        served.signature,
+                        max_elements=settings.max_body_bytes,
+                        allow_nonfinite=settings.allow_nonfinite,
+                        shm=regions,
+                    )
+                    timeout = min(settings.request_timeout_s, req.timeout_s or float("inf"))
+                    outputs = await served.infer(req.feeds, req.rows, timeout)
+                    return encode_response(
+                        served.name, served.version_str, req, outputs, labels=served.config.labels
+                    )
         finally:
             self.state.arrivals.leave(arrival)
 

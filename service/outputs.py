@@ -15,7 +15,7 @@ from .errors import BadRequest
 from .shm import no_shared_memory
 
 if TYPE_CHECKING:
-    from .shm import SharedMemory, Slice
+    from .shm import Regions, Slice
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class OutputOptions:
 
 
 def output_options(
-    name: str, datatype: str, params: Mapping[str, Any], shm: SharedMemory | None = None
+    name: str, datatype: str, params: Mapping[str, Any], shm: Regions | None = None
 ) -> OutputOptions:
     """An output's ``parameters`` (HTTP JSON, or gRPC's as plain values),
     checked against its ``datatype`` and the registered shared-memory regions

@@ -14,6 +14,7 @@ import math
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from .. import shm
 from ..binary import HEADER_LENGTH
 from ..codec import decode_infer, decode_v1, decompress, encode_infer, encode_v1
 from ..deps import RepositoryDep, StateDep, VersionDep
@@ -89,19 +90,21 @@ async def infer(
     body = await request.body()
     async with repo.serving(name, version) as served:
         body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
-        req = decode_infer(
-            body,
-            headers.get(HEADER_LENGTH),
-            served.signature,
-            max_elements=settings.max_body_bytes,
-            allow_nonfinite=settings.allow_nonfinite,
-            shm=getattr(request.app.state, "shm", None),
-        )
-        timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
-        outputs = await served.infer(req.feeds, req.rows, timeout)
-        content, out_headers = encode_infer(
-            served.name, served.version_str, req, outputs, labels=served.config.labels
-        )
+        # the shared-memory regions the request names stay open until it ends
+        with shm.using(getattr(request.app.state, "shm", None), served.name) as regions:
+            req = decode_infer(
+                body,
+                headers.get(HEADER_LENGTH),
+                served.signature,
+                max_elements=settings.max_body_bytes,
+                allow_nonfinite=settings.allow_nonfinite,
+                shm=regions,
+            )
+            timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
+            outputs = await served.infer(req.feeds, req.rows, timeout)
+            content, out_headers = encode_infer(
+                served.name, served.version_str, req, outputs, labels=served.config.labels
+            )
     return Response(content, headers=out_headers)
 
 
