@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1, description="Larger uploads get 413.")] = (
         32_000_000
     )
+    max_image_bytes: Annotated[
+        int,
+        Field(ge=1, description="Largest decoded image as float32 RGBA (16 bytes a pixel); 413."),
+    ] = 256 << 20
     max_parity_samples: Annotated[int, Field(ge=1, description="Cap on POST /parity samples.")] = (
         4096
     )
