@@ -30,7 +30,7 @@ from bnfold.contract import (
 
 from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, first_line, map_errors
-from .files import MAX_JSON_BYTES, inside, read_file
+from .files import MAX_JSON_BYTES, embed_external_data, inside, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
@@ -148,13 +148,10 @@ def open_version(
         read_reference(version_dir, manifest, options.max_model_bytes, root)  # refuse tampering
     external = external_data_files(data, version_dir, options.max_model_bytes)
     label = f"{model_dir.name}/{version}"
+    # external data read through service/files.py: ONNX Runtime opens no file by name
+    source = embed_external_data(data, version_dir, root) if external else data
     try:
-        runtime = Runtime(
-            data,
-            options,
-            label=label,
-            external_data_dir=version_dir.resolve() if external else None,
-        )
+        runtime = Runtime(source, options, label=label)
     except Exception as e:
         raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {first_line(e)}") from None
     config = complete_config(
