@@ -28,6 +28,7 @@ from bnfold.contract import (
     parse_json,
 )
 
+from . import model_limits
 from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, first_line, map_errors
 from .files import MAX_JSON_BYTES, embed_external_data, inside, read_file
@@ -50,6 +51,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         inter_op_threads=settings.inter_op_threads,
         spinning=settings.ort_spinning,
         max_model_bytes=settings.max_model_bytes,
+        warmup_max_batch=settings.warmup_max_batch,
     )
 
 
@@ -147,6 +149,7 @@ def open_version(
     if manifest is not None and REFERENCE_FILE in manifest.files:
         read_reference(version_dir, manifest, options.max_model_bytes, root)  # refuse tampering
     external = external_data_files(data, version_dir, options.max_model_bytes)
+    model_limits.check(data, options.max_model_bytes)  # sparse and folded constants too
     label = f"{model_dir.name}/{version}"
     # external data read through service/files.py: ONNX Runtime opens no file by name
     source = embed_external_data(data, version_dir, root) if external else data

@@ -46,6 +46,7 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     spinning: bool = False
     max_model_bytes: int = 2 << 30
+    warmup_max_batch: int = 64  # warm-up runs at most this batch, whatever max_batch_size
 
 
 class _CudaProbe:
@@ -239,6 +240,7 @@ class Runtime:
         external_data_dir: Path | None = None,
     ) -> None:
         self.label = label
+        self.warmup_max_batch = options.warmup_max_batch
         so = ort.SessionOptions()
         if external_data_dir is not None:
             # The graph comes as bytes (the ones hashed); its external data
@@ -298,9 +300,11 @@ class Runtime:
         return dict(zip(self._output_names, results, strict=True))
 
     def warmup(self, signature: Signature) -> None:
-        """Run zeros through the graph (batch 1 and the largest batch), so
-        the first client request does not pay for allocation and tuning."""
-        sizes = [1, signature.max_batch_size] if signature.batched else [None]
+        """Run zeros through the graph (batch 1 and the largest batch, at most
+        ``warmup_max_batch``), so the first client request does not pay for
+        allocation and tuning."""
+        largest = min(signature.max_batch_size, self.warmup_max_batch)
+        sizes = [1, largest] if signature.batched else [None]
         for batch in dict.fromkeys(sizes):
             feeds = {}
             for spec in signature.inputs:

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     warmup: Annotated[bool, Field(description="Run each model once before it reports ready.")] = (
         True
     )
+    warmup_max_batch: Annotated[
+        int, Field(ge=1, description="Warm-up runs batch 1 and at most this batch.")
+    ] = 64
     max_model_bytes: Annotated[
         int, Field(ge=1, description="Refuse model files (with external data) larger than this.")
     ] = 2 << 30
