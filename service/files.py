@@ -158,6 +158,13 @@ def open_inside(path: Path, root: Path) -> int:
     return fd
 
 
+def present(path: Path) -> bool:
+    """Whether a file is there to be read, a link counting as one (then
+    refused when opened): deciding by whether a link's target exists would
+    tell a client what lies outside the repository."""
+    return os.path.lexists(path)
+
+
 def inside(path: Path, root: Path) -> bool:
     """Whether ``path``, symlinks resolved, lies inside ``root`` (an early,
     friendlier refusal for folders; opening goes through :func:`open_inside`)."""

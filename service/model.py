@@ -31,7 +31,7 @@ from bnfold.contract import (
 from . import model_limits
 from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, first_line, map_errors
-from .files import MAX_JSON_BYTES, embed_external_data, inside, read_file
+from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
@@ -136,7 +136,7 @@ def open_version(
     options = device_options(load.runtime, config)
     notes: list[str] = []
     manifest: Manifest | None = None
-    if (version_dir / MANIFEST_FILE).exists():
+    if present(version_dir / MANIFEST_FILE):
         manifest = read_manifest(version_dir, root)
     else:
         notes.append(f"no {MANIFEST_FILE}: files not checked against a sha256")

@@ -171,6 +171,13 @@ def test_no_existence_oracle_outside(
         with pytest.raises(ContractError) as refused:
             read_model_config(repo / name, repo)
         reasons.add(str(refused.value))
+    # config.json itself a link to a file outside that exists, or does not
+    for name, target in (("config-there", "there/labels.txt"), ("config-gone", "gone/x.json")):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.json").symlink_to(outside / target)
+        with pytest.raises(ValueError) as refused_config:
+            read_model_config(repo / name, repo)
+        reasons.add(str(refused_config.value))
     # and a label file inside, in a folder, is read
     (repo / "missing-inside" / "config.pbtxt").write_text(
         labelled_pbtxt("missing-inside", "sub/labels.txt")
@@ -181,7 +188,8 @@ def test_no_existence_oracle_outside(
     assert config is not None and config.labels == ["a", "b"]
     assert reasons == {
         "config.pbtxt: label_filename 'labels.txt': labels.txt is missing or not a file "
-        "inside the model repository; refused"
+        "inside the model repository; refused",
+        "config.json is missing or not a file inside the model repository; refused",
     }
 
 
