@@ -33,7 +33,8 @@ from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.timeout(600)
 
-ROUNDS = 60  # truncations (or unregistrations) while the traffic runs
+ROUNDS = 60  # truncations (or unregistrations) at least, while the traffic runs
+ANSWERED = 40  # requests each caller has had answered before the rounds stop
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.full((1, 16), 5, dtype=np.int32)
 
@@ -126,10 +127,11 @@ REFUSED = {"400", "StatusCode.INVALID_ARGUMENT"}
 
 
 def traffic(
-    client: Client, calls: list[Callable[[Client], Any]], rounds: Callable[[], None]
+    client: Client, calls: list[Callable[[Client], Any]], act: Callable[[], None]
 ) -> list[Counter[str]]:
     """Run each call in a loop on its own thread, each with a client of its
-    own (tritonclient.http's cannot cross threads), while ``rounds`` runs;
+    own (tritonclient.http's cannot cross threads), while ``act`` runs again
+    and again (``ROUNDS`` times, and until every caller has ``ANSWERED``);
     the outcomes of each call: "200" or "status: message"."""
     stop = threading.Event()
     seen: list[Counter[str]] = [Counter() for _ in calls]
@@ -149,7 +151,14 @@ def traffic(
     try:
         # every caller answered at least once before the rounds start
         wait_until(lambda: all(sum(s.values()) for s in seen), "first answers")
-        rounds()
+        rounds = [0]
+
+        def enough() -> bool:
+            act()
+            rounds[0] += 1
+            return rounds[0] >= ROUNDS and all(sum(s.values()) >= ANSWERED for s in seen)
+
+        wait_until(enough, f"{ANSWERED} answers to each caller")
     finally:
         stop.set()
         for t in threads:
@@ -176,9 +185,8 @@ def test_object_truncated_under_traffic(client: Client, objects: Any) -> None:
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + B)
 
     def rounds() -> None:
-        for _ in range(ROUNDS):
-            os.truncate(path, 16)
-            os.truncate(path, 128)
+        """Shrink on one round, grow back on the next: the traffic meets both."""
+        os.truncate(path, 16 if os.stat(path).st_size == 128 else 128)
 
     def shm_call(c: Client) -> Any:
         return c.infer("simple", c.shm_inputs("shrinks"))
@@ -196,6 +204,7 @@ def test_object_truncated_under_traffic(client: Client, objects: Any) -> None:
             ), counts
     assert set(plain) == {"200"}, plain
     assert client.c.is_server_live() and client.c.is_model_ready("simple")
+    os.truncate(path, 128)  # (this process maps it: never write it shrunk)
     shm.set_shared_memory_region(handle, [A, B])
     result = client.infer("simple", client.shm_inputs("shrinks"))
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), A - B)
@@ -256,9 +265,8 @@ def test_unregister_all_under_traffic(client: Client, objects: Any) -> None:
     client.register("churn", key, 128)
 
     def rounds() -> None:
-        for _ in range(ROUNDS):
-            client.unregister()
-            client.register("churn", key, 128)
+        client.unregister()
+        client.register("churn", key, 128)
 
     def call(c: Client) -> Any:
         return c.infer("simple", c.shm_inputs("churn"))
