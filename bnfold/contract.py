@@ -47,6 +47,9 @@ STAGING_PREFIX = ".tmp-"
 FORMAT = 1
 # What a model configuration may name as its platform.
 PLATFORMS = ("onnxruntime_onnx",)
+# Rows one batch may hold: far above any batcher's use, far below what would
+# let a configuration alone claim gigabytes (issue 19: 2**22 was accepted).
+MAX_BATCH_SIZE = 1 << 16
 
 
 class ContractError(ValueError):
@@ -522,6 +525,11 @@ class ModelConfig:
         _check_format(self.format)
         if self.max_batch_size < 0:
             raise ContractError("max_batch_size must be 0 (no batching) or more")
+        if self.max_batch_size > MAX_BATCH_SIZE:
+            raise ContractError(
+                f"max_batch_size {self.max_batch_size} is over {MAX_BATCH_SIZE}, the most "
+                "one batch may hold"
+            )
         if self.platform not in PLATFORMS:
             raise ContractError(
                 f"platform {self.platform!r} is not served: bnfold serves ONNX models "

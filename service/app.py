@@ -76,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.gather(watch, return_exceptions=True)
         if grpc_server is not None:  # its calls in flight finish, new ones are refused
             await grpc_server.stop(settings.shutdown_timeout_s)
-        shm.close()  # every region unmapped
+        shm.close()  # every region closed
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()

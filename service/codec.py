@@ -48,7 +48,7 @@ from .dataplane import (
 )
 from .errors import BadRequest, PayloadTooLarge
 from .protocol import DATATYPE_OF
-from .shm import SharedMemory
+from .shm import Regions
 from .signature import Signature, TensorSpec
 
 
@@ -182,7 +182,7 @@ def decode_inputs(
     binary: memoryview = memoryview(b""),
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> tuple[Feeds, int]:
     """V2 request ``inputs`` (parsed JSON objects) as feeds and their batch
     size, each checked against ``signature``; ``binary`` holds the bytes of

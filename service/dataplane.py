@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import shm as shared_memory
 from .batching import Feeds
 from .errors import BadRequest, InferenceFailed
 from .outputs import OutputOptions, finish, output_options
 from .protocol import DATATYPE_OF
-from .shm import BYTE_SIZE, REGION, SharedMemory, Slice, no_shared_memory
+from .shm import BYTE_SIZE, REGION, Regions, Slice, no_shared_memory
 from .signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def timeout(value: object) -> float | None:
     return value / 1e6 if value else None
 
 
-def _region(tensor: str, params: dict[str, Any], shm: SharedMemory | None) -> Slice | None:
+def _region(tensor: str, params: dict[str, Any], shm: Regions | None) -> Slice | None:
     if shm is None:
         no_shared_memory(tensor, params)
         return None
@@ -179,7 +180,7 @@ def validate_inputs(
     *,
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
     finish_wire: Callable[[], None] = _nothing,
 ) -> tuple[Feeds, int]:
     """Each input against ``signature`` (header first, then its data); the
@@ -217,7 +218,7 @@ def validate_inputs(
 def validate_outputs(
     requested: Sequence[WireOutput] | None,
     signature: Signature,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> list[RequestedOutput]:
     """The outputs asked for (every one when none is named), each known,
     none twice (Triton's wording), with its options checked."""
@@ -246,7 +247,7 @@ def validate(
     *,
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> InferRequest:
     """A parsed request checked against ``signature``: the one validation
     every protocol goes through."""
@@ -304,14 +305,17 @@ async def infer(
     the version is held until every output is encoded."""
     settings = state.settings
     async with state.serving_repository().serving(name, version) as served:
-        request = validate(
-            parse(served.signature),
-            served.signature,
-            max_elements=settings.max_body_bytes,
-            allow_nonfinite=settings.allow_nonfinite,
-            shm=state.shm,
-        )
-        seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
-        outputs = await served.infer(request.feeds, request.rows, seconds)
-        tensors = encode_outputs(request, outputs, served.config.labels)
+        # The regions a request names stay open until its outputs are written,
+        # whatever unregisters them meanwhile (Triton's lifetime rule).
+        with shared_memory.using(state.shm, served.name) as regions:
+            request = validate(
+                parse(served.signature),
+                served.signature,
+                max_elements=settings.max_body_bytes,
+                allow_nonfinite=settings.allow_nonfinite,
+                shm=regions,
+            )
+            seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
+            outputs = await served.infer(request.feeds, request.rows, seconds)
+            tensors = encode_outputs(request, outputs, served.config.labels)
         return InferResult(served.name, served.version_str, request.id, tensors)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -29,8 +28,7 @@ import onnx
 from bnfold.contract import DEFAULT_RTOL, compare
 
 from .errors import ServiceError, first_line
-from .files import read_file
-from .runtime import Runtime, RuntimeOptions, external_entries, tensors
+from .runtime import Runtime, RuntimeOptions
 from .signature import Signature, generate_inputs
 
 log = logging.getLogger("bnfold.service")
@@ -79,40 +77,6 @@ class FoldOutcome:
         }
 
 
-def read_external(version_dir: Path, location: str, *, max_bytes: int) -> bytes:
-    """The bytes of one external data file named by the graph, read as every
-    repository file is (service/files.py): inside ``version_dir``, a regular
-    file, no link out, at most ``max_bytes``. ``ValueError`` otherwise."""
-    return read_file(version_dir / location, root=version_dir, max_bytes=max_bytes)
-
-
-def internalize(model: onnx.ModelProto, version_dir: Path, *, max_bytes: int) -> int:
-    """Move every external tensor of ``model`` into the graph (``raw_data``),
-    reading its file once through :func:`read_external`; returns how many
-    tensors moved. ``ValueError`` names the tensor whose data is missing,
-    outside the folder, or shorter than its offset and length say."""
-    files: dict[str, bytes] = {}
-    moved = 0
-    for tensor in tensors(model.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location, offset, length = external_entries(tensor)
-        if location not in files:
-            files[location] = read_external(version_dir, location, max_bytes=max_bytes)
-        blob = files[location]
-        end = len(blob) if length is None else offset + length
-        if end > len(blob):
-            raise ValueError(
-                f"external data {location!r} of {tensor.name!r} is {len(blob)} bytes; "
-                f"offset {offset} and length {length} do not fit"
-            )
-        tensor.raw_data = blob[offset:end]
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        moved += 1
-    return moved
-
-
 def fold_on_load(
     data: bytes,
     original: Runtime,
@@ -121,28 +85,17 @@ def fold_on_load(
     *,
     label: str,
     rtol: float = DEFAULT_RTOL,
-    external_dir: Path | None = None,
 ) -> tuple[Runtime | None, FoldOutcome]:
     """The folded runtime to serve (None: serve ``original``) and the outcome.
 
-    ``external_dir``: the version folder the graph's external data lies in
-    (None: the graph holds its weights); the data is read into the graph
-    before it folds, and the folded graph serves from memory."""
+    ``data`` holds every weight: external data was read into it through
+    service/files.py (``files.embed_external_data``) before ``original``
+    loaded, so the folded graph serves from memory too."""
     from bnfold.folding import count_bn, fold  # only when a model asks for it
 
     start = time.perf_counter()
     try:
         model = onnx.load_from_string(data)
-        if external_dir is not None:
-            internalize(model, external_dir, max_bytes=options.max_model_bytes)
-    except Exception as e:
-        reason = (
-            f"the graph's external data could not be read: {first_line(e)}; served the "
-            "original unfolded (keep the data files as regular files inside the version "
-            f"folder, or {OFFLINE})"
-        )
-        return None, _log(label, _timed(FoldOutcome("original", 0, 0, reason), start))
-    try:
         bn_before = count_bn(model)
         if bn_before == 0:
             reason = "the graph holds no BatchNormalization; served as it is"

@@ -28,9 +28,10 @@ from bnfold.contract import (
     parse_json,
 )
 
+from . import model_limits
 from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, first_line, map_errors
-from .files import MAX_JSON_BYTES, inside, read_file
+from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
@@ -52,6 +53,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         inter_op_threads=settings.inter_op_threads,
         spinning=settings.ort_spinning,
         max_model_bytes=settings.max_model_bytes,
+        warmup_max_batch=settings.warmup_max_batch,
     )
 
 
@@ -138,7 +140,7 @@ def open_version(
         options = replace(options, ort=read_ort_settings(config, model_dir))
     notes: list[str] = []
     manifest: Manifest | None = None
-    if (version_dir / MANIFEST_FILE).exists():
+    if present(version_dir / MANIFEST_FILE):
         manifest = read_manifest(version_dir, root)
     else:
         notes.append(f"no {MANIFEST_FILE}: files not checked against a sha256")
@@ -151,14 +153,12 @@ def open_version(
     if manifest is not None and REFERENCE_FILE in manifest.files:
         read_reference(version_dir, manifest, options.max_model_bytes, root)  # refuse tampering
     external = external_data_files(data, version_dir, options.max_model_bytes)
+    model_limits.check(data, options.max_model_bytes)  # sparse and folded constants too
     label = f"{model_dir.name}/{version}"
+    # external data read through service/files.py: ONNX Runtime opens no file by name
+    source = embed_external_data(data, version_dir, root) if external else data
     try:
-        runtime = Runtime(
-            data,
-            options,
-            label=label,
-            external_data_dir=version_dir.resolve() if external else None,
-        )
+        runtime = Runtime(source, options, label=label)
     except Exception as e:
         raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {first_line(e)}") from None
     config = complete_config(
@@ -181,13 +181,12 @@ def open_version(
     wants_fold = load.fold_on_load if config.fold_on_load is None else config.fold_on_load
     if wants_fold:
         folded, folding = fold_on_load(
-            data,
+            source,
             runtime,
             signature,
             options,
             label=label,
             rtol=load.fold_rtol,
-            external_dir=version_dir if external else None,
         )
         if folded is not None:
             reference, runtime = runtime, folded

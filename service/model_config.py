@@ -13,7 +13,7 @@ from typing import Any
 
 from bnfold.contract import CONFIG_FILE, ContractError, ModelConfig, VersionPolicy, parse_json
 
-from .files import MAX_JSON_BYTES, read_file
+from .files import MAX_JSON_BYTES, present, read_file
 from .protocol import TRITON_DATATYPES
 from .triton_config import PBTXT_FILE, read_pbtxt
 
@@ -26,7 +26,7 @@ def read_model_config(model_dir: Path, root: Path) -> tuple[ModelConfig | None, 
     ``config.json``, Triton's ``config.pbtxt``, or (None, 'the graph') when
     there is none and the graph completes it. Both files at once is refused."""
     json_path, pbtxt_path = model_dir / CONFIG_FILE, model_dir / PBTXT_FILE
-    has_json, has_pbtxt = json_path.exists(), pbtxt_path.exists()
+    has_json, has_pbtxt = present(json_path), present(pbtxt_path)  # a link is refused
     if has_json and has_pbtxt:
         raise ContractError(f"both {CONFIG_FILE} and {PBTXT_FILE} are present; keep one")
     if has_json:

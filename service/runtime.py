@@ -56,6 +56,7 @@ class RuntimeOptions:
     spinning: bool = False
     max_model_bytes: int = 2 << 30
     ort: OrtSettings | None = None  # the model's own ONNX Runtime settings
+    warmup_max_batch: int = 64  # warm-up runs at most this batch, whatever max_batch_size
 
 
 class _CudaProbe:
@@ -278,6 +279,7 @@ class Runtime:
         self.label = label
         settings = options.ort or OrtSettings()
         self.settings = settings
+        self.warmup_max_batch = options.warmup_max_batch
         so = ort.SessionOptions()
         if external_data_dir is not None:
             # The graph comes as bytes (the ones hashed); its external data
@@ -451,7 +453,8 @@ class Runtime:
 
     def warmup(self, signature: Signature, samples: list[WarmupSample] | None = None) -> int:
         """Run the model's ``model_warmup`` samples, each ``count`` times, or
-        without them zeros (batch 1 and the largest batch), so the first
+        without them zeros (batch 1 and the largest batch, at most
+        ``warmup_max_batch``), so the first
         client request does not pay for allocation and tuning. Returns the
         runs made; ``warmup_runs`` says which."""
         if samples:
@@ -460,7 +463,8 @@ class Runtime:
                     self.run(sample.feeds)
                 self.warmup_runs.append({"name": sample.name, "runs": sample.count})
             return sum(s.count for s in samples)
-        sizes = [1, signature.max_batch_size] if signature.batched else [None]
+        largest = min(signature.max_batch_size, self.warmup_max_batch)
+        sizes = [1, largest] if signature.batched else [None]
         runs = 0
         for batch in dict.fromkeys(sizes):
             feeds = {}

@@ -217,55 +217,26 @@ def test_external_data_that_escapes_is_not_read(export: Path, tmp_path: Path) ->
         assert "escapes the version" in entry["reason"]
 
 
-def test_unreadable_external_data_leaves_the_original_serving(
-    export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Data ONNX Runtime could read but fold on load could not (here: over the
-    fold's size limit): the original serves, the reason says what to do."""
+def test_external_data_is_read_through_the_confined_reader(export: Path, tmp_path: Path) -> None:
+    """The graph ONNX Runtime and fold on load take holds every weight, read
+    from inside the version folder; a location that leaves it is refused."""
     version = triton_layout(tmp_path, export)
-    import bnfold.service.fold_on_load as fol
+    from bnfold.service.files import embed_external_data
 
-    real = fol.read_external
-
-    def refuse(version_dir: Path, location: str, *, max_bytes: int) -> bytes:
-        return real(version_dir, location, max_bytes=16)  # every file is over 16 bytes
-
-    monkeypatch.setattr(fol, "read_external", refuse)
-    with serving(tmp_path) as (server, http):
-        fold = http.get("/v2/models/dynamo").json()["parameters"]["fold_on_load"]
-        assert fold["served"] == "original"
-        assert "external data could not be read" in fold["reason"]
-        assert "over the 16-byte limit" in fold["reason"]
-        assert "bnfold import" in fold["reason"]  # what the user can do
-        entry = index_entry(http, "dynamo")
-        assert entry["state"] == "READY"
-        assert "external data could not be read" in entry["reason"]
-        x = samples(3, 4)
-        with httpclient.InferenceServerClient(server.host_port) as client:
-            inp = httpclient.InferInput("x", list(x.shape), "FP32")
-            inp.set_data_from_numpy(x)
-            got = client.infer("dynamo", [inp]).as_numpy("logits")
-        assert rel_error(got, ort_run(version / "model.onnx", {"x": x})) <= RTOL
-
-
-def test_internalize_reads_through_the_confined_reader(export: Path, tmp_path: Path) -> None:
-    version = triton_layout(tmp_path, export)
-    from bnfold.service.fold_on_load import internalize
-
-    model = onnx.load_from_string((version / "model.onnx").read_bytes())
-    moved = internalize(model, version, max_bytes=1 << 20)
-    assert moved > 0
+    data = (version / "model.onnx").read_bytes()
+    model = onnx.load_from_string(embed_external_data(data, version, tmp_path))
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     full = onnx.load(str(version / "model.onnx"))
     ours = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert ours
     for t in full.graph.initializer:
         np.testing.assert_array_equal(ours[t.name], onnx.numpy_helper.to_array(t))
-    # a location that leaves the folder is refused by the reader, not followed
-    shutil.copy(version / "model.onnx.data", tmp_path / "model.onnx.data")
-    bad = onnx.load_from_string((version / "model.onnx").read_bytes())
+    # a location that leaves the repository is refused by the reader, not followed
+    shutil.copy(version / "model.onnx.data", tmp_path.parent / "model.onnx.data")
+    bad = onnx.load_from_string(data)
     for t in bad.graph.initializer:
         for e in t.external_data:
             if e.key == "location":
-                e.value = "../../" + e.value
-    with pytest.raises(ValueError, match="link out of the model repository"):
-        internalize(bad, version, max_bytes=1 << 20)
+                e.value = "../../../" + e.value
+    with pytest.raises(ValueError, match="not a file inside the model repository"):
+        embed_external_data(bad.SerializeToString(), version, tmp_path)
