@@ -205,7 +205,7 @@ CASES = [
     ),
     Case(
         "unknown shared memory region",
-        "input 'INPUT0': unable to find system shared memory region 'nowhere'",
+        "Unable to find shared memory region: 'nowhere'",
         [
             Tensor(
                 "INPUT0",
