@@ -344,8 +344,12 @@ check security bnfold-bnfold
 log "Deployment pod: serving on $ip:8000 and :8001"
 
 step "podman kube down"
-for f in "$WORK"/kube/*-pod.yaml; do podman kube down "$f" >/dev/null; done
+for f in "$WORK"/kube/*-pod.yaml; do
+	# (stderr: podman's complaint that there is no systemd to stop healthcheck timers)
+	podman kube down "$f" >/dev/null 2>"$WORK/kube-down.log" || { cat "$WORK/kube-down.log"; exit 1; }
+done
 podman volume rm -f bnfold-models >/dev/null
 KUBE_UP=0
+[ -z "$(podman pod ls --format '{{.Name}}' | grep -E '^bnfold(-convert)?$' || true)" ] || { log "pods left after kube down"; exit 1; }
 step_end
 log "PASSED: both images built and checked, compose up/down, kube play"
