@@ -159,8 +159,9 @@ def drain(base: str, container: str, timeout: float) -> None:
     code = subprocess.run(
         [PODMAN, "wait", container], capture_output=True, text=True, check=True, timeout=timeout
     ).stdout.strip()
-    logs = subprocess.run([PODMAN, "logs", container], capture_output=True, text=True).stderr
-    logs += subprocess.run([PODMAN, "logs", container], capture_output=True, text=True).stdout
+    logs = subprocess.run(
+        [PODMAN, "logs", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ).stdout
     if code != "0":
         raise CheckFailed(f"{container} exited {code} after SIGTERM")
     if "SIGTERM: not ready" not in logs:

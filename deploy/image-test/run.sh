@@ -11,9 +11,11 @@
 # runs, any failed check fails the script.
 #
 # Talks only to 127.0.0.1, the containers' own addresses, the Debian mirror and
-# PyPI. Caches under $BNFOLD_IMAGE_TEST_CACHE (default /var/cache/bnfold-image-test):
-# the base image tarball (keyed on its mmdebstrap command), podman's image store
-# (layers keyed on their inputs), the podman-compose venv and pip's cache.
+# PyPI (through the host's pip). Caches under $BNFOLD_IMAGE_TEST_CACHE (default
+# /var/cache/bnfold-image-test): the base image tarball (keyed on its mmdebstrap
+# command), the wheelhouse (keyed on pyproject.toml and constraints.txt), the
+# podman-compose venv and its pip cache; podman's image store keeps the layers
+# (keyed by podman on their inputs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
