@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 APP_UID = 10001
+INIT_TYPE = "io.podman.annotations.init.container.type"
 PODMAN = "podman"
 
 
@@ -215,7 +216,14 @@ def _cpu_pod(doc: dict[str, Any], restart: str) -> dict[str, Any]:
         for env in c.get("env", []):
             if env.get("name") == "BNFOLD_DEVICE":
                 env["value"] = "cpu"
-    meta = {"name": doc["metadata"]["name"], "labels": tpl.get("metadata", {}).get("labels", {})}
+    meta = {
+        "name": doc["metadata"]["name"],
+        "labels": tpl.get("metadata", {}).get("labels", {}),
+        # podman's default "once" removes an init container as it exits, and
+        # podman 4.3 races with itself there ("cannot remove container ... as
+        # it is running"); "always" keeps it. The pod starts once either way.
+        "annotations": {INIT_TYPE: "always"} if spec.get("initContainers") else {},
+    }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 

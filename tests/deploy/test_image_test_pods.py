@@ -39,6 +39,7 @@ def test_the_repository_manifests_render_as_cpu_pods(checks: Any, tmp_path: Path
     assert (dep["kind"], dep["metadata"]["name"]) == ("Pod", "bnfold")
     assert job["spec"]["restartPolicy"] == "Never"
     assert dep["spec"]["restartPolicy"] == "Always"
+    assert dep["metadata"]["annotations"] == {checks.INIT_TYPE: "always"}
     assert [c["image"] for c in job["spec"]["containers"]] == ["bnfold-converter:0.1.0"]
     assert [c["image"] for c in _containers(dep)] == ["bnfold:0.1.0", "bnfold:0.1.0"]
     for pod in (job, dep):
