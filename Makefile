@@ -1,13 +1,14 @@
 # Two commands do everything (see README):
 #   make demo   set up, build the default model if missing, serve it, show a prediction
 #   make test   set up, then lint, type-check and run the whole test suite
+#   make image-test  build both images with podman and run them (docs/deploy.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bnfold-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup lint typecheck pytest bench clean browser
+.PHONY: demo test setup lint typecheck pytest bench clean browser image-test
 
 demo: $(STAMP)
 	$(BIN)/bnfold demo $(ARGS)
@@ -43,6 +44,14 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
 	  else echo "chromium and chromium-driver are missing (apt-get install them as root): the browser tests will be skipped"; fi
+
+# Both Dockerfile targets built with podman and checked as a user would: HTTP
+# and gRPC inference, healthcheck, non-root, read-only root, SIGTERM drain,
+# compose up/down, kube play of the Kubernetes pod templates (docs/deploy.md,
+# "What CI runs: the image test"). Installs podman when missing (needs root);
+# says why and exits 0 where the engine cannot run.
+image-test: $(STAMP)
+	BNFOLD_PYTHON=$(abspath $(BIN))/python deploy/image-test/run.sh
 
 # Benchmarks write bench/results/ (folding ~3 min, serving ~10 min).
 bench: $(STAMP)
