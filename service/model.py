@@ -115,6 +115,7 @@ def open_version(
     load: LoadOptions,
     *,
     configured: tuple[ModelConfig | None, str] | None = None,
+    run_options: Any = None,
 ) -> OpenedVersion:
     """Load one version (blocking); raises ``ValueError``/``RuntimeError``
     whose message is the reason shown in the repository index.
@@ -124,7 +125,9 @@ def open_version(
     completed from the graph). Without a ``manifest.json`` the files are served unchecked and
     the notes say so. Nothing outside the repository (``model_dir``'s
     parent) is read: a model or version folder, or any file in them, that
-    resolves outside is refused before it is opened (service/files.py)."""
+    resolves outside is refused before it is opened (service/files.py).
+    ``run_options`` (ONNX Runtime's ``RunOptions``) runs the warm-up: its
+    ``terminate`` flag stops it from another thread."""
     root = model_dir.parent
     version_dir = model_dir / str(version)
     for folder in (model_dir, version_dir):
@@ -184,7 +187,7 @@ def open_version(
             notes.append(f"fold on load: {folding.reason}")
     if load.warmup:
         try:
-            runtime.warmup(signature)
+            runtime.warmup(signature, run_options)
         except Exception as e:
             raise ValueError(f"warm-up failed: {first_line(e)}") from None
     return OpenedVersion(

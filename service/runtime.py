@@ -278,14 +278,14 @@ class Runtime:
         # and cannot bind them to CUDA memory.
         self._host_only = any(t[1] == "tensor(string)" for t in [*self.inputs, *self.outputs])
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> dict[str, np.ndarray]:
         """Every output of the graph for ``feeds``; thread-safe."""
         if self.provider == CUDA and not self._host_only:
-            return self._run_bound(feeds)
-        results = self.session.run(self._output_names, feeds)
+            return self._run_bound(feeds, run_options)
+        results = self.session.run(self._output_names, feeds, run_options)
         return dict(zip(self._output_names, results, strict=True))
 
-    def _run_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_bound(self, feeds: dict[str, np.ndarray], run_options: Any) -> dict[str, np.ndarray]:
         # I/O binding: one host-to-device copy per input, outputs allocated
         # on the device and copied back once, no per-run staging by ORT.
         binding = self.session.io_binding()
@@ -293,13 +293,14 @@ class Runtime:
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in self._output_names:
             binding.bind_output(name, "cuda", self.device_id or 0)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, run_options)
         results = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, results, strict=True))
 
-    def warmup(self, signature: Signature) -> None:
+    def warmup(self, signature: Signature, run_options: Any = None) -> None:
         """Run zeros through the graph (batch 1 and the largest batch), so
-        the first client request does not pay for allocation and tuning."""
+        the first client request does not pay for allocation and tuning.
+        ``run_options.terminate`` stops it from another thread."""
         sizes = [1, signature.max_batch_size] if signature.batched else [None]
         for batch in dict.fromkeys(sizes):
             feeds = {}
@@ -311,7 +312,7 @@ class Runtime:
                     feeds[spec.name] = np.full(dims, "0", dtype=object)
                 else:
                     feeds[spec.name] = np.zeros(dims, dtype=spec.dtype)
-            self.run(feeds)
+            self.run(feeds, run_options)
 
     def close(self) -> None:
         # ORT frees the session (and its device memory) when the last
