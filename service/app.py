@@ -2,13 +2,15 @@
 ``service.app:create_app`` (uvicorn ``factory=True``, one app per worker).
 
 Models are loaded in the lifespan, never at import, and never before the
-port opens: startup starts the gRPC server in the same event loop
-(service/grpc_server.py) and begins loading and warming every model in the
+port opens: startup begins loading and warming every model in the
 background (each within ``load_timeout_s``; broken ones are listed with
-their reason); the server answers at once, and reports ready when that first
-load is done. Shutdown reports not-ready, answers with ``Connection: close``
-while it drains (service/connections.py), lets in-flight HTTP and gRPC
-requests finish, unmaps the shared-memory regions and releases every session.
+their reason) and starts the gRPC server in the same event loop
+(service/grpc_server.py); the server answers at once, and reports ready
+when that first load is done. (With ``--workers N`` a worker takes
+connections from the port its parent holds once its first load is done.)
+Shutdown reports not-ready, answers with ``Connection: close`` while it
+drains (service/connections.py), lets in-flight HTTP and gRPC requests
+finish, unmaps the shared-memory regions and releases every session.
 """
 
 from __future__ import annotations
@@ -53,11 +55,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     state.repository = Repository(settings, state.executor, state.metrics, state.arrivals)
     _prompt_gil_handoff(settings.gil_switch_ms)
     shm = app.state.shm = SharedMemory()  # system shared memory regions (HTTP and gRPC)
-    try:
-        grpc_server = await _start_grpc(app, state, shm)
-    except BaseException:
-        state.executor.shutdown(wait=True)
-        raise
     repository = state.repository
 
     def loaded() -> None:
@@ -69,6 +66,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
 
     log.info("loading models from %s", settings.repo.resolve())
     repository.start(on_done=loaded)
+    try:
+        if settings.workers > 1:
+            # The parent process holds the port and every worker takes
+            # connections from it: a worker still loading would answer 503
+            # beside one that serves, so each takes connections (and opens
+            # its gRPC port) once its first load is done, which
+            # load_timeout_s bounds.
+            await repository.wait_loaded()
+        grpc_server = await _start_grpc(app, state, shm)
+    except BaseException:
+        await repository.close()
+        state.executor.shutdown(wait=True)
+        raise
     watch = None
     if settings.poll_s > 0:
         watch = asyncio.get_running_loop().create_task(repository.watch(settings.poll_s))

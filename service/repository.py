@@ -128,6 +128,11 @@ class ModelEntry:
     def highest(self) -> ServedModel | None:
         return self.served[next(reversed(self.served))] if self.served else None
 
+    @property
+    def folding(self) -> dict[int, Any]:
+        """Fold on load's outcome of each version serving (those it ran on)."""
+        return {v: m.folding for v, m in self.served.items() if m.folding is not None}
+
     def latest_state(self) -> VersionState | None:
         return self.versions[max(self.versions)] if self.versions else None
 
@@ -437,6 +442,11 @@ class Repository:
 
         self._loading = asyncio.get_running_loop().create_task(load_then_report())
 
+    async def wait_loaded(self) -> None:
+        """Until the first load (``start``) is done."""
+        if self._loading is not None:
+            await asyncio.gather(asyncio.shield(self._loading), return_exceptions=True)
+
     async def load_all(self) -> None:
         names = list(self.scan())
         for name in names:  # said at once, before any load begins
@@ -664,6 +674,9 @@ class Repository:
         for name in sorted(set(self._served) - set(on_disk)):
             await self.unload(name)
             acted.append(name)
+        for name in [n for n in self._models if n not in on_disk and n not in self._served]:
+            if not self._models[name].lock.locked():
+                del self._models[name]  # its folder is gone: nothing left to say about it
         for name, versions in on_disk.items():
             if self._changed(self._entry(name), versions):
                 acted.append(name)
@@ -693,8 +706,7 @@ class Repository:
 
     async def watch(self, every_s: float) -> None:
         """Poll forever (a task the app cancels at shutdown)."""
-        if self._loading is not None:
-            await asyncio.gather(self._loading, return_exceptions=True)
+        await self.wait_loaded()
         while True:
             await asyncio.sleep(every_s)
             try:
