@@ -90,18 +90,19 @@ def test_sigterm_under_keep_alive_load_resets_nothing(tmp_path: Path) -> None:
     each one gets an answer with ``Connection: close`` (and, as a client of
     a draining server does, goes elsewhere). Not one request fails. A second
     SIGTERM then ends the drain, and the server exits."""
-    with spawn(good_repo(tmp_path), tmp_path, "--drain", "600") as server:
+    with spawn(good_repo(tmp_path), tmp_path, BNFOLD_DRAIN_S="600") as server:
         wait_until(lambda: httpx.get(f"{server.url}/v2/health/ready").status_code == 200, "ready")
         answered = [0] * 4
         closing = [False] * 4
         failures: list[str] = []
+        stop = threading.Event()
         body = b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": %s}]}'
         body %= str([0.25] * 64).encode()
 
         def client(i: int) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT_S)
             try:
-                while True:
+                while not stop.is_set():
                     conn.request("POST", "/v2/models/good/infer", body)
                     answer = conn.getresponse()
                     answer.read()
@@ -119,10 +120,14 @@ def test_sigterm_under_keep_alive_load_resets_nothing(tmp_path: Path) -> None:
         threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: min(answered) >= 10 or bool(failures), "every client answered")
-        server.proc.send_signal(signal.SIGTERM)
-        for t in threads:
-            t.join(WAIT_S)
+        try:
+            wait_until(lambda: min(answered) >= 10 or bool(failures), "every client answered")
+            server.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: all(closing) or bool(failures), "Connection: close to every client")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(WAIT_S)
         assert failures == []
         assert closing == [True] * 4
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503  # draining
