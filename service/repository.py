@@ -122,7 +122,7 @@ class ModelEntry:
     policy: VersionPolicy = field(default_factory=VersionPolicy)  # as last read
     problem: VersionState | None = None  # a model that no version can fix
     expected: bool = False  # should serve (readiness)
-    loading: bool = False  # a load is planned or running
+    loads: int = 0  # loads planned or running (or, at startup, about to be)
 
     @property
     def highest(self) -> ServedModel | None:
@@ -138,7 +138,7 @@ class ModelEntry:
 
     def why_not(self) -> VersionState:
         """Why the model does not serve."""
-        if self.loading and not self.served:
+        if self.loads and not self.served:
             return VersionState(LOADING, LOADING_REASON)
         return self.problem or self.latest_state() or VersionState(UNAVAILABLE, "not loaded")
 
@@ -449,10 +449,15 @@ class Repository:
 
     async def load_all(self) -> None:
         names = list(self.scan())
-        for name in names:  # said at once, before any load begins
-            entry = self._entry(name)
-            entry.expected = entry.loading = True
-        results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        entries = [self._entry(name) for name in names]
+        for entry in entries:  # said at once, before any load begins
+            entry.expected = True
+            entry.loads += 1
+        try:
+            results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        finally:
+            for entry in entries:
+                entry.loads -= 1
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("model %s not served: %s", name, result)
@@ -464,14 +469,15 @@ class Repository:
         if not valid_name(name) or not (self.root / name).is_dir():  # Triton's words
             raise NotFound(f"failed to load {name!r}, no model folder {name!r} in the repository")
         entry = self._entry(name)
-        entry.expected = entry.loading = True
+        entry.expected = True
+        entry.loads += 1
         try:
             async with entry.lock:
                 plan = self._plan(entry, config)
                 opened = await self._open_all(entry, plan)
                 return self._commit(entry, plan, opened)
         finally:
-            entry.loading = entry.lock.locked()  # another load waits
+            entry.loads -= 1
 
     def _plan(self, entry: ModelEntry, override: ModelConfig | None) -> LoadPlan:
         """What to keep and what to open; raises LoadFailed (recording the
@@ -745,7 +751,7 @@ class Repository:
                 why = NOT_LOADED_YET.format(name=name)
                 if version not in selected:
                     why = _unselected(entry.policy)
-                if entry.loading and version in selected:
+                if entry.loads and version in selected:
                     why = LOADING_REASON
                 state = entry.versions.get(version) or VersionState(
                     LOADING if why == LOADING_REASON else UNAVAILABLE, why
