@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     state.executor = ThreadPoolExecutor(settings.runner_threads, thread_name_prefix="bnfold-run")
     state.repository = Repository(settings, state.executor, state.metrics, state.arrivals)
     _prompt_gil_handoff(settings.gil_switch_ms)
-    shm = app.state.shm = SharedMemory()  # system shared memory regions (HTTP and gRPC)
+    shm = app.state.shm = state.shm = SharedMemory()  # system shared memory (HTTP and gRPC)
     repository = state.repository
 
     def loaded() -> None:
@@ -93,7 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
             await asyncio.gather(watch, return_exceptions=True)
         if grpc_server is not None:  # its calls in flight finish, new ones are refused
             await grpc_server.stop(settings.shutdown_timeout_s)
-        shm.close()  # every region unmapped
+        shm.close()  # every region closed
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()

@@ -32,13 +32,27 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
         "model_name": served.name,
         "model_version": served.version_str,
         "parity": (manifest.parity if manifest else None) or {},
-        "folding": (manifest.folding if manifest else None) or {},
+        "folding": (manifest.folding if manifest else None) or _folded_on_load(served),
         "versions": manifest.versions if manifest else {},
         "reference": served.reference_kind,
     }
     if served.folding is not None:  # fold on load measured it here, on this device
         report["fold_on_load"] = served.folding.to_dict()
     return drop_none(report)
+
+
+def _folded_on_load(served: ServedModel) -> dict[str, Any]:
+    """Without a manifest, the fold that fold on load served, in the
+    manifest's terms (the converter's ``folding``); {} when none served."""
+    outcome = served.folding
+    if outcome is None or outcome.served != "folded":
+        return {}
+    return {
+        "folded": outcome.bn_after < outcome.bn_before,
+        "bn_before": outcome.bn_before,
+        "bn_after": outcome.bn_after,
+        "report": outcome.report,
+    }
 
 
 async def _run_chunked(served: ServedModel, runtime: Runtime, feeds: Feeds) -> Feeds:
