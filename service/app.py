@@ -1,11 +1,16 @@
 """The app factory: ``create_app(settings)``, importable as
 ``service.app:create_app`` (uvicorn ``factory=True``, one app per worker).
 
-Models are loaded in the lifespan, never at import: startup scans the
-repository, loads and warms every model (broken ones are listed with their
-reason), starts the gRPC server in the same event loop (service/grpc_server.py),
-then reports ready; shutdown reports not-ready, lets in-flight HTTP and gRPC
-requests finish, unmaps the shared-memory regions and releases every session.
+Models are loaded in the lifespan, never at import, and never before the
+port opens: startup begins loading and warming every model in the
+background (each within ``load_timeout_s``; broken ones are listed with
+their reason) and starts the gRPC server in the same event loop
+(service/grpc_server.py); the server answers at once, and reports ready
+when that first load is done. (With ``--workers N`` a worker takes
+connections from the port its parent holds once its first load is done.)
+Shutdown reports not-ready, answers with ``Connection: close`` while it
+drains (service/connections.py), lets in-flight HTTP and gRPC requests
+finish, unmaps the shared-memory regions and releases every session.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from .connections import CONNECTIONS_STATE
 from .deps import ServerState
 from .grpc_server import GrpcServer, address
 from .http_errors import install_error_handlers
@@ -42,33 +48,44 @@ tensor data extension. Errors are always `{"error": "..."}`.
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     state: ServerState = app.state.bnfold
     settings = state.settings
     state.executor = ThreadPoolExecutor(settings.runner_threads, thread_name_prefix="bnfold-run")
     state.repository = Repository(settings, state.executor, state.metrics, state.arrivals)
-    log.info("loading models from %s", settings.repo.resolve())
-    await state.repository.load_all()
-    served = state.repository.served()
-    providers = sorted({m.provider for m in served}) or ["(no model loaded)"]
-    log.info("ready: %d model(s) on %s", len(served), ", ".join(providers))
-    _quiet_gc()
     _prompt_gil_handoff(settings.gil_switch_ms)
     shm = app.state.shm = state.shm = SharedMemory()  # system shared memory (HTTP and gRPC)
+    repository = state.repository
+
+    def loaded() -> None:
+        served = repository.served()
+        providers = sorted({m.provider for m in served}) or ["(no model loaded)"]
+        log.info("ready: %d model(s) on %s", len(served), ", ".join(providers))
+        _quiet_gc()
+        state.started = True
+
+    log.info("loading models from %s", settings.repo.resolve())
+    repository.start(on_done=loaded)
     try:
+        if settings.workers > 1:
+            # The parent process holds the port and every worker takes
+            # connections from it: a worker still loading would answer 503
+            # beside one that serves, so each takes connections (and opens
+            # its gRPC port) once its first load is done, which
+            # load_timeout_s bounds.
+            await repository.wait_loaded()
         grpc_server = await _start_grpc(app, state, shm)
     except BaseException:
-        await state.repository.close()
+        await repository.close()
         state.executor.shutdown(wait=True)
         raise
-    state.started = True
     watch = None
     if settings.poll_s > 0:
-        watch = asyncio.get_running_loop().create_task(state.repository.watch(settings.poll_s))
+        watch = asyncio.get_running_loop().create_task(repository.watch(settings.poll_s))
         log.info("watching %s every %g s", settings.repo.resolve(), settings.poll_s)
     try:
         with drain_on_sigterm(state, settings.drain_s):
-            yield
+            yield {CONNECTIONS_STATE: state}
     finally:
         state.draining = True
         if watch is not None:

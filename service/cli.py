@@ -1,13 +1,19 @@
 """``bnfold serve``: run the model server with uvicorn.
 
-``serve`` is a plain function with typer ``Annotated`` options; the bnfold
-CLI registers it (``app.command("serve")(serve)``) and ``python -m service``
-runs it alone. Every option is also a ``BNFOLD_*`` environment variable
-(docs/service.md); a flag given on the command line wins.
+``serve`` is a plain function whose typer options are generated from
+``Settings`` (service/settings.py): every setting but the token (a secret
+does not belong on a command line, where ``ps`` shows it) is a flag named
+after the field (``--grpc-port``; a trailing ``_s`` is dropped and its value
+is in SECONDS: ``--poll``, ``--load-timeout``), with the field's description
+as its help. The bnfold CLI registers it (``app.command("serve")(serve)``)
+and ``python -m bnfold.service`` runs it alone. Every flag is also a
+``BNFOLD_*`` environment variable (docs/service.md); a flag given on the
+command line wins.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import socket
@@ -15,21 +21,62 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
+from .connections import uvicorn_options
 from .metrics import MULTIPROC_ENV, MULTIPROC_FILES
 from .middleware import configure_logging
-from .settings import Settings, settings_env
+from .settings import ENV_PREFIX, Settings, settings_env
+
+NOT_FLAGS = {"api_token"}  # BNFOLD_API_TOKEN only
 
 
-def _default(field: str) -> str:
-    """A flag's default for ``--help``: the setting's, used when neither the flag
-    nor its BNFOLD_* variable is given."""
-    return str(Settings.model_fields[field].default)
+def flag_name(field: str) -> str:
+    """``--grpc-port`` for ``grpc_port``; ``--poll`` for ``poll_s`` (seconds)."""
+    return "--" + field.removesuffix("_s").replace("_", "-")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _option(field: str, info: FieldInfo) -> inspect.Parameter:
+    """The typer option of one setting: its type (a choice is a string that
+    Settings checks), its flag, and its description as the help."""
+    kind: Any = info.annotation
+    if get_origin(kind) is Literal:
+        choices = ", ".join(map(str, get_args(kind)))
+        kind = str
+    else:
+        choices = ""
+    flag = flag_name(field)
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    described = str(info.description)
+    if choices and choices not in described:
+        described += f" ({choices})"
+    help_text = f"{described} (env {ENV_PREFIX}{field.upper()}; default {_shown(info.default)})"
+    option = typer.Option(
+        *decls,
+        help=help_text,
+        metavar="SECONDS" if field.endswith("_s") else None,
+        show_default=False,
+    )
+    return inspect.Parameter(
+        field,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind | None, option],
+    )
+
+
+FLAGS = [_option(f, info) for f, info in Settings.model_fields.items() if f not in NOT_FLAGS]
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -76,109 +123,17 @@ def metrics_dir(workers: int) -> Iterator[Path | None]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def serve(
-    repo: Annotated[
-        Path | None,
-        typer.Option(
-            help="Model repository folder (docs/repository.md). "
-            f"(env BNFOLD_REPO; default {_default('repo')})"
-        ),
-    ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            help="Interface to bind; 0.0.0.0 for all. "
-            f"(env BNFOLD_HOST; default {_default('host')})"
-        ),
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help=f"TCP port. (env BNFOLD_PORT; default {_default('port')})")
-    ] = None,
-    grpc_port: Annotated[
-        int | None,
-        typer.Option(
-            help="gRPC port (Triton's GRPCInferenceService, same models and limits); 0: no "
-            f"gRPC. (env BNFOLD_GRPC_PORT; default {_default('grpc_port')})"
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Worker processes sharing the port. "
-            f"(env BNFOLD_WORKERS; default {_default('workers')})"
-        ),
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (CUDA when it loads, else CPU), cuda (required) or cpu. "
-            f"(env BNFOLD_DEVICE; default {_default('device')})"
-        ),
-    ] = None,
-    device_id: Annotated[
-        int | None,
-        typer.Option(
-            help=f"CUDA device ordinal. (env BNFOLD_DEVICE_ID; default {_default('device_id')})"
-        ),
-    ] = None,
-    log_level: Annotated[
-        str | None,
-        typer.Option(
-            help="critical, error, warning, info or debug. "
-            f"(env BNFOLD_LOG_LEVEL; default {_default('log_level')})"
-        ),
-    ] = None,
-    poll: Annotated[
-        float | None,
-        typer.Option(
-            "--poll",
-            help="Watch the repository every SECONDS and load new, changed or removed versions "
-            "atomically (0: only on an explicit load). (env BNFOLD_POLL_S; default 0)",
-            metavar="SECONDS",
-        ),
-    ] = None,
-    fold_on_load: Annotated[
-        bool | None,
-        typer.Option(
-            "--fold-on-load/--no-fold-on-load",
-            help="Fold the BNs of each model in memory when it loads; serve the folded graph "
-            "only if it matches the original on the serving device (a model's configuration "
-            "can override: fold_on_load). (env BNFOLD_FOLD_ON_LOAD; default off)",
-        ),
-    ] = None,
-    strict_readiness: Annotated[
-        bool | None,
-        typer.Option(
-            "--strict-readiness/--no-strict-readiness",
-            help="/v2/health/ready is 503 while any model that should serve is not ready, an "
-            "empty repository included; --no-strict-readiness: ready once started. "
-            "(env BNFOLD_STRICT_READINESS; default strict)",
-        ),
-    ] = None,
-) -> None:
+def serve(**flags: Any) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2).
 
-    Every option (and more: batching, limits, token) can be set as a
-    BNFOLD_* environment variable; see docs/service.md.
+    Every option (and the token, BNFOLD_API_TOKEN) can be set as a BNFOLD_*
+    environment variable; see docs/service.md.
     """
-    flags = {
-        "repo": repo,
-        "host": host,
-        "port": port,
-        "grpc_port": grpc_port,
-        "workers": workers,
-        "device": device,
-        "device_id": device_id,
-        "log_level": log_level,
-        "poll_s": poll,
-        "fold_on_load": fold_on_load,
-        "strict_readiness": strict_readiness,
-    }
     try:
-        settings = Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = flag_name(str(first["loc"][0])) if first["loc"] else "settings"
         raise typer.BadParameter(f"{where}: {first['msg']}") from None
     if not settings.repo.is_dir():
         raise typer.BadParameter(f"model repository {settings.repo} is not a folder")
@@ -192,16 +147,22 @@ def serve(
         "log_level": settings.log_level,
         "access_log": False,  # ours carries the request id
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+        **uvicorn_options(settings),
     }
     with metrics_dir(settings.workers):
         if settings.workers == 1:
             from .app import create_app
 
-            uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()  # type: ignore[arg-type]
+            uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
         else:
             uvicorn.run(
                 "bnfold.service.app:create_app",
                 factory=True,
                 workers=settings.workers,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
+
+
+# typer reads the options from the signature and the annotations.
+serve.__signature__ = inspect.Signature(FLAGS, return_annotation=None)  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in FLAGS} | {"return": None}

@@ -119,6 +119,7 @@ def open_version(
     load: LoadOptions,
     *,
     configured: tuple[ModelConfig | None, str] | None = None,
+    run_options: Any = None,
 ) -> OpenedVersion:
     """Load one version (blocking); raises ``ValueError``/``RuntimeError``
     whose message is the reason shown in the repository index.
@@ -128,7 +129,9 @@ def open_version(
     completed from the graph). Without a ``manifest.json`` the files are served unchecked and
     the notes say so. Nothing outside the repository (``model_dir``'s
     parent) is read: a model or version folder, or any file in them, that
-    resolves outside is refused before it is opened (service/files.py)."""
+    resolves outside is refused before it is opened (service/files.py).
+    ``run_options`` (ONNX Runtime's ``RunOptions``) runs the warm-up: its
+    ``terminate`` flag stops it from another thread."""
     root = model_dir.parent
     version_dir = model_dir / str(version)
     for folder in (model_dir, version_dir):
@@ -195,7 +198,7 @@ def open_version(
     samples = warmup_samples(config, signature, model_dir, max_bytes=options.max_model_bytes)
     if load.warmup or samples:
         try:
-            runtime.warmup(signature, samples)
+            runtime.warmup(signature, samples, run_options)
         except Exception as e:
             raise ValueError(f"warm-up failed: {first_line(e)}") from None
     return OpenedVersion(

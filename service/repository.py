@@ -6,12 +6,28 @@ graph) names its ``version_policy``: the highest version by default, the N
 highest, all, or a list. Every version the policy selects serves at
 ``/v2/models/{m}/versions/{v}/...``; the unversioned routes use the highest.
 
-A load builds every new version completely (session, warm-up, batcher)
-before one dict assignment swaps the model's served set; requests that
-acquired a version finish on it, and it is freed when the last one releases
-it. A load where any selected version fails changes nothing: the versions
-already serving keep serving, and the index shows the reason. Versions whose
-files and configuration did not change are kept as they are, not reloaded.
+Each model's state is one record, a ``ModelEntry``: its versions serving,
+each version's state and reason, the configuration and policy it was
+loaded with, and the fingerprints ``--poll`` compares. A load is a plan
+(``_plan``: read the configuration, decide which versions to keep and which
+to open; it changes nothing), the opening of the new versions (session,
+warm-up, batcher; each in a thread of its own, within ``load_timeout_s``),
+then one commit (``_commit``: no await, so requests see the old set or the
+new one). Requests that acquired a version finish on it, and it is freed
+when the last one releases it. A load where any selected version fails
+changes nothing: the versions already serving keep serving, and the index
+shows the reason. Versions whose files and configuration did not change are
+kept as they are, not reloaded. ``index()`` and ``readiness()`` only read.
+
+Loading never blocks serving: ``start()`` loads every model in the
+background while the port answers (readiness says so); a version whose
+load or warm-up outlasts ``load_timeout_s`` is unavailable with that reason
+(its warm-up is told to stop; a session that cannot be stopped is left to
+its thread) and the others serve.
+
+Reasons: the index (behind the token, when one is set) gives each reason in
+full, file names and hashes included; the public routes give the state and
+a generic reason (docs/service.md, "Threat model").
 
 With ``poll_s`` the repository is watched: new, changed and removed models
 and versions are loaded or unloaded the same way, atomically.
@@ -20,15 +36,19 @@ and versions are loaded or unloaded the same way, atomically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
+
+import onnxruntime as ort
 
 from bnfold.contract import (
     ContractError,
@@ -54,17 +74,98 @@ READY = "READY"
 LOADING = "LOADING"
 UNAVAILABLE = "UNAVAILABLE"
 NOT_LOADED_YET = "not loaded yet: POST /v2/repository/models/{name}/load, or serve with --poll"
+# What a public route says of a version that failed for a reason read from
+# the repository's files (which may name files, paths and hashes).
+FAILED = "failed to load (the repository index gives the reason)"
+NO_VERSION = "no version folder"
+UNLOADED = "unloaded"
+LOADING_REASON = "loading"
 
 # What identifies the files a model or a version was loaded from: names,
 # sizes and modification times (versions are written once and renamed into
 # place, so a changed version is a replaced one).
 Fingerprint = tuple[tuple[str, int, int], ...]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version's state; ``reason`` in full, ``public`` for token-free routes
+    (None: the reason itself is public, as the repository's own words are)."""
+
+    state: str
+    reason: str = ""
+    public: str | None = None
+
+    def said(self, detailed: bool) -> str:
+        return self.reason if detailed or self.public is None else self.public
+
+
+def failed(reason: str) -> VersionState:
+    """A version refused for a reason read from its files."""
+    return VersionState(UNAVAILABLE, reason, FAILED)
 
 
 @dataclass
-class VersionState:
-    state: str
-    reason: str = ""
+class ModelEntry:
+    """Everything the repository knows of one model (Triton's ``ModelInfo``)."""
+
+    name: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    served: dict[int, ServedModel] = field(default_factory=dict)  # ascending
+    versions: dict[int, VersionState] = field(default_factory=dict)  # every version tried
+    loaded_from: dict[int, Fingerprint] = field(default_factory=dict)  # versions serving
+    attempted: dict[int, Fingerprint] = field(default_factory=dict)  # every version tried
+    config_from: Fingerprint | None = None  # the configuration serving
+    config_seen: Fingerprint | None = None  # what --poll last looked at
+    config_source: str = ""  # config.json, config.pbtxt, override, or none
+    policy: VersionPolicy = field(default_factory=VersionPolicy)  # as last read
+    problem: VersionState | None = None  # a model that no version can fix
+    expected: bool = False  # should serve (readiness)
+    loads: int = 0  # loads planned or running (or, at startup, about to be)
+
+    @property
+    def highest(self) -> ServedModel | None:
+        return self.served[next(reversed(self.served))] if self.served else None
+
+    @property
+    def folding(self) -> dict[int, Any]:
+        """Fold on load's outcome of each version serving (those it ran on)."""
+        return {v: m.folding for v, m in self.served.items() if m.folding is not None}
+
+    def latest_state(self) -> VersionState | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+    def why_not(self) -> VersionState:
+        """Why the model does not serve."""
+        if self.loads and not self.served:
+            return VersionState(LOADING, LOADING_REASON)
+        return self.problem or self.latest_state() or VersionState(UNAVAILABLE, "not loaded")
+
+
+@dataclass(frozen=True)
+class OnDisk:
+    """What one look at a model folder found (``Repository.look``)."""
+
+    versions: list[int]
+    refused: dict[str, str]  # folders that are not versions, and why
+    outside: bool = False  # the model folder is a link out of the repository
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What a load will do, decided before anything changes."""
+
+    config: ModelConfig | None
+    source: str
+    config_print: Fingerprint
+    policy: VersionPolicy
+    keep: dict[int, ServedModel]  # serving, unchanged
+    open: list[int]  # to open (new, changed, or the configuration changed)
+
+
+class LoadTimedOut(Exception):
+    pass
 
 
 def unknown_model(name: str, version: str | None = None) -> str:
@@ -80,7 +181,11 @@ def valid_name(name: str) -> bool:
 
 def _fingerprint(folder: Path, names: list[str] | None = None) -> Fingerprint:
     entries = []
-    for name in sorted(names if names is not None else os.listdir(folder)):
+    try:
+        listed = names if names is not None else os.listdir(folder)
+    except OSError:
+        return ()
+    for name in sorted(listed):
         try:
             info = os.stat(folder / name)
         except OSError:
@@ -102,6 +207,50 @@ def _config_fingerprint(model_dir: Path) -> Fingerprint:
     return _fingerprint(model_dir, names)
 
 
+async def in_thread(work: Callable[[], T], budget_s: float, on_timeout: Callable[[], None]) -> T:
+    """``work()`` in a daemon thread of its own, awaited for ``budget_s``.
+
+    Past the budget ``on_timeout`` runs (it asks the work to stop) and
+    ``LoadTimedOut`` is raised at once (when cancelled, ``on_timeout`` runs
+    too): ONNX Runtime cannot be interrupted
+    from Python, so a thread that does not stop is left behind (a daemon:
+    it does not hold the process at exit) and whatever it returns later is
+    dropped."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # abandoned: free what it built
+            close = getattr(getattr(result, "runtime", None), "close", None)
+            if close is not None:
+                close()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as e:  # handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=run, name="bnfold-load", daemon=True).start()
+    try:
+        async with asyncio.timeout(budget_s):
+            return await asyncio.shield(future)
+    except TimeoutError:
+        on_timeout()
+        future.cancel()
+        raise LoadTimedOut from None
+    except asyncio.CancelledError:  # shutdown while loading: stop the work too
+        on_timeout()
+        future.cancel()
+        raise
+
+
 class Repository:
     def __init__(
         self,
@@ -115,19 +264,14 @@ class Repository:
         self._settings = settings
         self._executor = executor
         self._metrics = metrics
-        # name -> version -> the ServedModel answering for it, ascending
+        self._models: dict[str, ModelEntry] = {}
+        # the models serving, name -> versions: the hot path's one lookup
         self._served: dict[str, dict[int, ServedModel]] = {}
-        self._loaded_from: dict[tuple[str, int], Fingerprint] = {}  # versions serving
-        self._attempted: dict[tuple[str, int], Fingerprint] = {}  # every version tried
-        self._config_from: dict[str, Fingerprint] = {}  # the configuration serving
-        self._config_seen: dict[str, Fingerprint] = {}  # what --poll last looked at
-        self._states: dict[tuple[str, int], VersionState] = {}
-        self._model_reason: dict[str, str] = {}  # a model that no version can fix
-        self._refused: dict[str, dict[str, str]] = {}  # folders that are not versions
-        self._policies: dict[str, VersionPolicy] = {}  # each model's, as last read
-        self._expected: set[str] = set()  # models that should serve (readiness)
-        self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._loading: asyncio.Task[None] | None = None
+        # Reasons in full on token-free routes only when there is no token
+        # (then the index, which gives them anyway, is open too).
+        self.detailed = settings.api_token is None
         self._load_options = LoadOptions(
             runtime=runtime_options(settings),
             warmup=settings.warmup,
@@ -136,26 +280,34 @@ class Repository:
             default_max_batch_size=settings.default_max_batch_size,
         )
 
-    # --- what is on disk
+    def _entry(self, name: str) -> ModelEntry:
+        entry = self._models.get(name)
+        if entry is None:
+            entry = self._models[name] = ModelEntry(name)
+        return entry
+
+    # --- what is on disk (reads only)
     def scan(self) -> dict[str, list[int]]:
         """Model folders with a valid name, and their complete versions. A
         folder that is a link out of the repository is listed, never read."""
+        return {name: disk.versions for name, disk in self.look().items()}
+
+    def look(self) -> dict[str, OnDisk]:
+        """Every model folder with a valid name, as it is on disk now."""
         if not self.root.is_dir():
             return {}
         return {
-            p.name: self._versions(p.name)
+            p.name: self._look(p.name)
             for p in sorted(self.root.iterdir())
             if p.is_dir() and valid_name(p.name)
         }
 
-    def _versions(self, name: str) -> list[int]:
+    def _look(self, name: str) -> OnDisk:
         model_dir = self.root / name
         if not inside(model_dir, self.root):
-            self._model_reason[name] = OUTSIDE
-            return []
+            return OnDisk([], {}, outside=True)
         found = scan_versions(model_dir)
-        self._refused[name] = found.refused
-        return found.valid
+        return OnDisk(found.valid, found.refused)
 
     # --- the hot path
     def acquire(self, name: str, version: str | None = None) -> ServedModel:
@@ -227,7 +379,8 @@ class Repository:
     def knows(self, name: str) -> bool:
         """``name`` is a model folder, or was loaded or tried."""
         on_disk = valid_name(name) and (self.root / name).is_dir()
-        return on_disk or name in self._served or any(key[0] == name for key in self._states)
+        entry = self._models.get(name)
+        return on_disk or (entry is not None and bool(entry.served or entry.versions))
 
     def served_versions(self, name: str) -> list[str]:
         return [str(v) for v in self._served.get(name, {})]
@@ -238,41 +391,73 @@ class Repository:
     def _not_serving(self, name: str) -> Exception:
         if not self.knows(name):
             return NotFound(unknown_model(name))
-        reason = self._model_reason.get(name) or self._latest_reason(name) or "not loaded"
+        entry = self._models.get(name)
+        why = entry.why_not() if entry else VersionState(UNAVAILABLE, "not loaded")
         return Unavailable(
-            f"model {name!r} is not ready: {reason}", retry_after=self._settings.retry_after_s
+            f"model {name!r} is not ready: {why.said(self.detailed)}",
+            retry_after=self._settings.retry_after_s,
         )
 
     def _on_disk(self, name: str) -> bool:
         return (self.root / name).is_dir()
 
-    def _latest_reason(self, name: str) -> str:
-        states = sorted((v, s) for (n, v), s in self._states.items() if n == name)
-        return states[-1][1].reason if states else ""
+    # --- readiness (reads only)
+    @property
+    def loading(self) -> bool:
+        """The first load of the repository (``start``) is still running."""
+        return self._loading is not None and not self._loading.done()
 
-    # --- readiness
     def readiness(self) -> tuple[bool, str]:
-        """Whether every model that should serve does; the reason when not."""
+        """Whether every model that should serve does; the reason when not
+        (generic: it is said on a public route)."""
         # A model whose folder was removed is no longer expected (unless it serves).
-        self._expected = {n for n in self._expected if n in self._served or self._on_disk(n)}
-        if not self._expected:
+        expected = sorted(
+            name
+            for name, entry in self._models.items()
+            if entry.expected and (name in self._served or self._on_disk(name))
+        )
+        if not expected:
+            if self.loading:
+                return False, "loading models"
             return False, "no model is served (the repository is empty or every model unloaded)"
-        missing = sorted(n for n in self._expected if not self._served.get(n))
+        missing = [n for n in expected if not self._served.get(n)]
         if missing:
             name = missing[0]
-            reason = self._model_reason.get(name) or self._latest_reason(name) or "not loaded"
+            reason = self._models[name].why_not().said(self.detailed)
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             return False, f"model {name!r} is not ready: {reason}{more}"
         return True, ""
 
     # --- load and unload
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    def start(self, on_done: Callable[[], None] | None = None) -> None:
+        """Load every model in the background (``loading`` until done); the
+        server answers meanwhile. ``on_done`` runs when the first load ends."""
+
+        async def load_then_report() -> None:
+            try:
+                await self.load_all()
+            finally:
+                if on_done is not None:
+                    on_done()
+
+        self._loading = asyncio.get_running_loop().create_task(load_then_report())
+
+    async def wait_loaded(self) -> None:
+        """Until the first load (``start``) is done."""
+        if self._loading is not None:
+            await asyncio.gather(asyncio.shield(self._loading), return_exceptions=True)
 
     async def load_all(self) -> None:
         names = list(self.scan())
-        self._expected.update(names)
-        results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        entries = [self._entry(name) for name in names]
+        for entry in entries:  # said at once, before any load begins
+            entry.expected = True
+            entry.loads += 1
+        try:
+            results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
+        finally:
+            for entry in entries:
+                entry.loads -= 1
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("model %s not served: %s", name, result)
@@ -283,76 +468,104 @@ class Repository:
         override) replaces the model folder's configuration."""
         if not valid_name(name) or not (self.root / name).is_dir():  # Triton's words
             raise NotFound(f"failed to load {name!r}, no model folder {name!r} in the repository")
-        self._expected.add(name)
-        async with self._lock(name):
-            return await self._load_locked(name, config)
+        entry = self._entry(name)
+        entry.expected = True
+        entry.loads += 1
+        try:
+            async with entry.lock:
+                plan = self._plan(entry, config)
+                opened = await self._open_all(entry, plan)
+                return self._commit(entry, plan, opened)
+        finally:
+            entry.loads -= 1
 
-    async def _load_locked(self, name: str, override: ModelConfig | None) -> ServedModel:
+    def _plan(self, entry: ModelEntry, override: ModelConfig | None) -> LoadPlan:
+        """What to keep and what to open; raises LoadFailed (recording the
+        model's problem) when no version can load."""
+        name = entry.name
         model_dir = self.root / name
-        available = self._versions(name)
-        if not inside(model_dir, self.root):
-            raise LoadFailed(f"failed to load {name!r}, {OUTSIDE}")
+        disk = self._look(name)
+        if disk.outside:
+            self._fail_model(entry, [], OUTSIDE)
         config_print = _config_fingerprint(model_dir)
         try:
             config, source = (
                 (override, "override") if override else read_model_config(model_dir, self.root)
             )
         except (ContractError, ValueError) as e:
-            return self._fail_model(name, available, str(e))
+            self._fail_model(entry, disk.versions, str(e))
         policy = config.policy if config else VersionPolicy()
-        self._policies[name] = policy
-        wanted = policy.select(available)
+        entry.policy = policy
+        wanted = policy.select(disk.versions)
         if not wanted:
             why = (
-                "no version folder"
-                if not available
-                else (f"version_policy serves {policy.describe()}: none of them is present")
+                NO_VERSION
+                if not disk.versions
+                else f"version_policy serves {policy.describe()}: none of them is present"
             )
-            return self._fail_model(name, available, why)
-        self._model_reason.pop(name, None)
-
-        current = self._served.get(name, {})
-        config_same = override is None and self._config_from.get(name) == config_print
+            self._fail_model(entry, disk.versions, why, public=not disk.versions)
+        entry.problem = None
+        config_same = override is None and entry.config_from == config_print
         keep: dict[int, ServedModel] = {}
         to_open: list[int] = []
         for v in wanted:
-            old = current.get(v)
-            if (
-                old is not None
-                and config_same
-                and self._loaded_from.get((name, v)) == (_fingerprint(model_dir / str(v)))
-            ):
+            old = entry.served.get(v)
+            unchanged = config_same and entry.loaded_from.get(v) == _fingerprint(model_dir / str(v))
+            if old is not None and unchanged:
                 keep[v] = old
             else:
                 to_open.append(v)
-                if old is None:
-                    self._states[(name, v)] = VersionState(LOADING)
+        return LoadPlan(config, source, config_print, policy, keep, to_open)
 
+    async def _open_all(self, entry: ModelEntry, plan: LoadPlan) -> dict[int, ServedModel]:
+        """Open the plan's new versions; on any failure close those opened
+        and raise LoadFailed (nothing changes)."""
+        for v in plan.open:
+            if v not in entry.served:
+                entry.versions[v] = VersionState(LOADING, LOADING_REASON)
         results = await asyncio.gather(
-            *(self._open(name, v, config, source) for v in to_open), return_exceptions=True
+            *(self._open(entry, v, plan) for v in plan.open), return_exceptions=True
         )
         opened: dict[int, ServedModel] = {}
         failures: list[str] = []
-        for v, result in zip(to_open, results, strict=True):
+        for v, result in zip(plan.open, results, strict=True):
             if isinstance(result, BaseException):
-                reason = str(result) or type(result).__name__
-                self._states[(name, v)] = VersionState(UNAVAILABLE, reason)
-                failures.append(f"version {v}: {reason}")
+                state = self._failure_state(result)
+                entry.versions[v] = state
+                failures.append(f"version {v}: {state.reason}")
             else:
                 opened[v] = result
         if failures:
             for served in opened.values():  # nothing changes: the old set keeps serving
                 await served.retire(0)
-            raise LoadFailed(f"failed to load {name!r}, {'; '.join(failures)}")
+            raise LoadFailed(f"failed to load {entry.name!r}, {'; '.join(failures)}")
+        return opened
 
-        new = dict(sorted((keep | opened).items()))
+    def _failure_state(self, error: BaseException) -> VersionState:
+        if isinstance(error, LoadTimedOut):
+            why = (
+                f"did not load within the load timeout ({self._settings.load_timeout_s:g} s; "
+                "BNFOLD_LOAD_TIMEOUT_S); abandoned"
+            )
+            return VersionState(UNAVAILABLE, why)
+        return failed(str(error) or type(error).__name__)
+
+    def _commit(
+        self, entry: ModelEntry, plan: LoadPlan, opened: dict[int, ServedModel]
+    ) -> ServedModel:
+        """The swap (no await: requests see the old set or the new one)."""
+        name = entry.name
+        current = entry.served
+        new = dict(sorted((plan.keep | opened).items()))
         for v, served in opened.items():
             served.start()
-            self._loaded_from[(name, v)] = _fingerprint(served.path)
+            entry.loaded_from[v] = _fingerprint(served.path)
+        entry.served = new
         self._served[name] = new  # the swap: new requests see the new set
-        self._config_from[name] = config_print
+        entry.config_from = plan.config_print
+        entry.config_source = plan.source
         for v, served in opened.items():
-            self._states[(name, v)] = VersionState(READY)
+            entry.versions[v] = VersionState(READY)
             self._metrics.model_ready.labels(name, str(v), served.provider).set(1)
             log.info(
                 "model %s version %d ready on %s (from %s, max_batch_size %d, batching %s)%s",
@@ -368,50 +581,69 @@ class Repository:
         for v, old in current.items():
             if new.get(v) is not old:
                 if v not in new:
-                    why = f"replaced by version {highest}" if v < highest else _unselected(policy)
-                    self._states[(name, v)] = VersionState(UNAVAILABLE, why)
+                    why = f"replaced by version {highest}" if v < highest else None
+                    entry.versions[v] = VersionState(UNAVAILABLE, why or _unselected(plan.policy))
                 self._retire_later(old)
         return new[highest]
 
-    async def _open(
-        self, name: str, version: int, config: ModelConfig | None, source: str
-    ) -> ServedModel:
-        self._attempted[(name, version)] = _fingerprint(self.root / name / str(version))
-        try:
-            opened = await asyncio.to_thread(
-                open_version,
-                self.root / name,
+    async def _open(self, entry: ModelEntry, version: int, plan: LoadPlan) -> ServedModel:
+        model_dir = self.root / entry.name
+        entry.attempted[version] = _fingerprint(model_dir / str(version))
+        stop = ort.RunOptions()  # its terminate flag stops the warm-up past the budget
+
+        def work() -> Any:
+            try:
+                return open_version(
+                    model_dir,
+                    version,
+                    self._load_options,
+                    configured=(plan.config, plan.source),
+                    run_options=stop,
+                )
+            except ContractError as e:
+                raise ValueError(str(e)) from None
+
+        def terminate() -> None:
+            stop.terminate = True
+            log.warning(
+                "model %s version %d: loading stopped (load timeout %g s, or shutdown)",
+                entry.name,
                 version,
-                self._load_options,
-                configured=(config, source),
+                self._settings.load_timeout_s,
             )
-        except ContractError as e:
-            raise ValueError(str(e)) from None
+
+        opened = await in_thread(work, self._settings.load_timeout_s, terminate)
         return ServedModel(
             opened,
             settings=self._settings,
             executor=self._executor,
-            metrics=self._metrics.for_model(name, version),
+            metrics=self._metrics.for_model(entry.name, version),
             arrivals=self._arrivals,
         )
 
-    def _fail_model(self, name: str, available: list[int], reason: str) -> ServedModel:
-        self._model_reason[name] = reason
+    def _fail_model(
+        self, entry: ModelEntry, available: list[int], reason: str, *, public: bool = False
+    ) -> NoReturn:
+        """Record a model no version can fix; raises LoadFailed."""
+        state = VersionState(UNAVAILABLE, reason) if public else failed(reason)
+        entry.problem = state
         for v in available:
-            if not (self._served.get(name) or {}).get(v):
-                self._states[(name, v)] = VersionState(UNAVAILABLE, reason)
-        raise LoadFailed(f"failed to load {name!r}, {reason}")
+            if v not in entry.served:
+                entry.versions[v] = state
+        raise LoadFailed(f"failed to load {entry.name!r}, {reason}")
 
     async def unload(self, name: str) -> None:
         """Stop serving ``name``; requests already holding it finish first."""
         if not valid_name(name) or (name not in self._served and not (self.root / name).is_dir()):
             raise NotFound(unknown_model(name))
-        self._expected.discard(name)
-        async with self._lock(name):
+        entry = self._entry(name)
+        entry.expected = False
+        async with entry.lock:
             old = self._served.pop(name, {})
-            self._config_from.pop(name, None)
-            for key in [k for k in self._states if k[0] == name]:
-                self._states[key] = VersionState(UNAVAILABLE, "unloaded")
+            entry.served = {}
+            entry.config_from = None
+            for v in entry.versions:
+                entry.versions[v] = VersionState(UNAVAILABLE, UNLOADED)
             await asyncio.gather(*(self._retire(s) for s in old.values()))
 
     def _retire_later(self, old: ServedModel) -> None:
@@ -420,13 +652,20 @@ class Repository:
         task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, old: ServedModel) -> None:
-        self._loaded_from.pop((old.name, old.version), None)
+        entry = self._models.get(old.name)
+        if entry is not None and entry.served.get(old.version) is not old:
+            entry.loaded_from.pop(old.version, None)
         await old.retire(self._settings.shutdown_timeout_s)
         self._metrics.model_ready.labels(old.name, old.version_str, old.provider).set(0)
 
     async def close(self) -> None:
-        """Retire every version (in-flight requests finish first)."""
+        """Stop loading, then retire every version (in-flight requests finish first)."""
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
         served, self._served = self.served(), {}
+        for entry in self._models.values():
+            entry.served = {}
         await asyncio.gather(*(self._retire(s) for s in served), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -441,8 +680,11 @@ class Repository:
         for name in sorted(set(self._served) - set(on_disk)):
             await self.unload(name)
             acted.append(name)
+        for name in [n for n in self._models if n not in on_disk and n not in self._served]:
+            if not self._models[name].lock.locked():
+                del self._models[name]  # its folder is gone: nothing left to say about it
         for name, versions in on_disk.items():
-            if self._changed(name, versions):
+            if self._changed(self._entry(name), versions):
                 acted.append(name)
                 try:
                     await self.load(name)
@@ -450,27 +692,27 @@ class Repository:
                     log.warning("poll: model %s not served: %s", name, e)
         return acted
 
-    def _changed(self, name: str, versions: list[int]) -> bool:
-        """Whether ``name`` needs a load: its configuration changed since the
+    def _changed(self, entry: ModelEntry, versions: list[int]) -> bool:
+        """Whether the model needs a load: its configuration changed since the
         last look, a served version went, or a version the policy selects
         has files other than those it was served or tried from."""
-        model_dir = self.root / name
+        model_dir = self.root / entry.name
         config_print = _config_fingerprint(model_dir)
-        if self._config_seen.get(name) != config_print:
-            self._config_seen[name] = config_print  # a broken one is tried once per change
+        if entry.config_seen != config_print:
+            entry.config_seen = config_print  # a broken one is tried once per change
             return True
-        served = self._served.get(name, {})
-        if set(served) - set(versions):
+        if set(entry.served) - set(versions):
             return True
-        for v in self._policies.get(name, VersionPolicy()).select(versions):
+        for v in entry.policy.select(versions):
             now = _fingerprint(model_dir / str(v))
-            before = self._loaded_from.get((name, v)) if v in served else None
-            if now != (before or self._attempted.get((name, v))):
+            before = entry.loaded_from.get(v) if v in entry.served else None
+            if now != (before or entry.attempted.get(v)):
                 return True
         return False
 
     async def watch(self, every_s: float) -> None:
         """Poll forever (a task the app cancels at shutdown)."""
+        await self.wait_loaded()
         while True:
             await asyncio.sleep(every_s)
             try:
@@ -478,46 +720,52 @@ class Repository:
             except Exception:  # a bad moment on disk must not end the watch
                 log.exception("poll of %s failed", self.root)
 
-    # --- the index (POST /v2/repository/index)
+    # --- the index (POST /v2/repository/index; reads only)
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model and version folder with its state and its full reason."""
+        on_disk = self.look()
         entries: list[dict[str, Any]] = []
-        on_disk = self.scan()
-        for key in [k for k in self._states if k[0] not in on_disk and k[0] not in self._served]:
-            del self._states[key]  # the folder is gone: nothing left to say about it
-        names = sorted(set(on_disk) | set(self._served))
-        for name in names:
-            served = self._served.get(name, {})
-            found = set(on_disk.get(name, [])) | {v for (n, v) in self._states if n == name}
-            found |= set(served)
-            refused = self._refused.get(name, {})
-            if not found and not refused:
-                reason = self._model_reason.get(name, "no version folder")
-                entries.append({"name": name, "state": UNAVAILABLE, "reason": reason})
-                continue
-            policy = self._policies.get(name, VersionPolicy())
-            selected = set(policy.select(on_disk.get(name, [])))
-            for version in sorted(found):
-                if version in served:
-                    state = VersionState(READY, "; ".join(served[version].notes))
-                else:
-                    why = NOT_LOADED_YET.format(name=name)
-                    if version not in selected:
-                        why = _unselected(policy)
-                    state = self._states.get((name, version)) or VersionState(UNAVAILABLE, why)
-                    if state.state == READY:  # a version swapped out while loading
-                        state = VersionState(UNAVAILABLE, "not loaded")
-                entries.append(
-                    {
-                        "name": name,
-                        "version": str(version),
-                        "state": state.state,
-                        "reason": state.reason,
-                    }
-                )
-            for folder, reason in refused.items():
-                entries.append(
-                    {"name": name, "version": folder, "state": UNAVAILABLE, "reason": reason}
-                )
+        for name in sorted(set(on_disk) | set(self._served)):
+            entries.extend(self._index_model(name, on_disk.get(name)))
         if ready_only:
             entries = [e for e in entries if e["state"] == READY]
         return entries
+
+    def _index_model(self, name: str, disk: OnDisk | None) -> list[dict[str, Any]]:
+        entry = self._models.get(name) or ModelEntry(name)
+        served = entry.served
+        found = set(disk.versions if disk else []) | set(entry.versions) | set(served)
+        refused = disk.refused if disk else {}
+        if not found and not refused:
+            if entry.problem is not None:
+                reason = entry.problem.reason
+            else:
+                reason = OUTSIDE if disk is not None and disk.outside else NO_VERSION
+            return [{"name": name, "state": UNAVAILABLE, "reason": reason}]
+        selected = set(entry.policy.select(disk.versions if disk else []))
+        rows = []
+        for version in sorted(found):
+            if version in served:
+                state = VersionState(READY, "; ".join(served[version].notes))
+            else:
+                why = NOT_LOADED_YET.format(name=name)
+                if version not in selected:
+                    why = _unselected(entry.policy)
+                if entry.loads and version in selected:
+                    why = LOADING_REASON
+                state = entry.versions.get(version) or VersionState(
+                    LOADING if why == LOADING_REASON else UNAVAILABLE, why
+                )
+                if state.state == READY:  # a version swapped out while loading
+                    state = VersionState(UNAVAILABLE, "not loaded")
+            rows.append(
+                {
+                    "name": name,
+                    "version": str(version),
+                    "state": state.state,
+                    "reason": state.reason,
+                }
+            )
+        for folder, reason in refused.items():
+            rows.append({"name": name, "version": folder, "state": UNAVAILABLE, "reason": reason})
+        return rows

@@ -304,6 +304,7 @@ class Runtime:
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         self._run_options: ort.RunOptions | None = None
+        self._run_entries = dict(settings.run_entries)
         if settings.run_entries:
             self._run_options = ort.RunOptions()
             for key, value in settings.run_entries.items():
@@ -417,14 +418,18 @@ class Runtime:
             out["warmup"] = self.warmup_runs
         return out
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output of the graph for ``feeds`` (wire shapes); thread-safe."""
+    def run(
+        self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every output of the graph for ``feeds`` (wire shapes); thread-safe.
+        ``run_options`` replaces the model's own (the warm-up's, to stop it)."""
+        options = self._run_options if run_options is None else run_options
         if self._reshape_in:
             feeds = {k: self._reshaped(v, self._reshape_in.get(k)) for k, v in feeds.items()}
         if self.provider in GPU_PROVIDERS and not self._host_only:
-            results = self._run_bound(feeds)
+            results = self._run_bound(feeds, options)
         else:
-            outs = self.session.run(self._output_names, feeds, self._run_options)
+            outs = self.session.run(self._output_names, feeds, options)
             results = dict(zip(self._output_names, outs, strict=True))
         if self._reshape_out:
             results = {k: self._reshaped(v, self._reshape_out.get(k)) for k, v in results.items()}
@@ -436,7 +441,9 @@ class Runtime:
         head = array.shape[:1] if self._batched else ()
         return array.reshape(head + tail)
 
-    def _run_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_bound(
+        self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None
+    ) -> dict[str, np.ndarray]:
         # I/O binding: one host-to-device copy per input, outputs allocated
         # on the device and copied back once, no per-run staging by ORT.
         binding = self.session.io_binding()
@@ -444,23 +451,33 @@ class Runtime:
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in self._output_names:
             binding.bind_output(name, "cuda", self.device_id or 0)
-        if self._run_options is None:
+        if options is None:
             self.session.run_with_iobinding(binding)
         else:
-            self.session.run_with_iobinding(binding, self._run_options)
+            self.session.run_with_iobinding(binding, options)
         results = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, results, strict=True))
 
-    def warmup(self, signature: Signature, samples: list[WarmupSample] | None = None) -> int:
+    def warmup(
+        self,
+        signature: Signature,
+        samples: list[WarmupSample] | None = None,
+        stop: ort.RunOptions | None = None,
+    ) -> int:
         """Run the model's ``model_warmup`` samples, each ``count`` times, or
         without them zeros (batch 1 and the largest batch, at most
         ``warmup_max_batch``), so the first
         client request does not pay for allocation and tuning. Returns the
-        runs made; ``warmup_runs`` says which."""
+        runs made; ``warmup_runs`` says which. ``stop`` runs it (with the
+        model's run entries): its ``terminate`` flag stops it from another
+        thread (the repository's load timeout)."""
+        if stop is not None:
+            for key, value in self._run_entries.items():
+                stop.add_run_config_entry(key, value)
         if samples:
             for sample in samples:
                 for _ in range(sample.count):
-                    self.run(sample.feeds)
+                    self.run(sample.feeds, stop)
                 self.warmup_runs.append({"name": sample.name, "runs": sample.count})
             return sum(s.count for s in samples)
         largest = min(signature.max_batch_size, self.warmup_max_batch)
@@ -478,7 +495,7 @@ class Runtime:
                     feeds[spec.name] = np.full(dims, "0", dtype=object)
                 else:
                     feeds[spec.name] = np.zeros(dims, dtype=spec.dtype)
-            self.run(feeds)
+            self.run(feeds, stop)
             runs += 1
         return runs
 

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     max_model_bytes: Annotated[
         int, Field(ge=1, description="Refuse model files (with external data) larger than this.")
     ] = 2 << 30
+    load_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Longest time one version may take to load and warm up; past it the "
+            "version is unavailable (the port opens at once, models load behind it).",
+        ),
+    ] = 300.0
 
     # --- the repository
     poll_s: Annotated[
@@ -116,7 +124,10 @@ class Settings(BaseSettings):
     batching: Annotated[
         bool, Field(description="Dynamic batching unless config.json disables it.")
     ] = True
-    max_queue_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 1.0
+    max_queue_delay_ms: Annotated[
+        float,
+        Field(ge=0, le=60_000, description="Longest wait for a batch to fill (config.json wins)."),
+    ] = 1.0
     eager_batching: Annotated[
         bool,
         Field(
@@ -133,7 +144,9 @@ class Settings(BaseSettings):
             "runs it on the event loop when idle (no thread switch); 0: never.",
         ),
     ] = 3.0
-    max_queue_size: Annotated[int, Field(ge=1)] = 1024
+    max_queue_size: Annotated[
+        int, Field(ge=1, description="Requests one model queues before 503 (config.json wins).")
+    ] = 1024
     request_timeout_s: Annotated[
         float, Field(gt=0, description="Longest wait for one inference.")
     ] = 30.0
@@ -160,7 +173,10 @@ class Settings(BaseSettings):
         SecretStr | None,
         Field(description="Bearer token for /v2/repository/*; unset leaves them open."),
     ] = None
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Annotated[
+        Literal["critical", "error", "warning", "info", "debug"],
+        Field(description="critical, error, warning, info or debug."),
+    ] = "info"
     access_log: Annotated[
         bool,
         Field(
@@ -168,6 +184,27 @@ class Settings(BaseSettings):
             "per request costs the hot path; errors are logged either way).",
         ),
     ] = False
+    # --- connections (HTTP; gRPC keeps its own limits)
+    max_connections: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Open HTTP connections per process; past it the oldest one still "
+            "sending its request (or idle) is closed (0: the descriptor limit less 128).",
+        ),
+    ] = 0
+    header_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Longest time a client may take to send a request's head and body; "
+            "then its connection is closed.",
+        ),
+    ] = 30.0
+    keep_alive_s: Annotated[
+        float, Field(gt=0, description="An idle keep-alive connection is closed after this.")
+    ] = 5.0
+
     drain_s: Annotated[
         float, Field(ge=0, description="After SIGTERM, seconds reporting not-ready before closing.")
     ] = 1.0

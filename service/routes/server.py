@@ -15,7 +15,10 @@ from .responses import errors
 router = APIRouter(tags=["server"])
 
 NOT_READY = errors(
-    {503: "Not ready: starting, draining, or (strict readiness) a model not serving."}
+    {
+        503: "Not ready: starting, loading models, draining, or (strict readiness) a model "
+        "not serving."
+    }
 )
 
 
@@ -44,12 +47,15 @@ async def live() -> Response:
 @router.get("/v2/health/ready", summary="Readiness", responses=NOT_READY)
 async def ready(state: StateDep) -> Response:
     """200 once every model that should serve is loaded and warmed; 503
-    while starting, after SIGTERM (draining), and, with strict readiness
+    while starting or loading models (the port opens before they load),
+    after SIGTERM (draining), and, with strict readiness
     (the default; ``--no-strict-readiness`` turns it off), while the
     repository is empty or any model failed to load or is not loaded yet."""
     retry = state.settings.retry_after_s
     if not state.ready:
         why = "draining" if state.draining else "starting"
+        if not state.draining and state.repository is not None and state.repository.loading:
+            why = "loading models"
         raise Unavailable(f"server is not ready: {why}", retry_after=retry)
     if state.settings.strict_readiness and state.repository is not None:
         ready, why = state.repository.readiness()

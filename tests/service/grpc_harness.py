@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
-from service_harness import WAIT_S
+from service_harness import wait_started
 
 from bnfold.service.app import create_app
 from bnfold.service.model import ServedModel
@@ -51,11 +50,7 @@ def run_grpc_server(settings: Settings) -> Iterator[GrpcRunning]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + WAIT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
+    wait_started(server, thread, app)
     grpc_port = app.state.grpc_server.port
     try:
         yield GrpcRunning(

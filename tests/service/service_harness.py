@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ from served_models import ModelInfo
 
 from bnfold.contract import scan_versions
 from bnfold.service.app import create_app
+from bnfold.service.connections import uvicorn_options
 from bnfold.service.model import ServedModel
 from bnfold.service.settings import Settings
 
@@ -42,6 +44,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting after {timeout:g} s: {what}")
         time.sleep(0.005)
+
+
+def wait_started(server: uvicorn.Server, thread: threading.Thread, app: Any) -> None:
+    """Until the port listens and the first load of every model is done (the
+    port opens before the models load)."""
+    deadline = time.monotonic() + WAIT_S  # loading every model, on a busy machine too
+    while not (server.started and app.state.bnfold.started):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
 
 
 @dataclass
@@ -69,17 +81,18 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), log_level="warning", access_log=False, timeout_graceful_shutdown=10
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + WAIT_S  # loading every model, on a busy machine too
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
+    wait_started(server, thread, app)
     try:
         yield RunningServer(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", settings, server)
     finally:

@@ -1,0 +1,91 @@
+"""``python -m bnfold.service`` in a process of its own, started without
+waiting for readiness (the port opens before the models load): for what a
+thread cannot show (a warm-up that never ends, descriptors, signals)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from service_harness import TOKEN, WAIT_S
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Spawned:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def spawn(repo: Path, workdir: Path, *args: str, **env: str) -> Iterator[Spawned]:
+    """Start the server; yield once ``/v2/health/live`` answers (``WAIT_S``
+    at most); kill it at the end unless the test stopped it."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BNFOLD_", "PROMETHEUS_"))}
+    clean |= {
+        "PYTHONPATH": str(ROOT),
+        "BNFOLD_LOG_LEVEL": "info",
+        "BNFOLD_API_TOKEN": TOKEN,
+        "BNFOLD_GRPC_PORT": "0",  # HTTP only: no shared port 8001 between test servers
+        **env,
+    }
+    log = workdir / f"server-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bnfold.service",
+                "--repo",
+                str(repo),
+                "--port",
+                str(port),
+                *args,
+            ],
+            cwd=workdir,
+            env=clean,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running = Spawned(proc, port, log)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                if httpx.get(f"{running.url}/v2/health/live", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{running.output()}")
+            time.sleep(0.05)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
