@@ -375,7 +375,7 @@ model_warmup [ { name: "s" batch_size: 1
         ),
         (
             from_file("../../x"),
-            "link out of the model repository",
+            "not a file inside the model repository",
         ),
         (
             'inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 16 ] zero_data: true } }',
