@@ -55,6 +55,9 @@ PLATFORMS = ("onnxruntime_onnx",)
 # max_batch_size written for a graph whose first axis is dynamic (convert,
 # import) and taken by the service for one that comes without a configuration.
 DEFAULT_MAX_BATCH_SIZE = 64
+# Rows one batch may hold: far above any batcher's use, far below what would
+# let a configuration alone claim gigabytes (issue 19: 2**22 was accepted).
+MAX_BATCH_SIZE = 1 << 16
 
 
 class ContractError(ValueError):
@@ -307,8 +310,15 @@ class TensorConfig:
     datatype: str
     shape: list[int]
     format: Literal["FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC"] | None = None
+    # Triton's reshape: ``shape`` is what the wire carries, ``reshape`` what
+    # the graph sees (both without the batch dimension); [] is a scalar.
+    reshape: list[int] | None = None
+    # Triton's optional input: a request may leave it out (None: required).
+    optional: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.reshape is not None and any(d < -1 for d in self.reshape):
+            raise ContractError(f"reshape {self.reshape} has a dimension below -1")
         if self.datatype not in DATATYPES:
             raise ContractError(
                 f"unsupported datatype {self.datatype!r} (one of {', '.join(DATATYPES)})"
@@ -513,11 +523,21 @@ class ModelConfig:
     instance_group: list[InstanceGroup] = field(default_factory=list)
     parameters: dict[str, str] = field(default_factory=dict)
     fold_on_load: bool | None = None
+    # Triton's ``optimization`` and ``model_warmup`` in their JSON form
+    # (ONNX Runtime's providers, graph level, CUDA graphs; warm-up samples);
+    # the service reads them (docs/repository.md).
+    optimization: dict[str, Any] | None = None
+    model_warmup: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_format(self.format)
         if self.max_batch_size < 0:
             raise ContractError("max_batch_size must be 0 (no batching) or more")
+        if self.max_batch_size > MAX_BATCH_SIZE:
+            raise ContractError(
+                f"max_batch_size {self.max_batch_size} is over {MAX_BATCH_SIZE}, the most "
+                "one batch may hold"
+            )
         if self.platform not in PLATFORMS:
             raise ContractError(
                 f"platform {self.platform!r} is not served: bnfold serves ONNX models "

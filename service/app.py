@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("ready: %d model(s) on %s", len(served), ", ".join(providers))
     _quiet_gc()
     _prompt_gil_handoff(settings.gil_switch_ms)
-    shm = app.state.shm = SharedMemory()  # system shared memory regions (HTTP and gRPC)
+    shm = app.state.shm = state.shm = SharedMemory()  # system shared memory (HTTP and gRPC)
     try:
         grpc_server = await _start_grpc(app, state, shm)
     except BaseException:
@@ -76,7 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.gather(watch, return_exceptions=True)
         if grpc_server is not None:  # its calls in flight finish, new ones are refused
             await grpc_server.stop(settings.shutdown_timeout_s)
-        shm.close()  # every region unmapped
+        shm.close()  # every region closed
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()

@@ -15,6 +15,7 @@ bytes left over or missing. Each is a 400, never a short read.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ def tensor_from_bytes(
     BYTES (``object``) is read element by element (service/bytes_tensor.py)."""
     if dtype.kind == "O":
         return bytes_tensor.deserialize(name, chunk, shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(chunk) != expected:
         raise BadRequest(
             f"input {name!r}: binary_data_size is {len(chunk)} bytes but shape "

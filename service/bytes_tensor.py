@@ -25,7 +25,10 @@ import numpy as np
 from .errors import BadRequest
 
 OBJECT = np.dtype(object)
-_LENGTH = struct.Struct("<I")
+LENGTH = struct.Struct("<I")  # each element's length prefix
+_LENGTH = LENGTH
+# Triton's limit on nested JSON arrays in tensor data (HTTP_MAX_JSON_NESTING_DEPTH).
+MAX_JSON_DEPTH = 100
 
 
 def is_bytes(dtype: np.dtype[Any]) -> bool:
@@ -56,20 +59,32 @@ def from_values(name: str, values: Iterable[bytes], shape: Sequence[int]) -> np.
     return from_elements(name, [_text(name, v, i) for i, v in enumerate(values)], shape)
 
 
+def flatten(name: str, data: list[Any]) -> list[Any]:
+    """The values of nested JSON lists, row-major, without recursion; lists
+    nested as deep as Triton's limit are refused with its message."""
+    flat: list[Any] = []
+    stack: list[tuple[object, int]] = [(item, 1) for item in reversed(data)]
+    while stack:  # depth-first, row-major
+        item, depth = stack.pop()
+        if depth >= MAX_JSON_DEPTH:
+            raise BadRequest(
+                f"input {name!r}: JSON nesting depth exceeds maximum allowed limit "
+                f"({MAX_JSON_DEPTH})"
+            )
+        if isinstance(item, list):
+            stack.extend((inner, depth + 1) for inner in reversed(item))
+        else:
+            flat.append(item)
+    return flat
+
+
 def from_json(name: str, data: object, shape: Sequence[int]) -> np.ndarray:
     """From JSON ``data``: strings, as a flat or nested list."""
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: data must be a list")
-    flat: list[str] = []
-    stack: list[object] = [data]
-    while stack:  # depth-first, row-major, without recursion
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        elif isinstance(item, str):
-            flat.append(item)
-        else:
-            raise BadRequest(f"input {name!r}: BYTES data must hold only strings")
+    flat = flatten(name, data)
+    if not all(isinstance(item, str) for item in flat):
+        raise BadRequest(f"input {name!r}: BYTES data must hold only strings")
     return from_elements(name, flat, shape)
 
 

@@ -1,11 +1,14 @@
 """Inference bodies to numpy and back: V2 JSON tensors, the binary
 extension, and KServe V1 ``instances``.
 
-Each input is checked against the model's signature before a single value
-is converted: name, datatype, shape (rank, fixed dimensions, batch size),
-then the data: element count, numbers only, integer range, finite floats.
-JSON tensor data is converted by numpy in one call (flat or nested lists
-alike); binary data is viewed in place with ``np.frombuffer``.
+Wire parsing and wire writing only: a V2 body becomes the data plane's
+``WireRequest`` (service/dataplane.py checks it against the model's
+signature, as it checks gRPC's, before a single value is converted), and
+an ``InferResult`` becomes a V2 body. An input's data is read once its
+header passed: JSON tensor data converted by numpy in one call (flat or
+nested lists alike; numbers only, integer range, element count), binary
+data viewed in place with ``np.frombuffer``. A header length of 0 is
+Triton's raw binary request (the body is the single input's bytes).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,22 +34,22 @@ from .binary import (
     tensor_bytes,
 )
 from .binary import tensor_from_bytes as _tensor_from_bytes
-from .errors import BadRequest, InferenceFailed, PayloadTooLarge
-from .outputs import OutputOptions, finish, output_options
+from .dataplane import (
+    InferRequest,
+    InferResult,
+    WireInput,
+    WireOutput,
+    WireRequest,
+    check_finite,
+    encode_outputs,
+    region_parameters,
+    validate,
+    validate_inputs,
+)
+from .errors import BadRequest, PayloadTooLarge
 from .protocol import DATATYPE_OF
-from .shm import BYTE_SIZE, REGION, SharedMemory, Slice, no_shared_memory
-from .signature import Signature
-
-
-@dataclass
-class InferRequest:
-    id: str | None
-    feeds: Feeds
-    rows: int  # batch size (1 for models without a batch axis)
-    outputs: list[tuple[str, bool]]  # (name, binary) in response order
-    timeout_s: float | None  # from parameters.timeout (microseconds)
-    batched: bool = False  # the model has a batch axis (classification is per row)
-    options: dict[str, OutputOptions] = field(default_factory=dict)  # outputs asked more of
+from .shm import Regions
+from .signature import Signature, TensorSpec
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -84,11 +87,23 @@ def _load_json(data: bytes | memoryview) -> Any:
         raise BadRequest("malformed JSON: nested too deeply") from None
 
 
+def nesting(data: list[Any]) -> int:
+    """How deep lists nest along the first element (the rank of data that is not ragged)."""
+    depth = 0
+    value: Any = data
+    while isinstance(value, list) and depth <= bytes_tensor.MAX_JSON_DEPTH:
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
 def numbers(name: str, data: object, dtype: np.dtype[Any]) -> np.ndarray:
     """``data`` (flat or nested lists) as an array of ``dtype``, refusing
     strings, nulls, ragged lists, floats for integers and out-of-range values."""
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: data must be a list")
+    if nesting(data) > 32:  # numpy builds at most 64 dimensions: flatten first
+        data = bytes_tensor.flatten(name, data)
     try:
         array = np.asarray(data)
     except (ValueError, TypeError):
@@ -121,23 +136,25 @@ def _object(value: object, what: str) -> dict[str, Any]:
     return value
 
 
-def _check_finite(name: str, array: np.ndarray) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise BadRequest(f"input {name!r} contains NaN or Inf")
-
-
 def decode_infer(
-    body: bytes,
-    header_length: str | None,
-    signature: Signature,
-    *,
-    max_elements: int,
-    allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    body: bytes, header_length: str | None, signature: Signature, **checks: Any
 ) -> InferRequest:
     """Parse and validate a V2 inference request (JSON or binary framing);
-    ``shm`` holds the shared-memory regions inputs and outputs may name."""
+    ``checks``: ``dataplane.validate``'s limits and the shared-memory
+    regions inputs and outputs may name."""
+    return validate(parse_infer(body, header_length, signature), signature, **checks)
+
+
+def parse_infer(
+    body: bytes, header_length: str | None, signature: Signature, model: str = ""
+) -> WireRequest:
+    """A V2 request body as the data plane's ``WireRequest``: the JSON
+    header and, after it, the binary part its inputs claim in order. A
+    header length of 0 is Triton's raw binary request: the whole body is
+    the model's single input."""
     json_part, binary_part = split_body(body, header_length)
+    if header_length is not None and len(json_part) == 0:
+        return _raw_request(signature, binary_part, model)
     request = _load_json(body if header_length is None else json_part)  # no copy for pure JSON
     if not isinstance(request, dict):
         raise BadRequest("the inference request must be a JSON object")
@@ -148,18 +165,14 @@ def decode_infer(
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("id must be a string")
-    feeds, rows = decode_inputs(
-        inputs,
-        signature,
-        binary=binary_part,
-        max_elements=max_elements,
-        allow_nonfinite=allow_nonfinite,
-        shm=shm,
+    reader = BinaryReader(binary_part)
+    return WireRequest(
+        request_id,
+        wire_inputs(inputs, reader),
+        _wire_outputs(request.get("outputs")),
+        params,
+        reader.finish,
     )
-    binary_default = params.get("binary_data_output") is True
-    outputs, options = _requested_outputs(request.get("outputs"), signature, binary_default, shm)
-    timeout = _timeout(params.get("timeout"))
-    return InferRequest(request_id, feeds, rows, outputs, timeout, signature.batched, options)
 
 
 def decode_inputs(
@@ -169,104 +182,123 @@ def decode_inputs(
     binary: memoryview = memoryview(b""),
     max_elements: int,
     allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
+    shm: Regions | None = None,
 ) -> tuple[Feeds, int]:
     """V2 request ``inputs`` (parsed JSON objects) as feeds and their batch
     size, each checked against ``signature``; ``binary`` holds the bytes of
     the inputs sent with ``binary_data_size``."""
     reader = BinaryReader(binary)
-    feeds: Feeds = {}
+    return validate_inputs(
+        wire_inputs(inputs, reader),
+        signature,
+        max_elements=max_elements,
+        allow_nonfinite=allow_nonfinite,
+        shm=shm,
+        finish_wire=reader.finish,
+    )
+
+
+def wire_inputs(inputs: list[Any], reader: BinaryReader) -> list[WireInput]:
+    """V2 request ``inputs`` (parsed JSON objects) for the data plane; each
+    one's data is ``data``, or its ``binary_data_size`` bytes from ``reader``."""
+    wire = []
     for entry in inputs:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise BadRequest("each input must be an object with a name")
         name = entry["name"]
-        if name in feeds:
-            raise BadRequest(f"input {name!r} is given twice")
-        spec, shape = signature.check_input(
-            name, entry.get("datatype"), entry.get("shape"), max_elements
+        params = _object(entry.get("parameters"), f"input {name!r}: parameters")
+        data = entry.get("data")
+        size = params.get("binary_data_size")
+        wire.append(
+            WireInput(
+                name,
+                entry.get("datatype"),
+                entry.get("shape"),
+                params,
+                data is not None or size is not None,
+                partial(_read_input, name, data, size, reader),
+            )
         )
-        in_params = _object(entry.get("parameters"), f"input {name!r}: parameters")
-        size = in_params.get("binary_data_size")
-        where = _shm_slice(f"input {name!r}", in_params, shm)
-        if where is not None:
-            if entry.get("data") is not None or size is not None:
-                raise BadRequest(f"input {name!r} has data besides its shared memory region")
-            array = where.read_tensor(name, spec.dtype, shape)
-        elif size is not None:
-            if entry.get("data") is not None:
-                raise BadRequest(f"input {name!r} has both data and binary_data_size")
-            array = _tensor_from_bytes(name, reader.take(name, size), spec.dtype, shape)
-        else:
-            if entry.get("data") is None:
-                raise BadRequest(f"input {name!r} has neither data nor binary_data_size")
-            if spec.dtype.kind == "O":  # BYTES: strings
-                array = bytes_tensor.from_json(name, entry["data"], shape)
-            else:
-                array = numbers(name, entry["data"], spec.dtype)
-            if array.size != math.prod(shape):
-                raise BadRequest(
-                    f"input {name!r}: {array.size} values given, shape {list(shape)} "
-                    f"needs {math.prod(shape)}"
-                )
-            array = array.reshape(shape)
-        if not allow_nonfinite:
-            _check_finite(name, array)
-        feeds[name] = array
-    reader.finish()
-
-    missing = [s.name for s in signature.inputs if s.name not in feeds]
-    if missing:
-        raise BadRequest(f"missing inputs {missing}")
-    rows = 1
-    if signature.batched:
-        sizes = {name: a.shape[0] for name, a in feeds.items()}
-        if len(set(sizes.values())) > 1:
-            raise BadRequest(f"inputs disagree on the batch size: {sizes}")
-        rows = next(iter(sizes.values()))
-    return feeds, rows
+    return wire
 
 
-def _shm_slice(tensor: str, params: dict[str, Any], shm: SharedMemory | None) -> Slice | None:
-    if shm is None:
-        no_shared_memory(tensor, params)
-        return None
-    return shm.slice(tensor, params)
+def _read_input(
+    name: str,
+    data: object,
+    size: object,
+    reader: BinaryReader,
+    spec: TensorSpec,
+    shape: tuple[int, ...],
+) -> np.ndarray:
+    if size is not None:
+        if data is not None:
+            raise BadRequest(f"input {name!r} has both data and binary_data_size")
+        return _tensor_from_bytes(name, reader.take(name, size), spec.dtype, shape)
+    if data is None:
+        raise BadRequest(f"input {name!r} has neither data nor binary_data_size")
+    if spec.dtype.kind == "O":  # BYTES: strings
+        array = bytes_tensor.from_json(name, data, shape)
+    else:
+        array = numbers(name, data, spec.dtype)
+    if array.size != math.prod(shape):
+        raise BadRequest(
+            f"input {name!r}: {array.size} values given, shape {list(shape)} "
+            f"needs {math.prod(shape)}"
+        )
+    return array.reshape(shape)
 
 
-def _requested_outputs(
-    requested: object,
-    signature: Signature,
-    binary_default: bool,
-    shm: SharedMemory | None = None,
-) -> tuple[list[tuple[str, bool]], dict[str, OutputOptions]]:
+def _wire_outputs(requested: object) -> list[WireOutput] | None:
     if requested is None:
-        return [(name, binary_default) for name in signature.output_names()], {}
+        return None
     if not isinstance(requested, list):
         raise BadRequest("outputs must be a list")
-    known = signature.output_names()
     outputs = []
-    options: dict[str, OutputOptions] = {}
     for entry in requested:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise BadRequest("each requested output must be an object with a name")
         name = entry["name"]
-        if name not in known:
-            raise BadRequest(f"unknown output {name!r}; the model returns {known}")
-        params = _object(entry.get("parameters"), f"output {name!r}: parameters")
-        option = output_options(name, signature.output(name).datatype, params, shm)
-        if not option.plain:
-            options[name] = option
-        binary = params.get("binary_data", binary_default)
-        outputs.append((name, binary is True))
-    return outputs, options
+        outputs.append(
+            WireOutput(name, _object(entry.get("parameters"), f"output {name!r}: parameters"))
+        )
+    return outputs
 
 
-def _timeout(value: object) -> float | None:
-    if value is None:
-        return None
-    if type(value) is not int or value < 0:
-        raise BadRequest("parameters.timeout must be a non-negative integer (microseconds)")
-    return value / 1e6 if value else None
+def _raw_request(signature: Signature, body: memoryview, model: str) -> WireRequest:
+    """Triton's raw binary request (``Inference-Header-Content-Length: 0``):
+    the body is the single input's bytes, its shape deduced as Triton does
+    (batch 1; at most one variable dimension; BYTES only for shape [1], the
+    body being the one element); every output comes back in binary."""
+    if len(signature.inputs) != 1:
+        raise BadRequest(
+            "Raw request must only have 1 input (found 1) to be deduced but got "
+            f"{len(signature.inputs)} inputs in {model!r} model configuration"
+        )
+    spec = signature.inputs[0]
+    dims = list(spec.shape[1:] if signature.batched else spec.shape)
+    variable = [i for i, d in enumerate(dims) if d < 0]
+    fixed = math.prod(d for d in dims if d >= 0)
+    data: bytes | memoryview = body
+    if spec.datatype == "BYTES":
+        if variable or fixed != 1:
+            raise BadRequest(
+                f"For BYTE datatype raw input {spec.name!r}, the model must have input shape [1]"
+            )
+        data = bytes_tensor.LENGTH.pack(len(body)) + bytes(body)
+    else:
+        if len(variable) > 1:
+            raise BadRequest(
+                f"The shape of the raw input {spec.name!r} can not be deduced because there "
+                "are more than one variable-sized dimension"
+            )
+        if variable:
+            dims[variable[0]] = len(body) // max(1, fixed * spec.dtype.itemsize)
+    shape = [1, *dims] if signature.batched else dims
+    reader = BinaryReader(memoryview(data))
+    params = {"binary_data_size": len(data)}
+    read = partial(_read_input, spec.name, None, len(data), reader)
+    wire = WireInput(spec.name, spec.datatype, shape, params, True, read)
+    return WireRequest(None, [wire], None, {"binary_data_output": True}, reader.finish)
 
 
 def json_data(array: np.ndarray) -> Any:
@@ -283,37 +315,31 @@ def json_data(array: np.ndarray) -> Any:
     return np.ascontiguousarray(array.ravel())
 
 
-def encode_infer(
-    model_name: str,
-    model_version: str,
-    request: InferRequest,
-    outputs: Feeds,
-    *,
-    labels: Sequence[str] = (),
-) -> tuple[bytes, dict[str, str]]:
-    """V2 response body and headers; binary outputs follow the JSON header.
-    ``labels`` name the classes of a classification output."""
-    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:
-        header["id"] = request.id
+def encode_result(result: InferResult, binary_default: bool) -> tuple[bytes, dict[str, str]]:
+    """V2 response body and headers; binary outputs follow the JSON header
+    (an output's ``binary_data``, else the request's ``binary_data_output``)."""
+    header: dict[str, Any] = {
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+    }
+    if result.id is not None:
+        header["id"] = result.id
     entries = []
     chunks: list[bytes] = []
-    for name, binary in request.outputs:
-        array = finish(name, outputs[name], request.options.get(name), labels, request.batched)
-        datatype = DATATYPE_OF.get(array.dtype)
-        if datatype is None:
-            raise InferenceFailed(f"output {name!r} has unsupported dtype {array.dtype}")
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        where = request.options[name].shm if name in request.options else None
-        if where is not None:  # written into the region; the response says where
-            written = where.write_tensor(name, array)
-            entry["parameters"] = {REGION: where.region.name, BYTE_SIZE: written}
-        elif binary:
-            raw = tensor_bytes(array)
+    for tensor in result.outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
+        if tensor.region is not None:  # written into the region; the response says where
+            entry["parameters"] = region_parameters(tensor)
+        elif tensor.parameters.get("binary_data", binary_default) is True:
+            raw = tensor_bytes(tensor.array)
             chunks.append(raw)
             entry["parameters"] = {"binary_data_size": len(raw)}
         else:
-            entry["data"] = json_data(array)
+            entry["data"] = json_data(tensor.array)
         entries.append(entry)
     header["outputs"] = entries
     body, json_length = encode_body(header, chunks)
@@ -323,6 +349,21 @@ def encode_infer(
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(json_length),
     }
+
+
+def encode_infer(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Feeds,
+    *,
+    labels: Sequence[str] = (),
+) -> tuple[bytes, dict[str, str]]:
+    """V2 response body and headers for ``outputs`` of ``request``;
+    ``labels`` name the classes of a classification output."""
+    tensors = encode_outputs(request, outputs, labels)
+    result = InferResult(model_name, model_version, request.id, tensors)
+    return encode_result(result, request.parameters.get("binary_data_output") is True)
 
 
 # --- KServe V1 ---------------------------------------------------------------
@@ -355,7 +396,7 @@ def decode_v1(body: bytes, signature: Signature, *, allow_nonfinite: bool) -> tu
         array = numbers(spec.name, columns[spec.name], spec.dtype)
         signature.check_input(spec.name, spec.datatype, list(array.shape), array.size or 1)
         if not allow_nonfinite:
-            _check_finite(spec.name, array)
+            check_finite(spec.name, array)
         feeds[spec.name] = array
     return feeds, len(instances)
 

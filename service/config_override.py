@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf import json_format
 
 from bnfold.contract import PBTXT_FILE, ContractError, ModelConfig
 
-from .errors import BadRequest, LoadFailed, NotFound, Unavailable
+from .errors import BadRequest, FilesRefused, LoadFailed, NotFound, Unavailable
 from .model import ServedModel
 from .model_config import read_model_config
 from .proto import model_config_pb2 as mc
@@ -39,6 +41,10 @@ from .repository import Repository, valid_name
 from .triton_config import from_proto
 
 WHERE = "parameters.config"
+# A model configuration nests a few levels (input -> reshape -> shape); far
+# deeper is an attack on the parser's recursion (a RecursionError, a 500).
+MAX_DEPTH = 32
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 # Triton's top-level keys -> the ModelConfig fields they set.
 MERGED = {
     "max_batch_size": ("max_batch_size",),
@@ -48,6 +54,8 @@ MERGED = {
     "version_policy": ("version_policy",),
     "instance_group": ("instance_group",),
     "parameters": ("parameters", "fold_on_load"),
+    "optimization": ("optimization",),
+    "model_warmup": ("model_warmup",),
 }
 
 
@@ -62,14 +70,32 @@ def _keys(data: dict[str, Any]) -> set[str]:
     return names
 
 
+def nesting(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest, strings aside
+    (counted without parsing, so without recursion)."""
+    codes = np.frombuffer(_STRING.sub("", text).encode(), dtype=np.uint8)
+    if not codes.size:
+        return 0
+    opens = (codes == ord("{")) | (codes == ord("["))
+    closes = (codes == ord("}")) | (codes == ord("]"))
+    return int(np.cumsum(opens.astype(np.int64) - closes).max(initial=0))
+
+
 def parse_override(text: object, model_dir: Path, root: Path) -> tuple[ModelConfig, set[str]]:
     """The override as a contract ModelConfig and the fields it names."""
     if isinstance(text, dict):  # a JSON object where Triton sends its text
-        text = json.dumps(text)
+        try:
+            text = json.dumps(text)
+        except (RecursionError, ValueError):
+            raise BadRequest(f"{WHERE} is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(text, str):
         raise BadRequest(f"{WHERE} must be a JSON model configuration (a string)")
+    if nesting(text) > MAX_DEPTH:
+        raise BadRequest(f"{WHERE} is nested deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(text)
+    except RecursionError:  # unreachable after the depth check: kept as a guard
+        raise BadRequest(f"{WHERE} is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
         raise BadRequest(f"{WHERE} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -118,14 +144,6 @@ def current_config(repo: Repository, name: str) -> ModelConfig | None:
         return read_model_config(repo.root / name, repo.root)[0]
     except (ContractError, ValueError):
         return None  # a broken file: the override replaces it
-
-
-class FilesRefused(LoadFailed):
-    """``file:`` overrides (a model directory sent with the request). Triton
-    answers a load whose files it cannot poll with INTERNAL, and its clients
-    check for that status; over HTTP it stays a 400."""
-
-    grpc_code = "INTERNAL"
 
 
 async def load(repo: Repository, name: str, params: dict[str, Any]) -> ServedModel:

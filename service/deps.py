@@ -7,37 +7,19 @@ dependency per request (measured: ~15% of throughput).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from .batching import Arrivals
-from .errors import BadRequest, Unauthorized, Unavailable, describe_validation
+from .errors import BadRequest, describe_validation
 from .metrics import Metrics
 from .repository import Repository
 from .settings import Settings
+from .state import ServerState
 
-
-@dataclass
-class ServerState:
-    """Everything one app holds; built by ``create_app``, filled by its lifespan."""
-
-    settings: Settings
-    metrics: Metrics = field(default_factory=Metrics)
-    arrivals: Arrivals = field(default_factory=Arrivals)
-    repository: Repository | None = None
-    executor: ThreadPoolExecutor | None = None
-    started: bool = False
-    draining: bool = False
-
-    @property
-    def ready(self) -> bool:
-        return self.started and not self.draining
+__all__ = ["ServerState"]  # built by create_app; defined with what gRPC shares (state.py)
 
 
 async def get_state(request: Request) -> ServerState:
@@ -63,22 +45,15 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def get_repository(state: StateDep) -> Repository:
-    if state.repository is None:
-        raise Unavailable("the server is starting", retry_after=state.settings.retry_after_s)
-    return state.repository
+    return state.serving_repository()
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
 
 
-async def require_token(request: Request, settings: SettingsDep) -> None:
+async def require_token(request: Request, state: StateDep) -> None:
     """Bearer token check for the repository routes, when a token is configured."""
-    if settings.api_token is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_token.get_secret_value()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise Unauthorized("a valid bearer token is required for repository operations")
+    state.authorize(request.headers.get("authorization", ""))
 
 
 AuthDep = Annotated[None, Depends(require_token)]

@@ -3,9 +3,11 @@
     ServiceError (500 INTERNAL)
     ├── BadRequest (400 INVALID_ARGUMENT)    malformed JSON, wrong name/shape/dtype, NaN
     │   └── LoadFailed (400)                 a model version that cannot be served
+    │       └── FilesRefused (400 INTERNAL)  ``file:`` overrides on a load request
     ├── Unauthorized (401 UNAUTHENTICATED)   missing or wrong bearer token
     ├── NotFound (404 NOT_FOUND)             unknown model, version or route
     ├── MethodNotAllowed (405 UNIMPLEMENTED) a route asked with the wrong method
+    ├── Unimplemented (501 UNIMPLEMENTED)    an RPC or feature bnfold does not serve
     ├── PayloadTooLarge (413 RESOURCE_EXHAUSTED)  body, image or tensor over a limit
     ├── Unavailable (503 UNAVAILABLE)        model unloaded or broken, server not ready
     │   ├── Overloaded (503)                 the model's queue is full
@@ -17,8 +19,12 @@ Each class carries what any front end needs to answer: ``status`` (HTTP),
 of ``bnfold_inference_failures_total``); the 503s take a ``Retry-After``.
 
 ``ERROR_MAP`` says which service error an internal exception (the batcher's,
-the contract's) is to a client, and ``map_errors`` raises it, as httpx maps
-httpcore's exceptions. HTTP rendering: service/http_errors.py.
+the contract's) is to a client, as httpx maps httpcore's exceptions:
+``as_service_error`` is the one place that answers "what is this exception
+to a client", for every front end (``map_errors`` raises it inside a block);
+whatever no table names is ``internal_error()``, a 500 INTERNAL that names
+only the exception's class. HTTP rendering: service/http_errors.py; gRPC:
+service/grpc_server.py.
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ class LoadFailed(BadRequest):
     """A model version failed to load; the message carries the reason."""
 
 
+class FilesRefused(LoadFailed):
+    """``file:`` overrides (a model directory sent with the request). Triton
+    answers a load whose files it cannot poll with INTERNAL, and its clients
+    check for that status; over HTTP it stays a 400."""
+
+    grpc_code = "INTERNAL"
+
+
 class Unauthorized(ServiceError):
     status = 401
     grpc_code = "UNAUTHENTICATED"
@@ -92,6 +106,12 @@ class MethodNotAllowed(ServiceError):
     status = 405
     grpc_code = "UNIMPLEMENTED"
     reason = "method_not_allowed"
+
+
+class Unimplemented(ServiceError):
+    status = 501
+    grpc_code = "UNIMPLEMENTED"
+    reason = "unimplemented"
 
 
 class PayloadTooLarge(ServiceError):
@@ -164,6 +184,19 @@ def service_error(
         return None
     message = cls.template.format(error=first_line(exc), model=model, version=version)
     return cls(message, retry_after=retry_after if cls.retryable else None)
+
+
+def internal_error(exc: BaseException) -> ServiceError:
+    """What a client learns of a bug: a 500 naming only the exception's
+    class (the traceback goes to the log, never to the client)."""
+    return ServiceError(f"internal error: {type(exc).__name__}")
+
+
+def as_service_error(exc: Exception) -> ServiceError:
+    """``exc`` as a client is answered: a service error as it is, an internal
+    exception through ``ERROR_MAP``, anything else ``internal_error``."""
+    error = service_error(exc)
+    return error if error is not None else internal_error(exc)
 
 
 @contextmanager

@@ -1,9 +1,9 @@
 """gRPC inference messages to numpy and back (``inference.ModelInferRequest``).
 
-The same checks as the HTTP codec, in the same order and with the same
-messages: each input's name, datatype and shape against the model's
-signature (``Signature.check_input``) before a single value is read, then
-its data. An input's data is, in Triton's order of precedence:
+Wire parsing and wire writing only: the request becomes the data plane's
+``WireRequest`` (service/dataplane.py), which checks it as it checks HTTP's,
+in the same order and with the same messages. An input's data is, in
+Triton's order of precedence:
 
 - ``raw_input_contents``: one bytes entry per input that carries neither
   typed contents nor a shared-memory region, in input order, row-major,
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,20 @@ import numpy as np
 from . import bytes_tensor
 from .batching import Feeds
 from .binary import tensor_bytes, tensor_from_bytes
-from .errors import BadRequest, InferenceFailed
-from .outputs import OutputOptions, finish, output_options
+from .dataplane import (
+    InferRequest,
+    InferResult,
+    WireInput,
+    WireOutput,
+    WireRequest,
+    encode_outputs,
+    validate,
+)
+from .errors import BadRequest
 from .proto import grpc_service_pb2 as pb
-from .protocol import DATATYPE_OF, DATATYPES
-from .shm import BYTE_SIZE, REGION, SharedMemory, no_shared_memory
-from .signature import Signature
+from .protocol import DATATYPES
+from .shm import BYTE_SIZE, REGION
+from .signature import Signature, TensorSpec
 
 # Datatype -> the InferTensorContents field that carries it (FP16 has none:
 # it travels raw only).
@@ -53,18 +61,6 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
-
-
-@dataclass
-class GrpcInferRequest:
-    id: str
-    feeds: Feeds
-    rows: int
-    outputs: list[str]  # in response order
-    timeout_s: float | None
-    batched: bool = False  # the model has a batch axis (classification is per row)
-    options: dict[str, OutputOptions] = field(default_factory=dict)  # outputs asked more of
 
 
 def parameter_value(p: pb.InferParameter) -> Any:
@@ -120,125 +116,93 @@ def _raw(name: str, spec_dtype: np.dtype[Any], raw: bytes, shape: tuple[int, ...
 
 
 def decode_request(
-    request: pb.ModelInferRequest,
-    signature: Signature,
-    *,
-    max_elements: int,
-    allow_nonfinite: bool,
-    shm: SharedMemory | None = None,
-) -> GrpcInferRequest:
-    """Parse and validate a ``ModelInferRequest`` against ``signature``;
-    ``shm`` holds the shared-memory regions inputs and outputs may name."""
-    params = parameters(request.parameters)
-    if params.get("sequence_id") not in (None, 0, ""):
-        raise BadRequest("sequence batching is not supported (bnfold serves stateless models)")
-    if not request.inputs:
-        raise BadRequest("inputs must be a non-empty list")
-    raw = request.raw_input_contents
-    next_raw = 0
-    if raw:  # Triton's rule: raw contents for every input that has data, or none
-        for tensor in request.inputs:
-            if tensor.HasField("contents") and tensor.contents.ListFields():
-                raise BadRequest(
-                    "contents field must not be specified when using raw_input_contents "
-                    f"for {tensor.name!r} for model {request.model_name!r}"
-                )
-    feeds: Feeds = {}
-    for tensor in request.inputs:
-        name = tensor.name
-        if name in feeds:
-            raise BadRequest(f"input {name!r} is given twice")
-        spec, shape = signature.check_input(name, tensor.datatype, list(tensor.shape), max_elements)
-        in_params = parameters(tensor.parameters)
-        where = None
-        if shm is not None:
-            where = shm.slice(f"input {name!r}", in_params)
-        else:
-            no_shared_memory(f"input {name!r}", in_params)
-        has_contents = tensor.HasField("contents") and bool(tensor.contents.ListFields())
-        if where is not None:
-            if has_contents:
-                raise BadRequest(f"input {name!r} has contents besides its shared memory region")
-            array = where.read_tensor(name, spec.dtype, shape)
-        elif has_contents:
-            array = _typed(name, spec.datatype, tensor.contents, shape)
-        elif next_raw < len(raw):
-            array = _raw(name, spec.dtype, raw[next_raw], shape)
-            next_raw += 1
-        else:
+    request: pb.ModelInferRequest, signature: Signature, **checks: Any
+) -> InferRequest:
+    """Parse and validate a ``ModelInferRequest``; ``checks``: ``dataplane.validate``'s
+    limits and the shared-memory regions inputs and outputs may name."""
+    return validate(parse_request(request), signature, **checks)
+
+
+class _RawContents:
+    """Hands out ``raw_input_contents`` to the inputs that use them, in order."""
+
+    def __init__(self, raw: Sequence[bytes]) -> None:
+        self.raw = raw
+        self.used = 0
+
+    def read(self, name: str, has_contents: bool, contents: pb.InferTensorContents,
+             spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:  # fmt: skip
+        if has_contents:
+            return _typed(name, spec.datatype, contents, shape)
+        if self.used < len(self.raw):
+            self.used += 1
+            return _raw(name, spec.dtype, self.raw[self.used - 1], shape)
+        raise BadRequest(
+            f"input {name!r} has no data: neither raw_input_contents, contents nor "
+            "a shared memory region"
+        )
+
+    def finish(self) -> None:
+        if self.used != len(self.raw):
             raise BadRequest(
-                f"input {name!r} has no data: neither raw_input_contents, contents nor "
-                "a shared memory region"
+                f"{len(self.raw)} raw_input_contents given for {self.used} inputs that use them"
             )
-        if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise BadRequest(f"input {name!r} contains NaN or Inf")
-        feeds[name] = array
-    if next_raw != len(raw):
-        raise BadRequest(f"{len(raw)} raw_input_contents given for {next_raw} inputs that use them")
-    missing = [s.name for s in signature.inputs if s.name not in feeds]
-    if missing:
-        raise BadRequest(f"missing inputs {missing}")
-    rows = 1
-    if signature.batched:
-        sizes = {n: a.shape[0] for n, a in feeds.items()}
-        if len(set(sizes.values())) > 1:
-            raise BadRequest(f"inputs disagree on the batch size: {sizes}")
-        rows = next(iter(sizes.values()))
-
-    known = signature.output_names()
-    outputs: list[str] = []
-    options: dict[str, OutputOptions] = {}
-    for requested in request.outputs:
-        name = requested.name
-        if name not in known:
-            raise BadRequest(f"unknown output {name!r}; the model returns {known}")
-        if name in outputs:
-            raise BadRequest(f"output {name!r} is requested twice")
-        outputs.append(name)
-        datatype = signature.output(name).datatype
-        option = output_options(name, datatype, parameters(requested.parameters), shm)
-        if not option.plain:
-            options[name] = option
-    if not outputs:
-        outputs = list(known)
-    timeout = _timeout(params.get("timeout"))
-    return GrpcInferRequest(request.id, feeds, rows, outputs, timeout, signature.batched, options)
 
 
-def _timeout(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadRequest("parameters.timeout must be a non-negative integer (microseconds)")
-    return value / 1e6 if value else None
+def parse_request(request: pb.ModelInferRequest) -> WireRequest:
+    """A ``ModelInferRequest`` as the data plane's ``WireRequest``."""
+    raw = _RawContents(request.raw_input_contents)
+    inputs = []
+    for tensor in request.inputs:
+        has_contents = tensor.HasField("contents") and bool(tensor.contents.ListFields())
+        if has_contents and raw.raw:  # Triton's rule: raw contents for every input, or none
+            raise BadRequest(
+                "contents field must not be specified when using raw_input_contents "
+                f"for {tensor.name!r} for model {request.model_name!r}"
+            )
+        read = partial(raw.read, tensor.name, has_contents, tensor.contents)
+        shape = list(tensor.shape)
+        inputs.append(
+            WireInput(
+                tensor.name,
+                tensor.datatype,
+                shape,
+                parameters(tensor.parameters),
+                has_contents,
+                read,
+            )
+        )
+    outputs = [WireOutput(o.name, parameters(o.parameters)) for o in request.outputs]
+    return WireRequest(
+        request.id, inputs, outputs or None, parameters(request.parameters), raw.finish
+    )
+
+
+def encode_result(result: InferResult) -> pb.ModelInferResponse:
+    """Outputs in ``raw_output_contents``, one entry per output in order (an
+    empty one for an output written into shared memory)."""
+    response = pb.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version, id=result.id or ""
+    )
+    for tensor in result.outputs:
+        entry = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        if tensor.region is not None:  # written into the region; the entry says where
+            entry.parameters[REGION].string_param = tensor.region
+            entry.parameters[BYTE_SIZE].int64_param = tensor.written
+            response.raw_output_contents.append(b"")
+        else:
+            response.raw_output_contents.append(tensor_bytes(tensor.array))
+    return response
 
 
 def encode_response(
     model_name: str,
     model_version: str,
-    request: GrpcInferRequest,
+    request: InferRequest,
     outputs: Feeds,
     *,
     labels: Sequence[str] = (),
 ) -> pb.ModelInferResponse:
     """Outputs in ``raw_output_contents``; ``labels`` name a classification's classes."""
-    response = pb.ModelInferResponse(
-        model_name=model_name, model_version=model_version, id=request.id
-    )
-    for name in request.outputs:
-        array = finish(name, outputs[name], request.options.get(name), labels, request.batched)
-        datatype = DATATYPE_OF.get(array.dtype)
-        if datatype is None:
-            raise InferenceFailed(f"output {name!r} has unsupported dtype {array.dtype}")
-        tensor = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        where = request.options[name].shm if name in request.options else None
-        if where is not None:  # written into the region; an empty entry keeps the order
-            written = where.write_tensor(name, array)
-            tensor.parameters[REGION].string_param = where.region.name
-            tensor.parameters[BYTE_SIZE].int64_param = written
-            response.raw_output_contents.append(b"")
-        elif datatype == "BYTES":
-            response.raw_output_contents.append(bytes_tensor.serialize(array))
-        else:
-            response.raw_output_contents.append(tensor_bytes(array))
-    return response
+    tensors = encode_outputs(request, outputs, labels)
+    return encode_result(InferResult(model_name, model_version, request.id, tensors))

@@ -11,20 +11,13 @@ batcher (gRPC and HTTP requests batch together), validation, the error
 messages, the bearer token (``authorization: Bearer ...`` metadata on the
 repository and shared-memory RPCs), the metrics and the shutdown.
 
-Errors are gRPC statuses with the HTTP message as details:
-
-    400 BadRequest, LoadFailed   INVALID_ARGUMENT
-    401 Unauthorized             UNAUTHENTICATED
-    404 NotFound                 NOT_FOUND
-    413 PayloadTooLarge          RESOURCE_EXHAUSTED (also grpc's own, for a
-                                 message over the size limit)
-    503 Unavailable, Overloaded, UNAVAILABLE (``retry-after`` in the trailing
-        RequestTimeout           metadata)
-    500 InferenceFailed          INTERNAL
-
-A service error class that names its own ``grpc_code`` (a ``grpc.StatusCode``
-or its name) is answered with it. A request that is not a valid protobuf
-message is INVALID_ARGUMENT, not grpc's generic INTERNAL.
+Errors are gRPC statuses with the HTTP message as details: each error
+class names its ``grpc_code`` beside its HTTP status (service/errors.py
+draws the table); a 503's ``retry-after`` goes in the trailing metadata. A
+request that is not a valid protobuf message is INVALID_ARGUMENT, not grpc's
+generic INTERNAL. Inference itself is the data plane's (service/dataplane.py):
+this module only turns messages into its requests and its results into
+messages (service/grpc_codec.py).
 
 ``ModelStreamInfer`` answers each request on the stream in the order sent;
 up to ``STREAM_WINDOW`` of them are in the batcher at once, so a client
@@ -34,13 +27,9 @@ that pipelines requests on one stream gets them batched.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import itertools
 import logging
 import os
-import re
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -50,24 +39,23 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from . import config_override
-from .deps import ServerState
+from . import config_override, dataplane
 from .errors import (
     BadRequest,
     NotFound,
     ServiceError,
-    Unauthorized,
     Unavailable,
-    service_error,
+    Unimplemented,
+    as_service_error,
 )
-from .grpc_codec import decode_request, encode_response, parameter_value
+from .grpc_codec import encode_result, parameter_value, parse_request
 from .metrics import LATENCY_BUCKETS
-from .middleware import request_id
 from .proto import grpc_service_pb2 as pb
 from .proto import model_config_pb2 as mc
-from .protocol import SERVER_NAME, SERVER_VERSION
+from .protocol import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from .repository import Repository
 from .shm import SharedMemory
+from .state import RequestIds, ServerState, request_id
 
 log = logging.getLogger("bnfold.service")
 access = logging.getLogger("bnfold.access")
@@ -105,39 +93,12 @@ MODEL_FIELDS: dict[str, tuple[str, str | None]] = {
     "RepositoryModelLoad": ("model_name", None),
     "RepositoryModelUnload": ("model_name", None),
 }
-BY_STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-_ID_PREFIX = "g" + uuid.uuid4().hex[:19]
-_ID_COUNTER = itertools.count(1)
-
-
-class GrpcError(Exception):
-    """A status with no HTTP twin (UNIMPLEMENTED)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+_IDS = RequestIds("g")
 
 
 def status_code(error: ServiceError) -> grpc.StatusCode:
-    """The gRPC status of a service error (see the module's table)."""
-    named = getattr(error, "grpc_code", None)
-    if isinstance(named, grpc.StatusCode):
-        return named
-    if isinstance(named, str) and named.upper() in grpc.StatusCode.__members__:
-        return grpc.StatusCode[named.upper()]
-    if isinstance(named, int):
-        for code in grpc.StatusCode:
-            if code.value[0] == named:
-                return code
-    return BY_STATUS.get(error.status, grpc.StatusCode.INTERNAL)
+    """The gRPC status of a service error: its class's ``grpc_code``."""
+    return grpc.StatusCode[error.grpc_code]
 
 
 class _Malformed:
@@ -196,41 +157,28 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 class InferenceServicer:
     """The RPCs; each takes the request message and returns the response
-    message, raising ``ServiceError`` (or ``GrpcError``) on failure."""
+    message, raising a ``ServiceError`` on failure."""
 
     def __init__(self, state: ServerState, shm: SharedMemory | None = None) -> None:
         self.state = state
         self.settings = state.settings
-        self.shm = shm
+        if shm is not None and state.shm is None:
+            state.shm = shm
         # Which process answered (which of --workers N): HTTP's X-Bnfold-Worker.
         self.worker = ("x-bnfold-worker", str(os.getpid()))
 
     # --- plumbing
     def repository(self) -> Repository:
-        if self.state.repository is None:
-            raise Unavailable("the server is starting", retry_after=self.settings.retry_after_s)
-        return self.state.repository
-
-    def authorize(self, metadata: dict[str, str]) -> None:
-        """The bearer token of the HTTP repository routes, as metadata."""
-        token = self.settings.api_token
-        if token is None:
-            return
-        scheme, _, given = metadata.get("authorization", "").partition(" ")
-        expected = token.get_secret_value()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise Unauthorized("a valid bearer token is required for repository operations")
+        return self.state.serving_repository()
 
     def count_failure(self, method: str, request: Any, reason: str) -> None:
-        """One failed call in ``bnfold_inference_failures_total``, labelled
-        with the model (and version) it named when the repository knows them."""
+        """One failed call, labelled with the model (and version) it named."""
         fields = MODEL_FIELDS.get(method)
-        labels = ("", "")
-        if fields is not None and self.state.repository is not None:
-            name = getattr(request, fields[0], "")
-            version = getattr(request, fields[1], "") if fields[1] else ""
-            labels = self.state.repository.metric_labels(name, version or None)
-        self.state.metrics.count_failure(*labels, reason)
+        name = version = None
+        if fields is not None:
+            name = getattr(request, fields[0], None)
+            version = getattr(request, fields[1], None) if fields[1] else None
+        self.state.count_failure(name, version, reason)
 
     # --- health and metadata
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
@@ -250,8 +198,6 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        from .routes.server import EXTENSIONS
-
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
         )
@@ -321,9 +267,9 @@ class InferenceServicer:
 
     # --- system shared memory (service/shm.py)
     def shared_memory(self) -> SharedMemory:
-        if self.shm is None:
-            raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, "shared memory is not enabled")
-        return self.shm
+        if self.state.shm is None:
+            raise Unimplemented("shared memory is not enabled")
+        return self.state.shm
 
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest
@@ -362,26 +308,17 @@ class InferenceServicer:
 
     # --- inference
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        repo = self.repository()
-        settings = self.settings
         arrival = self.state.arrivals.enter(object())  # a key per call: see batching.Arrivals
         try:
-            # The block is one request in the version's statistics (done or failed).
-            async with repo.serving(request.model_name, request.model_version or None) as served:
-                req = decode_request(
-                    request,
-                    served.signature,
-                    max_elements=settings.max_body_bytes,
-                    allow_nonfinite=settings.allow_nonfinite,
-                    shm=self.shm,
-                )
-                timeout = min(settings.request_timeout_s, req.timeout_s or float("inf"))
-                outputs = await served.infer(req.feeds, req.rows, timeout)
-                return encode_response(
-                    served.name, served.version_str, req, outputs, labels=served.config.labels
-                )
+            result = await dataplane.infer(
+                self.state,
+                request.model_name,
+                request.model_version or None,
+                lambda _signature: parse_request(request),
+            )
         finally:
             self.state.arrivals.leave(arrival)
+        return encode_result(result)
 
     async def stream_one(self, request: pb.ModelInferRequest | _Malformed) -> Any:
         """One request of a stream: its response, or its error as ``error_message``."""
@@ -390,10 +327,9 @@ class InferenceServicer:
         try:
             response = await self.ModelInfer(request)
         except Exception as e:
-            error = service_error(e)
-            if error is None:
+            error = as_service_error(e)
+            if error.reason == "internal":
                 log.exception("gRPC stream request to %s failed", request.model_name)
-                error = ServiceError(f"internal error: {type(e).__name__}")
             self.count_failure("ModelStreamInfer", request, error.reason)
             return pb.ModelStreamInferResponse(
                 error_message=error.message,
@@ -450,11 +386,7 @@ class _Handlers(grpc.GenericRpcHandler):
 
 def _fail(exc: Exception) -> tuple[grpc.StatusCode, str, str, tuple[tuple[str, str], ...]]:
     """Status, message, failure reason and trailing metadata of a failed call."""
-    if isinstance(exc, GrpcError):
-        return exc.code, exc.message, "unimplemented", ()
-    error = service_error(exc)
-    if error is None:
-        return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", "internal", ()
+    error = as_service_error(exc)
     trailers: tuple[tuple[str, str], ...] = ()
     if error.retry_after is not None:
         trailers = (("retry-after", str(max(0, round(error.retry_after)))),)
@@ -471,15 +403,13 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
 
     def begin(context: grpc.aio.ServicerContext, name: str) -> tuple[Any, float]:
         metadata = _metadata(context)
-        rid = metadata.get("x-request-id", "")
-        if not _SANE_ID.match(rid):
-            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        rid = _IDS.pick(metadata.get("x-request-id", ""))
         token = request_id.set(rid)
         context.set_trailing_metadata((("x-request-id", rid), servicer.worker))
         if name in PROTECTED:
-            servicer.authorize(metadata)
+            servicer.state.authorize(metadata.get("authorization", ""))
         if name in UNSUPPORTED:
-            raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, UNSUPPORTED[name])
+            raise Unimplemented(UNSUPPORTED[name])
         return token, time.perf_counter()
 
     def end(name: str, code: grpc.StatusCode, started: float) -> None:
@@ -517,7 +447,7 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
                 if isinstance(request, _Malformed):
                     raise BadRequest(request.error)
                 if behavior is None:
-                    raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented")
+                    raise Unimplemented(f"{name} is not implemented")
                 response = await behavior(request)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from . import errors
 from .errors import (
     ERROR_MAP,
     BadRequest,
@@ -30,11 +31,10 @@ from .errors import (
     Unauthorized,
     Unavailable,
     describe_validation,
-    service_error,
 )
 
 if TYPE_CHECKING:
-    from .deps import ServerState
+    from .state import ServerState
 
 log = logging.getLogger("bnfold.service")
 
@@ -74,36 +74,32 @@ FRAMEWORK: dict[type[Exception], Callable[[Any], ServiceError]] = {
 }
 
 
-def as_service_error(exc: Exception) -> ServiceError | None:
-    """What ``exc`` is to a client: itself, the framework's error as ours, an
-    internal exception through ``ERROR_MAP``; None for anything else (a bug)."""
+def as_service_error(exc: Exception) -> ServiceError:
+    """What ``exc`` is to a client: the framework's error as ours, else
+    ``errors.as_service_error`` (itself, ``ERROR_MAP``, or an internal error)."""
     for cls in type(exc).__mro__:
         convert = FRAMEWORK.get(cls)
         if convert is not None:
             return convert(exc)
-    return service_error(exc)
+    return errors.as_service_error(exc)
 
 
-def count_failure(state: ServerState, path_params: dict[str, Any], reason: str) -> None:
-    """One failed request in ``bnfold_inference_failures_total``, labelled with
-    the model and version it named when the repository knows them."""
-    name, version = path_params.get("name"), path_params.get("version")
-    labels = ("", "")
-    if state.repository is not None and isinstance(name, str):
-        labels = state.repository.metric_labels(name, version)
-    state.metrics.count_failure(*labels, reason)
+def render(
+    state: ServerState, method: str, path: str, params: dict[str, Any], exc: Exception
+) -> Response:
+    """The answer to a failed request, logged and counted."""
+    error = as_service_error(exc)
+    if error.reason == "internal" and not isinstance(exc, ServiceError):  # a bug
+        log.error("%s %s failed", method, path, exc_info=exc)
+    elif error.status >= 500 and not error.retryable:
+        log.error("%s %s: %s", method, path, error.message)
+    state.count_failure(params.get("name"), params.get("version"), error.reason)
+    return error_response(error)
 
 
 async def _render(request: Request, exc: Exception) -> Response:
-    error = as_service_error(exc)
-    if error is None:
-        log.exception("%s %s failed", request.method, request.url.path)
-        error = ServiceError(f"internal error: {type(exc).__name__}")
-    elif error.status >= 500 and not error.retryable:
-        log.error("%s %s: %s", request.method, request.url.path, error.message)
     state: ServerState = request.app.state.bnfold
-    count_failure(state, request.path_params, error.reason)
-    return error_response(error)
+    return render(state, request.method, request.url.path, request.path_params, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

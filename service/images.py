@@ -58,9 +58,20 @@ MAX_FRAME = 512
 INK_THRESHOLD = 0.5
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
+# A decoded image costs up to 4 channels of float32 a pixel (RGBA while its
+# transparency is composited); MAX_BYTES bounds that before decoding.
+BYTES_PER_PIXEL = 4 * 4
+MAX_BYTES = 256 << 20
 
 
-def decode(data: bytes, *, max_pixels: int) -> Image.Image:
+def decoded_bytes(width: int, height: int) -> int:
+    """The most memory one image takes once converted: float32 RGBA, the
+    widest form :func:`pixels` makes (copies aside)."""
+    return width * height * BYTES_PER_PIXEL
+
+
+def decode(data: bytes, *, max_pixels: int, max_bytes: int = MAX_BYTES) -> Image.Image:
+    """The image, its size checked from the header before a pixel is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -68,6 +79,11 @@ def decode(data: bytes, *, max_pixels: int) -> Image.Image:
             width, height = image.size
             if width * height > max_pixels:
                 raise PayloadTooLarge(f"image is {width}x{height}, over {max_pixels} pixels")
+            if decoded_bytes(width, height) > max_bytes:
+                raise PayloadTooLarge(
+                    f"image is {width}x{height}: {decoded_bytes(width, height)} bytes once "
+                    f"decoded (float32 RGBA), over the {max_bytes}-byte limit"
+                )
             image.load()
     except PayloadTooLarge:
         raise
@@ -173,11 +189,14 @@ def image_input(
     prep: Preprocessing,
     *,
     max_pixels: int,
+    max_bytes: int = MAX_BYTES,
     invert: Invert = "auto",
     fit: Fit | None = None,
 ) -> np.ndarray:
-    """One preprocessed image, batch axis first: ``(1, C, H, W)``, ``(1, H, W, C)``, ``(1, F)``."""
-    image = decode(data, max_pixels=max_pixels)
+    """One preprocessed image, batch axis first: ``(1, C, H, W)``, ``(1, H, W, C)``, ``(1, F)``.
+    CPU-bound (milliseconds to seconds): callers on an event loop run it in a
+    worker thread (service/routes/images.py)."""
+    image = decode(data, max_pixels=max_pixels, max_bytes=max_bytes)
     return array_input(pixels(image, prep.color), prep, invert=invert, fit=fit)
 
 

@@ -10,34 +10,29 @@ which costs a task and a body copy per request):
   streams; both are 413;
 - HTTP metrics by route template, and one access-log line per request;
 - ``Arrivals``: the request counts as on its way to a batcher until it is
-  queued or ends (the batcher does not wait for requests that are not coming).
+  queued or ends (the batcher does not wait for requests that are not coming);
+- V2 inference (``POST .../infer``) handed straight to its ASGI endpoint
+  (routes/infer.py ``direct``), past FastAPI's routing and dependencies.
 """
 
 from __future__ import annotations
 
-import contextvars
-import itertools
 import logging
 import os
-import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import Arrivals
 from .errors import PayloadTooLarge
-from .http_errors import error_response
+from .http_errors import render
 from .metrics import Metrics
+from .routes.infer import direct, direct_target
+from .state import RequestIds, request_id
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-# Generated ids: a random per-process prefix and a counter, unique without
-# a system call per request.
-_ID_PREFIX = uuid.uuid4().hex[:20]
-_ID_COUNTER = itertools.count(1)
+__all__ = ["RequestContext", "RequestIdFilter", "configure_logging", "request_id"]
+_IDS = RequestIds()
 access = logging.getLogger("bnfold.access")
 
 
@@ -91,8 +86,7 @@ class RequestContext:
                 rid = value.decode("latin-1")
             elif key == b"content-length" and value.isdigit():
                 length = int(value)
-        if not _SANE_ID.match(rid):
-            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        rid = _IDS.pick(rid)
         token = request_id.set(rid)
         arrival = self.arrivals.enter(scope.get("client"))
         rid_header = (b"x-request-id", rid.encode())
@@ -122,8 +116,12 @@ class RequestContext:
                 error = PayloadTooLarge(
                     f"body of {length} bytes is over the {self.max_body}-byte limit"
                 )
-                self.metrics.count_failure("", "", error.reason)
-                await error_response(error)(scope, receive, send_with_id)
+                state = scope["app"].state.bnfold  # Starlette's app, set before middleware
+                await render(state, scope["method"], scope["path"], {}, error)(
+                    scope, receive, send_with_id
+                )
+            elif (target := direct_target(scope)) is not None:  # the hot path, past FastAPI
+                await direct(scope, receive_limited, send_with_id, target)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         finally:

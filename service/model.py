@@ -28,16 +28,19 @@ from bnfold.contract import (
     parse_json,
 )
 
+from . import model_limits
 from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, first_line, map_errors
-from .files import MAX_JSON_BYTES, inside, read_file
+from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
 from .model_config import read_model_config, triton_config
+from .ort_settings import read_ort_settings
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
 from .signature import Signature, build_signature
+from .warmup import warmup_samples
 
 log = logging.getLogger("bnfold.service")
 
@@ -50,6 +53,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         inter_op_threads=settings.inter_op_threads,
         spinning=settings.ort_spinning,
         max_model_bytes=settings.max_model_bytes,
+        warmup_max_batch=settings.warmup_max_batch,
     )
 
 
@@ -132,9 +136,11 @@ def open_version(
             raise ValueError(f"{folder.name}/ is a link out of the model repository; refused")
     config, config_source = configured or read_model_config(model_dir, root)
     options = device_options(load.runtime, config)
+    if config is not None:  # Triton's ONNX Runtime settings (optimization, parameters)
+        options = replace(options, ort=read_ort_settings(config, model_dir))
     notes: list[str] = []
     manifest: Manifest | None = None
-    if (version_dir / MANIFEST_FILE).exists():
+    if present(version_dir / MANIFEST_FILE):
         manifest = read_manifest(version_dir, root)
     else:
         notes.append(f"no {MANIFEST_FILE}: files not checked against a sha256")
@@ -147,14 +153,12 @@ def open_version(
     if manifest is not None and REFERENCE_FILE in manifest.files:
         read_reference(version_dir, manifest, options.max_model_bytes, root)  # refuse tampering
     external = external_data_files(data, version_dir, options.max_model_bytes)
+    model_limits.check(data, options.max_model_bytes)  # sparse and folded constants too
     label = f"{model_dir.name}/{version}"
+    # external data read through service/files.py: ONNX Runtime opens no file by name
+    source = embed_external_data(data, version_dir, root) if external else data
     try:
-        runtime = Runtime(
-            data,
-            options,
-            label=label,
-            external_data_dir=version_dir.resolve() if external else None,
-        )
+        runtime = Runtime(source, options, label=label)
     except Exception as e:
         raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {first_line(e)}") from None
     config = complete_config(
@@ -164,7 +168,10 @@ def open_version(
         runtime.outputs,
         default_max_batch_size=load.default_max_batch_size,
     )
-    signature = build_signature(config, runtime.inputs, runtime.outputs, source=config_source)
+    signature = build_signature(
+        config, runtime.inputs, runtime.outputs, source=config_source, defaults=runtime.defaults
+    )
+    runtime.adopt(signature)  # Triton's reshape: wire shapes in and out
     if config.preprocessing is not None:  # refused here, not on every /classify request
         problem = preprocessing_problem(config.preprocessing, signature)
         if problem:
@@ -172,19 +179,23 @@ def open_version(
     folding: FoldOutcome | None = None
     reference: Runtime | None = None
     wants_fold = load.fold_on_load if config.fold_on_load is None else config.fold_on_load
-    if wants_fold and external:
-        notes.append("fold on load skipped: the graph keeps its weights in external data")
-    elif wants_fold:
+    if wants_fold:
         folded, folding = fold_on_load(
-            data, runtime, signature, options, label=label, rtol=load.fold_rtol
+            source,
+            runtime,
+            signature,
+            options,
+            label=label,
+            rtol=load.fold_rtol,
         )
         if folded is not None:
             reference, runtime = runtime, folded
-        if folding.reason:
-            notes.append(f"fold on load: {folding.reason}")
-    if load.warmup:
+        notes.append(folding.note())
+    # The model's own model_warmup always runs, as in Triton; zeros when asked.
+    samples = warmup_samples(config, signature, model_dir, max_bytes=options.max_model_bytes)
+    if load.warmup or samples:
         try:
-            runtime.warmup(signature)
+            runtime.warmup(signature, samples)
         except Exception as e:
             raise ValueError(f"warm-up failed: {first_line(e)}") from None
     return OpenedVersion(
@@ -316,7 +327,9 @@ class ServedModel:
         data = read_reference(
             self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
         )
-        return Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+        reference = Runtime(data, options, label=f"{self.name}/{self.version}/reference")
+        reference.adopt(self.signature)  # fed the same wire shapes as the served graph
+        return reference
 
     # --- descriptions
     def metadata(self) -> dict[str, Any]:
@@ -332,6 +345,7 @@ class ServedModel:
                 "max_batch_size": self.signature.max_batch_size,
                 "dynamic_batching": self.batching,
                 "config_source": self.config_source,
+                "onnxruntime": self.runtime.describe(),
                 **({"fold_on_load": self.folding.summary()} if self.folding else {}),
             },
         }

@@ -13,7 +13,7 @@ from typing import Any
 
 from bnfold.contract import CONFIG_FILE, ContractError, ModelConfig, VersionPolicy, parse_json
 
-from .files import MAX_JSON_BYTES, read_file
+from .files import MAX_JSON_BYTES, present, read_file
 from .protocol import TRITON_DATATYPES
 from .triton_config import PBTXT_FILE, read_pbtxt
 
@@ -26,7 +26,7 @@ def read_model_config(model_dir: Path, root: Path) -> tuple[ModelConfig | None, 
     ``config.json``, Triton's ``config.pbtxt``, or (None, 'the graph') when
     there is none and the graph completes it. Both files at once is refused."""
     json_path, pbtxt_path = model_dir / CONFIG_FILE, model_dir / PBTXT_FILE
-    has_json, has_pbtxt = json_path.exists(), pbtxt_path.exists()
+    has_json, has_pbtxt = present(json_path), present(pbtxt_path)  # a link is refused
     if has_json and has_pbtxt:
         raise ContractError(f"both {CONFIG_FILE} and {PBTXT_FILE} are present; keep one")
     if has_json:
@@ -67,24 +67,31 @@ def triton_config(
     the model has labels (``labels.txt``: Triton's image client reads it to
     know the model classifies; the labels themselves serve through the
     classification extension), and the ``instance_group`` kind the version
-    actually runs on (``KIND_GPU`` or ``KIND_CPU``).
+    actually runs on (``KIND_GPU`` or ``KIND_CPU``). An input's or output's
+    ``reshape`` and an input's ``optional`` are the configuration's, and so
+    are ``optimization`` and ``model_warmup`` when it sets them.
     """
     formats = {t.name: t.format for t in config.input if t.format}
+    configured = {t.name: t for t in [*config.input, *config.output]}
     prep = config.preprocessing
     if prep is not None and prep.layout == "NCHW" and len(inputs) == 1:
         formats.setdefault(inputs[0][0], "FORMAT_NCHW")
     labelled = _labelled_output(config, outputs)
 
     def tensor(name: str, datatype: str, dims: list[int]) -> dict[str, Any]:
-        return {
+        cfg = configured.get(name)
+        out: dict[str, Any] = {
             "name": name,
             "data_type": TRITON_DATATYPES[datatype],
             "format": formats.get(name, "FORMAT_NONE"),
             "dims": dims,
             "is_shape_tensor": False,
             "allow_ragged_batch": False,
-            "optional": False,
+            "optional": bool(cfg is not None and cfg.optional),
         }
+        if cfg is not None and cfg.reshape is not None:
+            out["reshape"] = {"shape": list(cfg.reshape)}
+        return out
 
     out: dict[str, Any] = {
         "name": name,
@@ -115,6 +122,10 @@ def triton_config(
         "default_model_filename": "model.onnx",
         "parameters": {k: {"string_value": v} for k, v in config.parameters.items()},
     }
+    if config.optimization:
+        out["optimization"] = config.optimization
+    if config.model_warmup:
+        out["model_warmup"] = config.model_warmup
     if batching:
         out["dynamic_batching"] = {
             "preferred_batch_size": [],

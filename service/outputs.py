@@ -4,6 +4,7 @@ shared-memory region it is written to (service/shm.py)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,10 +13,10 @@ import numpy as np
 
 from .classification import class_count, classify
 from .errors import BadRequest
-from .shm import no_shared_memory
 
 if TYPE_CHECKING:
-    from .shm import SharedMemory, Slice
+    from .shm import Slice
+    from .signature import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,38 @@ class OutputOptions:
         return self.classification == 0 and self.shm is None
 
 
+PLAIN = OutputOptions()
+
+
+def classes(spec: TensorSpec, batched: bool) -> int | None:
+    """How many values one classification ranks (per row when ``batched``),
+    when the signature fixes it."""
+    dims = spec.shape[1:] if batched else spec.shape
+    return None if any(d < 0 for d in dims) else math.prod(dims)
+
+
 def output_options(
-    name: str, datatype: str, params: Mapping[str, Any], shm: SharedMemory | None = None
+    name: str,
+    spec: TensorSpec,
+    params: Mapping[str, Any],
+    batched: bool,
+    where: Slice | None = None,
 ) -> OutputOptions:
     """An output's ``parameters`` (HTTP JSON, or gRPC's as plain values),
-    checked against its ``datatype`` and the registered shared-memory regions
-    before the model runs."""
+    checked against its spec before the model runs; ``where`` is the
+    shared-memory region they name. K is bounded by the output's size, as
+    Triton returns at most that many classes."""
     count = class_count(name, params.get("classification"))
-    if count and datatype == "BYTES":
+    if count and spec.datatype == "BYTES":
         raise BadRequest(f"output {name!r} is not numeric: it cannot be classified")
-    where = f"output {name!r}"
-    if shm is None:
-        no_shared_memory(where, dict(params))
-        return OutputOptions(classification=count)
-    return OutputOptions(classification=count, shm=shm.slice(where, dict(params)))
+    if count and where is not None:
+        raise BadRequest("Output can't set both 'shared_memory_region' and 'classification'")
+    size = classes(spec, batched)
+    if size is not None:
+        count = min(count, max(size, 1))
+    if count == 0 and where is None:
+        return PLAIN
+    return OutputOptions(classification=count, shm=where)
 
 
 def finish(

@@ -32,7 +32,7 @@ def drop_none(value: Any) -> Any:
 def stored_report(served: ServedModel) -> dict[str, Any]:
     """What the converter measured when it wrote the version."""
     manifest = served.manifest
-    folding = dict((manifest.folding if manifest else None) or {})
+    folding = dict((manifest.folding if manifest else None) or _folded_on_load(served))
     if isinstance(folding.get("report"), dict) and "summary" not in folding:
         folding["summary"] = FoldSummary.of(folding["report"]).to_dict()
     report: dict[str, Any] = {
@@ -49,6 +49,20 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
             on_load["summary"] = FoldSummary.of(on_load["report"]).to_dict()
         report["fold_on_load"] = on_load
     return drop_none(report)
+
+
+def _folded_on_load(served: ServedModel) -> dict[str, Any]:
+    """Without a manifest, the fold that fold on load served, in the
+    manifest's terms (the converter's ``folding``); {} when none served."""
+    outcome = served.folding
+    if outcome is None or outcome.served != "folded":
+        return {}
+    return {
+        "folded": outcome.bn_after < outcome.bn_before,
+        "bn_before": outcome.bn_before,
+        "bn_after": outcome.bn_after,
+        "report": outcome.report,
+    }
 
 
 async def _run_chunked(served: ServedModel, runtime: Runtime, feeds: Feeds) -> Feeds:

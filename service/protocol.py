@@ -23,6 +23,19 @@ try:
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     SERVER_VERSION = "0+unknown"
 
+# What ``GET /v2`` and gRPC's ServerMetadata announce.
+EXTENSIONS = [
+    "binary_tensor_data",
+    "parameters",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "classification",
+    "system_shared_memory",
+    "bnfold_parity",
+    "bnfold_classify",
+]
+
 # Open Inference Protocol datatype -> numpy dtype: the contract's table.
 DATATYPE_OF: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
 

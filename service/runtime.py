@@ -6,6 +6,13 @@ falls back to CPU with nothing but a log line. So the provider reported
 everywhere is ``session.get_providers()[0]`` after creation, never the one
 asked for; after one failed CUDA attempt the process stops asking.
 
+A model's configuration may ask for more (Triton's ``optimization`` and the
+ONNX Runtime backend's ``parameters``, read by service/ort_settings.py):
+TensorRT or OpenVINO first, CUDA's options, the graph optimization level,
+threads, arenas. A provider that cannot run here is skipped for the next
+one, and the reason goes to the log and the model's metadata
+(``Runtime.describe``).
+
 A model file is read once (service/files.py: inside the repository, a
 regular file, size-capped), hashed against the manifest, and handed to ONNX
 Runtime as the very bytes that were hashed. Its declared tensor sizes are
@@ -30,12 +37,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .files import inside, read_file, regular_size
+from .ort_settings import TENSORRT, OrtSettings, Provider
 from .signature import GraphTensor, Signature
 
 log = logging.getLogger("bnfold.service")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     spinning: bool = False
     max_model_bytes: int = 2 << 30
+    ort: OrtSettings | None = None  # the model's own ONNX Runtime settings
+    warmup_max_batch: int = 64  # warm-up runs at most this batch, whatever max_batch_size
 
 
 class _CudaProbe:
@@ -129,7 +140,7 @@ def external_data_files(data: bytes, version_dir: Path, max_bytes: int) -> list[
     files: list[Path] = []
     declared_total = 0
     external_total = 0
-    for tensor in _tensors(model.graph):
+    for tensor in tensors(model.graph):
         declared = _declared_bytes(tensor, max_bytes)
         declared_total += declared
         if declared_total > max_bytes:
@@ -140,16 +151,15 @@ def external_data_files(data: bytes, version_dir: Path, max_bytes: int) -> list[
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             _check_embedded(tensor, declared)
             continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
-        if not location or os.path.isabs(location) or not inside(root / location, root):
+        location, offset, given = external_entries(tensor)
+        if not inside(root / location, root):
             raise ValueError(f"external data {location!r} of {tensor.name!r} escapes the version")
         target = root / location
         try:
             size = regular_size(target, root=root)
         except ValueError as e:
             raise ValueError(f"external data {location!r} of {tensor.name!r}: {e}") from None
-        offset, length = _int_entry(entries, "offset", 0), _int_entry(entries, "length", declared)
+        length = declared if given is None else given
         if length != declared or offset < 0 or offset + length > size:
             raise ValueError(
                 f"external data {location!r} of {tensor.name!r}: offset {offset} and length "
@@ -199,6 +209,18 @@ def _check_embedded(tensor: Any, declared: int) -> None:
         )
 
 
+def external_entries(tensor: Any) -> tuple[str, int, int | None]:
+    """``(location, offset, length)`` of an external tensor (length None:
+    not given); ``ValueError`` for a location that is empty or absolute, or
+    a number that is not one. Whether it stays inside is the caller's check."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = entries.get("location", "")
+    if not location or os.path.isabs(location):
+        raise ValueError(f"external data {location!r} of {tensor.name!r} escapes the version")
+    length = _int_entry(entries, "length", -1)
+    return location, _int_entry(entries, "offset", 0), None if length < 0 else length
+
+
 def _int_entry(entries: dict[str, str], key: str, default: int) -> int:
     value = entries.get(key)
     if value is None:
@@ -208,7 +230,9 @@ def _int_entry(entries: dict[str, str], key: str, default: int) -> int:
     return int(value)
 
 
-def _tensors(graph: Any) -> Iterator[Any]:
+def tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph stores: initializers, sparse ones, node
+    attributes, subgraphs."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
@@ -219,12 +243,26 @@ def _tensors(graph: Any) -> Iterator[Any]:
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensors(attr.g)
+                yield from tensors(attr.g)
             for sub in attr.graphs:
-                yield from _tensors(sub)
+                yield from tensors(sub)
 
 
 # --- sessions ---------------------------------------------------------------
+
+
+def replace_options(provider: Provider, **extra: str) -> Provider:
+    """``provider`` with ``extra`` options (the device id) added."""
+    return Provider(provider.name, provider.options | extra, provider.asked_by, provider.gpu)
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """One of Triton's ``model_warmup`` samples: wire-shaped feeds, run ``count`` times."""
+
+    name: str
+    feeds: dict[str, np.ndarray]
+    count: int = 1
 
 
 class Runtime:
@@ -239,6 +277,9 @@ class Runtime:
         external_data_dir: Path | None = None,
     ) -> None:
         self.label = label
+        settings = options.ort or OrtSettings()
+        self.settings = settings
+        self.warmup_max_batch = options.warmup_max_batch
         so = ort.SessionOptions()
         if external_data_dir is not None:
             # The graph comes as bytes (the ones hashed); its external data
@@ -246,25 +287,46 @@ class Runtime:
             so.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(external_data_dir)
             )
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = options.intra_op_threads
-        so.inter_op_num_threads = options.inter_op_threads
+        level = settings.graph_level or "ORT_ENABLE_ALL"
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        so.intra_op_num_threads = settings.intra_op_threads or options.intra_op_threads
+        so.inter_op_num_threads = settings.inter_op_threads or options.inter_op_threads
+        if settings.execution_mode is not None:
+            so.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
+        if settings.mem_arena is not None:
+            so.enable_cpu_mem_arena = settings.mem_arena
+        if settings.mem_pattern is not None:
+            so.enable_mem_pattern = settings.mem_pattern
+        for key, value in settings.session_entries.items():
+            so.add_session_config_entry(key, value)
         so.log_severity_level = 3
         spin = "1" if options.spinning else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        self._run_options: ort.RunOptions | None = None
+        if settings.run_entries:
+            self._run_options = ort.RunOptions()
+            for key, value in settings.run_entries.items():
+                self._run_options.add_run_config_entry(key, value)
 
-        want_cuda = _cuda.wanted(options.device)
-        providers: list[Any] = [CPU]
-        if want_cuda:
+        self.fallbacks: list[dict[str, Any]] = []
+        self.requested = self._providers(options, settings)
+        providers: list[Any] = [
+            (p.name, p.options) if p.options else p.name for p in self.requested
+        ]
+        if any(p.name in GPU_PROVIDERS for p in self.requested):
             _cuda.preload()
-            providers = [(CUDA, {"device_id": options.device_id}), CPU]
         self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
-        self.provider: str = self.session.get_providers()[0]
-        self.device_id: int | None = options.device_id if self.provider == CUDA else None
-        if options.device == "cuda" and self.provider != CUDA:
+        loaded = self.session.get_providers()
+        self.provider: str = loaded[0]
+        on_gpu = self.provider in GPU_PROVIDERS
+        self.device_id: int | None = options.device_id if on_gpu else None
+        if options.device == "cuda" and not on_gpu:
             raise RuntimeError("CUDA was required (device=cuda) but did not load")
-        if want_cuda and self.provider != CUDA:
+        for p in self.requested:
+            if p.name not in loaded:
+                self._fall_back(p, "did not load (ONNX Runtime's log says why)")
+        if any(p.name == CUDA for p in self.requested) and CUDA not in loaded:
             _cuda.failed = True
             log.warning("%s: CUDA provider did not load; serving on %s", label, self.provider)
         self.inputs: list[GraphTensor] = [
@@ -273,17 +335,106 @@ class Runtime:
         self.outputs: list[GraphTensor] = [
             (a.name, a.type, list(a.shape)) for a in self.session.get_outputs()
         ]
+        # Inputs with an initializer default, which a feed may override.
+        self.defaults: list[GraphTensor] = [
+            (a.name, a.type, list(a.shape)) for a in self.session.get_overridable_initializers()
+        ]
         self._output_names = [o[0] for o in self.outputs]
         # Strings live on the host: ONNX Runtime runs their nodes on the CPU
         # and cannot bind them to CUDA memory.
         self._host_only = any(t[1] == "tensor(string)" for t in [*self.inputs, *self.outputs])
+        self._reshape_in: dict[str, tuple[int, ...]] = {}
+        self._reshape_out: dict[str, tuple[int, ...]] = {}
+        self._batched = False
+        self.warmup_runs: list[dict[str, Any]] = []
+
+    def _providers(self, options: RuntimeOptions, settings: OrtSettings) -> list[Provider]:
+        """The providers to ask for, in order, CPU last; the ones that cannot
+        run here are left out with the reason (``self.fallbacks``)."""
+        available = ort.get_available_providers()
+        out: list[Provider] = []
+        gpu = list(settings.gpu)
+        if options.device == "cpu":
+            for p in gpu:  # Triton adds GPU providers to GPU instances only
+                self._fall_back(p, "the model runs on the CPU (instance_group or --device)")
+            gpu = []
+        elif not gpu:
+            gpu = [Provider(CUDA, {}, "the server's device", True)]
+        for p in gpu:
+            if p.name in available and _cuda.wanted(options.device):
+                out.append(replace_options(p, device_id=str(options.device_id)))
+            elif settings.gpu:  # the server's own CUDA attempt stays quiet, as before
+                if p.name not in available:
+                    why = "not in this ONNX Runtime build"
+                elif _cuda.failed:
+                    why = "CUDA failed to load earlier in this process"
+                else:
+                    why = "no GPU found"
+                self._fall_back(p, why)
+        for p in settings.cpu:
+            if p.name in available:
+                out.append(p)
+            else:
+                self._fall_back(p, "not in this ONNX Runtime build")
+        return [*out, Provider(CPU, {}, "always", False)]
+
+    def _fall_back(self, provider: Provider, reason: str) -> None:
+        """``provider`` is not used: said in the log and the metadata, with
+        the options it was (or would have been) given."""
+        self.fallbacks.append(
+            {
+                "provider": provider.name,
+                "reason": reason,
+                "asked_by": provider.asked_by,
+                "options": provider.options,
+            }
+        )
+        log.warning(
+            "%s: %s (%s) skipped, falling back to the next provider: %s",
+            self.label,
+            provider.name,
+            provider.asked_by,
+            reason,
+        )
+
+    def adopt(self, signature: Signature) -> None:
+        """Serve ``signature``'s wire shapes: feeds are reshaped to what the
+        graph takes and outputs back (Triton's ``reshape``)."""
+        self._reshape_in, self._reshape_out = signature.reshapes()
+        self._batched = signature.batched
+
+    def describe(self) -> dict[str, Any]:
+        """What ONNX Runtime runs this graph with: for the model's metadata."""
+        out: dict[str, Any] = {
+            "providers": self.session.get_providers() if self.session is not None else [],
+            "requested": [
+                {"provider": p.name, "options": p.options} for p in self.requested if p.name != CPU
+            ],
+            "fallbacks": self.fallbacks,
+            "session": self.settings.session_report(),
+        }
+        if self.warmup_runs:
+            out["warmup"] = self.warmup_runs
+        return out
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every output of the graph for ``feeds``; thread-safe."""
-        if self.provider == CUDA and not self._host_only:
-            return self._run_bound(feeds)
-        results = self.session.run(self._output_names, feeds)
-        return dict(zip(self._output_names, results, strict=True))
+        """Every output of the graph for ``feeds`` (wire shapes); thread-safe."""
+        if self._reshape_in:
+            feeds = {k: self._reshaped(v, self._reshape_in.get(k)) for k, v in feeds.items()}
+        if self.provider in GPU_PROVIDERS and not self._host_only:
+            results = self._run_bound(feeds)
+        else:
+            outs = self.session.run(self._output_names, feeds, self._run_options)
+            results = dict(zip(self._output_names, outs, strict=True))
+        if self._reshape_out:
+            results = {k: self._reshaped(v, self._reshape_out.get(k)) for k, v in results.items()}
+        return results
+
+    def _reshaped(self, array: np.ndarray, tail: tuple[int, ...] | None) -> np.ndarray:
+        if tail is None:
+            return array
+        head = array.shape[:1] if self._batched else ()
+        return array.reshape(head + tail)
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # I/O binding: one host-to-device copy per input, outputs allocated
@@ -293,17 +444,33 @@ class Runtime:
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in self._output_names:
             binding.bind_output(name, "cuda", self.device_id or 0)
-        self.session.run_with_iobinding(binding)
+        if self._run_options is None:
+            self.session.run_with_iobinding(binding)
+        else:
+            self.session.run_with_iobinding(binding, self._run_options)
         results = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, results, strict=True))
 
-    def warmup(self, signature: Signature) -> None:
-        """Run zeros through the graph (batch 1 and the largest batch), so
-        the first client request does not pay for allocation and tuning."""
-        sizes = [1, signature.max_batch_size] if signature.batched else [None]
+    def warmup(self, signature: Signature, samples: list[WarmupSample] | None = None) -> int:
+        """Run the model's ``model_warmup`` samples, each ``count`` times, or
+        without them zeros (batch 1 and the largest batch, at most
+        ``warmup_max_batch``), so the first
+        client request does not pay for allocation and tuning. Returns the
+        runs made; ``warmup_runs`` says which."""
+        if samples:
+            for sample in samples:
+                for _ in range(sample.count):
+                    self.run(sample.feeds)
+                self.warmup_runs.append({"name": sample.name, "runs": sample.count})
+            return sum(s.count for s in samples)
+        largest = min(signature.max_batch_size, self.warmup_max_batch)
+        sizes = [1, largest] if signature.batched else [None]
+        runs = 0
         for batch in dict.fromkeys(sizes):
             feeds = {}
             for spec in signature.inputs:
+                if spec.optional and spec.has_default:
+                    continue
                 dims = [1 if d == -1 else d for d in spec.shape]
                 if batch is not None:
                     dims[0] = batch
@@ -312,6 +479,8 @@ class Runtime:
                 else:
                     feeds[spec.name] = np.zeros(dims, dtype=spec.dtype)
             self.run(feeds)
+            runs += 1
+        return runs
 
     def close(self) -> None:
         # ORT frees the session (and its device memory) when the last

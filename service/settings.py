@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     warmup: Annotated[bool, Field(description="Run each model once before it reports ready.")] = (
         True
     )
+    warmup_max_batch: Annotated[
+        int, Field(ge=1, description="Warm-up runs batch 1 and at most this batch.")
+    ] = 64
     max_model_bytes: Annotated[
         int, Field(ge=1, description="Refuse model files (with external data) larger than this.")
     ] = 2 << 30
@@ -144,6 +147,10 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1, description="Larger uploads get 413.")] = (
         32_000_000
     )
+    max_image_bytes: Annotated[
+        int,
+        Field(ge=1, description="Largest decoded image as float32 RGBA (16 bytes a pixel); 413."),
+    ] = 256 << 20
     max_parity_samples: Annotated[int, Field(ge=1, description="Cap on POST /parity samples.")] = (
         4096
     )

@@ -5,19 +5,27 @@ The text is parsed by protobuf's text format against Triton's own schema
 an error with its line and column, as it is in Triton. The fields bnfold
 acts on are carried over: ``name``, ``platform``/``backend``,
 ``max_batch_size``, ``input``/``output`` (``data_type``, ``dims``,
-``format``, ``label_filename``), ``dynamic_batching``, ``version_policy``,
-``instance_group`` and ``parameters`` (``fold_on_load: "true"`` is
-bnfold's per-model switch). Ensembles and sequence batching are refused
-(bnfold serves stateless single models); other Triton settings, such as
-``optimization`` or ``model_warmup``, are accepted and have no effect.
+``format``, ``reshape``, ``optional``, ``label_filename``),
+``dynamic_batching`` (its queue delay and size), ``version_policy``,
+``instance_group`` (kind, gpus), ``parameters`` (the ONNX Runtime
+backend's keys, service/ort_settings.py; ``fold_on_load: "true"`` is
+bnfold's per-model switch), ``optimization`` (graph level, CUDA graphs,
+execution accelerators) and ``model_warmup`` (service/warmup.py), the last
+two in their JSON form. Ensembles and sequence batching are refused
+(bnfold serves stateless single models). Every other field that is set is
+accepted, has no effect, and is named in the log when the file is read
+(:func:`unhonoured`; the list is in docs/repository.md), never dropped
+silently.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
+from google.protobuf.message import Message
 
 from bnfold.contract import PBTXT_FILE, ContractError, ModelConfig
 
@@ -33,11 +41,68 @@ REFUSED = {
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 
+log = logging.getLogger("bnfold.service")
+
+# Fields of model_config.proto that bnfold acts on; a field below one of
+# these paths is covered by it. Everything else set in a file is named.
+HONOURED = frozenset(
+    {
+        "name",
+        "platform",
+        "backend",
+        "max_batch_size",
+        "version_policy",
+        "parameters",
+        "model_warmup",
+        "input.name",
+        "input.data_type",
+        "input.format",
+        "input.dims",
+        "input.reshape",
+        "input.optional",
+        "output.name",
+        "output.data_type",
+        "output.dims",
+        "output.reshape",
+        "output.label_filename",
+        "dynamic_batching.max_queue_delay_microseconds",
+        "dynamic_batching.default_queue_policy.max_queue_size",
+        "instance_group.name",
+        "instance_group.kind",
+        "instance_group.gpus",
+        "optimization.graph",
+        "optimization.cuda.graphs",
+        "optimization.execution_accelerators",
+    }
+)
+
 
 def datatype(data_type: int) -> str:
     """``TYPE_FP32`` -> ``FP32``; Triton's ``TYPE_STRING`` is the protocol's BYTES."""
-    name = pb.DataType.Name(data_type)
-    return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
+    return datatype_of(pb.DataType.Name(data_type))
+
+
+def datatype_of(name: str) -> str:
+    """The protocol datatype of Triton's data type name (``TYPE_FP32`` -> ``FP32``)."""
+    return "BYTES" if name == "TYPE_STRING" else str(name).removeprefix("TYPE_")
+
+
+def unhonoured(message: Message, prefix: str = "") -> list[str]:
+    """The fields set in ``message`` that bnfold does not act on, as dotted
+    paths (``input.allow_ragged_batch``), each once, in file order."""
+    out: list[str] = []
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if path in HONOURED or any(path.startswith(h + ".") for h in HONOURED):
+            continue
+        nested = field.message_type is not None and not field.message_type.GetOptions().map_entry
+        if nested and any(h.startswith(path + ".") for h in HONOURED):
+            items = value if field.label == field.LABEL_REPEATED else [value]
+            for item in items:
+                out.extend(p for p in unhonoured(item, path + ".") if p not in out)
+        elif path not in out:
+            out.append(path)
+    return out
 
 
 def read_pbtxt(path: Path, *, root: Path) -> ModelConfig:
@@ -74,6 +139,18 @@ def from_proto(message: pb.ModelConfig, *, model_dir: Path, root: Path) -> Model
         "output": [_tensor(t, with_format=False) for t in message.output],
         "parameters": {k: v.string_value for k, v in message.parameters.items()},
     }
+    if message.HasField("optimization"):
+        config["optimization"] = _json(message.optimization)
+    if message.model_warmup:
+        config["model_warmup"] = [_json(w) for w in message.model_warmup]
+    ignored = unhonoured(message)
+    if ignored:  # read when the model loads: said on every load
+        log.warning(
+            "model %s: %s fields not honoured by bnfold (accepted, no effect): %s",
+            folder,
+            PBTXT_FILE,
+            ", ".join(ignored),
+        )
     labels = [t.label_filename for t in message.output if t.label_filename]
     if labels:
         config["labels"] = _labels(model_dir / labels[0], root)
@@ -107,7 +184,16 @@ def _tensor(t: pb.ModelInput | pb.ModelOutput, *, with_format: bool) -> dict[str
     out: dict[str, Any] = {"name": t.name, "datatype": datatype(t.data_type), "shape": list(t.dims)}
     if with_format and isinstance(t, pb.ModelInput) and t.format != pb.ModelInput.FORMAT_NONE:
         out["format"] = pb.ModelInput.Format.Name(t.format)
+    if t.HasField("reshape"):
+        out["reshape"] = list(t.reshape.shape)
+    if isinstance(t, pb.ModelInput) and t.optional:
+        out["optional"] = True
     return out
+
+
+def _json(message: Message) -> Any:
+    """Triton's JSON form of a configuration message (as its backends see it)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _batching(d: pb.ModelDynamicBatching) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from ..deps import RepositoryDep, SettingsDep, VersionDep
 from ..errors import BadRequest
@@ -36,6 +39,18 @@ InvertQuery = Annotated[Invert | None, Query(alias="invert", description=INVERT_
 InvertForm = Annotated[Invert | None, Form(alias="invert", description=INVERT_HELP)]
 FitQuery = Annotated[Fit | None, Query(alias="fit", description=FIT_HELP)]
 FitForm = Annotated[Fit | None, Form(alias="fit", description=FIT_HELP)]
+# Images decoded at once (each in a worker thread, off the event loop): with
+# the per-image bound (max_image_bytes) this bounds the memory uploads take.
+DECODE_SLOTS = 2
+
+
+def decode_limiter(request: Request) -> anyio.CapacityLimiter:
+    """The app's limiter on concurrent decodes, made on first use in its loop."""
+    state = request.app.state
+    limiter: anyio.CapacityLimiter | None = getattr(state, "image_decoders", None)
+    if limiter is None:
+        limiter = state.image_decoders = anyio.CapacityLimiter(DECODE_SLOTS)
+    return limiter
 
 
 @router.post(
@@ -46,6 +61,7 @@ FitForm = Annotated[Fit | None, Form(alias="fit", description=FIT_HELP)]
 )
 @router.post("/v2/models/{name}/classify", summary="Classify an image", responses=ERRORS)
 async def classify(
+    request: Request,
     name: str,
     version: VersionDep,
     file: FileDep,
@@ -70,9 +86,18 @@ async def classify(
         if prep is None or len(served.signature.inputs) != 1:
             raise BadRequest(f"model {name!r} has no image preprocessing in its config.json")
         spec = served.signature.inputs[0]
-        x = image_input(
-            data, prep, max_pixels=settings.max_image_pixels, invert=invert, fit=fit
-        ).astype(spec.dtype)
+        prepare = partial(
+            image_input,
+            data,
+            prep,
+            max_pixels=settings.max_image_pixels,
+            max_bytes=settings.max_image_bytes,
+            invert=invert,
+            fit=fit,
+        )
+        # decoding and converting take seconds for a big image: never on the loop
+        x = await anyio.to_thread.run_sync(prepare, limiter=decode_limiter(request))
+        x = x.astype(spec.dtype)
         if not served.signature.batched:
             x = x.reshape([d if d > 0 else -1 for d in spec.shape])
         served.signature.check_input(spec.name, spec.datatype, list(x.shape), x.size)

@@ -1,22 +1,31 @@
 """Inference: Open Inference Protocol V2 (JSON and binary) and KServe V1.
 
 The hot path reads the body once, decodes straight to numpy (no pydantic
-per tensor), submits to the model's batcher and encodes the outputs. The
-model version is held (``Repository.serving``) from after the body is read
-until the response is encoded, so a swap or unload never cuts a request
-short.
+per tensor), and hands the request to the data plane (service/dataplane.py),
+which holds the model version (``Repository.serving``) until the outputs are
+encoded, so a swap or unload never cuts a request short.
+
+``POST /v2/models/{m}[/versions/{v}]/infer`` is answered by ``direct``, a
+plain ASGI endpoint that ``middleware.RequestContext`` calls before
+FastAPI's exception middleware, routing and dependency solving (measured:
+most of a request's event-loop time went there); the FastAPI routes below
+stay registered for the OpenAPI description, and answer the same way.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from .. import dataplane
 from ..binary import HEADER_LENGTH
-from ..codec import decode_infer, decode_v1, decompress, encode_infer, encode_v1
+from ..codec import decode_v1, decompress, encode_result, encode_v1, parse_infer
 from ..deps import RepositoryDep, StateDep, VersionDep
+from ..http_errors import render
 from ..protocol import (
     InferenceRequest,
     InferenceResponse,
@@ -24,6 +33,8 @@ from ..protocol import (
     PredictResponseV1,
     inline_schema,
 )
+from ..signature import Signature
+from ..state import ServerState
 from .responses import MODEL, Responses, errors
 
 router = APIRouter(tags=["inference"])
@@ -77,32 +88,94 @@ V1_BODY = {
     openapi_extra=V2_BODY,
     response_class=Response,
 )
-async def infer(
-    name: str, request: Request, repo: RepositoryDep, state: StateDep, version: VersionDep
-) -> Response:
+async def infer(name: str, request: Request, state: StateDep, version: VersionDep) -> Response:
     """Open Inference Protocol inference with Triton's binary tensor data
     extension. A body without Content-Type is read as JSON. ``outputs``
     selects outputs; ``parameters.binary_data_output`` or per-output
-    ``parameters.binary_data`` returns them in binary."""
-    settings = state.settings
-    headers = request.headers
-    body = await request.body()
-    async with repo.serving(name, version) as served:
-        body = decompress(body, headers.get("content-encoding"), settings.max_body_bytes)
-        req = decode_infer(
-            body,
-            headers.get(HEADER_LENGTH),
-            served.signature,
-            max_elements=settings.max_body_bytes,
-            allow_nonfinite=settings.allow_nonfinite,
-            shm=getattr(request.app.state, "shm", None),
-        )
-        timeout = min(settings.request_timeout_s, req.timeout_s or math.inf)
-        outputs = await served.infer(req.feeds, req.rows, timeout)
-        content, out_headers = encode_infer(
-            served.name, served.version_str, req, outputs, labels=served.config.labels
-        )
-    return Response(content, headers=out_headers)
+    ``parameters.binary_data`` returns them in binary. A header length of 0
+    is Triton's raw binary request: the body is the single input's bytes."""
+    content, headers = await answer(state, name, version, request.headers, await request.body())
+    return Response(content, headers=headers)
+
+
+async def answer(
+    state: ServerState, name: str, version: str | None, headers: Mapping[str, str], body: bytes
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers of one V2 inference request."""
+    limit = state.settings.max_body_bytes
+    wire: list[dataplane.WireRequest] = []
+
+    def parse(signature: Signature) -> dataplane.WireRequest:
+        raw = decompress(body, headers.get("content-encoding"), limit)
+        wire.append(parse_infer(raw, headers.get(_LENGTH), signature, name))
+        return wire[0]
+
+    result = await dataplane.infer(state, name, version, parse)
+    return encode_result(result, wire[0].parameters.get("binary_data_output") is True)
+
+
+class _Template:
+    """What ``scope["route"]`` says of a direct answer: the route's path
+    template, for the HTTP metrics (as a FastAPI route would)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+PLAIN = _Template("/v2/models/{name}/infer")
+VERSIONED = _Template("/v2/models/{name}/versions/{version}/infer")
+_LENGTH = HEADER_LENGTH.lower()  # header names as ASGI gives them (Headers ignores case)
+_WANTED = (b"content-encoding", _LENGTH.encode())
+
+
+def direct_target(scope: Scope) -> tuple[str, str | None] | None:
+    """The model and version of a ``POST .../infer`` that ``direct`` answers;
+    None for every other request (FastAPI routes it)."""
+    if scope["method"] != "POST":
+        return None
+    parts = scope["path"].split("/")
+    if parts[-1] != "infer" or parts[:3] != ["", "v2", "models"] or not all(parts[3:-1]):
+        return None
+    if len(parts) == 5:
+        return parts[3], None
+    if len(parts) == 7 and parts[4] == "versions":
+        return parts[3], parts[5]
+    return None
+
+
+async def direct(
+    scope: Scope, receive: Receive, send: Send, target: tuple[str, str | None]
+) -> None:
+    """``infer`` as a plain ASGI endpoint: the same answer, errors rendered
+    (and counted) by service/http_errors.py as FastAPI's handler would."""
+    name, version = target
+    scope["route"] = PLAIN if version is None else VERSIONED
+    state: ServerState = scope["app"].state.bnfold
+    headers: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        if key in _WANTED:
+            headers[key.decode("latin-1")] = value.decode("latin-1")
+    try:
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        content, out_headers = await answer(state, name, version, headers, body)
+    except Exception as e:
+        params: dict[str, Any] = {"name": name, "version": version}
+        await render(state, "POST", scope["path"], params, e)(scope, receive, send)
+        return
+    raw = [(b"content-length", str(len(content)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers.items()]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
 
 
 @router.post(

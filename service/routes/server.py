@@ -8,23 +8,12 @@ from starlette.responses import Response
 
 from ..deps import MetricsDep, StateDep
 from ..errors import Unavailable
-from ..protocol import SERVER_NAME, SERVER_VERSION, ServerMetadata
+from ..protocol import EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServerMetadata
 from ..runtime import CPU, CUDA, RuntimeOptions, cuda_usable
 from .responses import errors
 
 router = APIRouter(tags=["server"])
 
-EXTENSIONS = [
-    "binary_tensor_data",
-    "parameters",
-    "model_repository",
-    "model_configuration",
-    "statistics",
-    "classification",
-    "system_shared_memory",
-    "bnfold_parity",
-    "bnfold_classify",
-]
 NOT_READY = errors(
     {503: "Not ready: starting, draining, or (strict readiness) a model not serving."}
 )

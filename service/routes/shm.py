@@ -31,21 +31,22 @@ class RegisterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: str
+    key: str | None = None
     offset: int = 0
-    byte_size: int
+    byte_size: int | None = None
 
 
 RegisterBody = Annotated[RegisterRequest | None, Depends(json_body(RegisterRequest))]
 COMMON = {401: "Missing or wrong bearer token.", 503: "The server is starting."}
 REGISTER_ERRORS = errors(
     {
-        400: "No such shared memory object, a range outside it, a name already registered.",
+        400: "No such shared memory object, a range outside it, a name already in manager.",
         413: "Body over the size limit.",
         **COMMON,
     }
 )
 NAMED_ERRORS = errors({404: "No region of that name is registered.", **COMMON})
+UNREGISTER_ERRORS = errors(COMMON)
 CUDA_ERRORS = errors({400: "CUDA shared memory is not supported.", **COMMON})
 COMMON_ERRORS = errors(COMMON)
 
@@ -89,8 +90,10 @@ async def register(name: str, shm: ShmDep, _: AuthDep, body: RegisterBody) -> Re
     """Map ``byte_size`` bytes at ``offset`` of the shared memory object
     ``key`` (``/name``, as shm_open takes it) under ``name``; inputs and
     outputs then name it in ``parameters.shared_memory_region``."""
-    if body is None:
-        raise BadRequest('the body must be {"key": ..., "offset": ..., "byte_size": ...}')
+    if body is None or body.key is None:  # Triton's words for each missing field
+        raise BadRequest("Shared memory register request has no 'key' field")
+    if body.byte_size is None:
+        raise BadRequest("Shared memory register request has no 'byte_size' field")
     shm.register(name, body.key, body.offset, body.byte_size)
     return Response(status_code=200)
 
@@ -98,9 +101,11 @@ async def register(name: str, shm: ShmDep, _: AuthDep, body: RegisterBody) -> Re
 @router.post(
     "/v2/systemsharedmemory/region/{name}/unregister",
     summary="Unregister a system shared memory region",
-    responses=NAMED_ERRORS,
+    responses=UNREGISTER_ERRORS,
 )
 async def unregister(name: str, shm: ShmDep, _: AuthDep) -> Response:
+    """Forget the region: new requests cannot name it, requests using it
+    finish first. A name that is not registered is no error (as in Triton)."""
     shm.unregister(name)
     return Response(status_code=200)
 
@@ -108,7 +113,7 @@ async def unregister(name: str, shm: ShmDep, _: AuthDep) -> Response:
 @router.post(
     "/v2/systemsharedmemory/unregister",
     summary="Unregister every system shared memory region",
-    responses=NAMED_ERRORS,
+    responses=UNREGISTER_ERRORS,
 )
 async def unregister_all(shm: ShmDep, _: AuthDep) -> Response:
     shm.unregister()

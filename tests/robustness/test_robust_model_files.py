@@ -101,12 +101,12 @@ ATTACKS = {
     "bomb-raw": "declares 40 bytes but holds 8",
     "link-model": "link out of the repository",
     "link-version": "link out of the model repository",
-    "link-file": "link out of the model repository",
-    "link-config": "link out of the model repository",
+    "link-file": "is missing or not a file inside the model repository",
+    "link-config": "is missing or not a file inside the model repository",
     "fifo-config": "not a regular file",
     "fifo-manifest": "not a regular file",
     "huge-manifest": "over the 16777216-byte limit",
-    "dev-zero": "link out of the model repository",
+    "dev-zero": "is missing or not a file inside the model repository",
 }
 
 

@@ -159,6 +159,19 @@ def test_every_drawing_of_a_digit_becomes_the_same_input() -> None:
     assert plain.reshape(8, 8)[0, 0] == pytest.approx(16.0)  # white paper = full ink
 
 
+def test_decoded_size_is_bounded_from_the_header() -> None:
+    """width x height x 16 bytes (float32 RGBA) against ``max_bytes``, before decoding:
+    a header whose pixel data is cut off is refused for its size, not its damage."""
+    data = png(Image.new("L", (300, 300)))
+    assert images.decoded_bytes(300, 300) == 300 * 300 * 16
+    assert images.decode(data, max_pixels=10**6, max_bytes=300 * 300 * 16).size == (300, 300)
+    for upload in (data, data[:60]):
+        with pytest.raises(images.PayloadTooLarge, match="1440000 bytes once decoded"):
+            images.decode(upload, max_pixels=10**6, max_bytes=300 * 300 * 16 - 1)
+    with pytest.raises(images.BadRequest, match="not a readable PNG"):
+        images.decode(data[:60], max_pixels=10**6, max_bytes=1 << 30)
+
+
 def test_invert_follows_the_border_and_the_models_background() -> None:
     light = Image.new("L", (16, 16), 230)
     dark = Image.new("L", (16, 16), 20)

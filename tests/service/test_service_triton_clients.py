@@ -9,6 +9,7 @@ models (triton_models.py) and the service tests' MLP and CNN.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -321,37 +322,46 @@ def test_shared_memory_errors(shm_client: Any, regions: Any) -> None:
         return error_of(lambda: c.infer("simple", inputs, outputs=outputs))
 
     # the second input (offset 64, 64 bytes) runs past a 96-byte region
+    # (Triton's words, issue 18)
     message = infer_error(_simple_shm_inputs(module, "small"))
-    assert "shared_memory_offset 64 + shared_memory_byte_size 64 is past the end" in message
-    assert "region 'small' (96 bytes)" in message
+    assert "Invalid offset + byte size for shared memory region: 'small'" in message
     inputs = _simple_shm_inputs(module, "big")
     inputs[1].set_shared_memory("big", 64, offset=100)
-    assert "shared_memory_offset 100 + shared_memory_byte_size 64" in infer_error(inputs)
+    assert "Invalid offset + byte size for shared memory region: 'big'" in infer_error(inputs)
+    inputs = _simple_shm_inputs(module, "big")
+    inputs[1].set_shared_memory("big", 64, offset=128)
+    assert "Invalid offset for shared memory region: 'big'" in infer_error(inputs)
     inputs = _simple_shm_inputs(module, "big")
     inputs[0].set_shared_memory("nowhere", 64)
-    assert "unable to find system shared memory region 'nowhere'" in infer_error(inputs)
+    assert "Unable to find shared memory region: 'nowhere'" in infer_error(inputs)
     inputs = _simple_shm_inputs(module, "big")
     inputs[0].set_shared_memory("big", 60)  # not the tensor's 64 bytes
-    assert "shared_memory_byte_size is 60 bytes but shape [1, 16] of int32 needs 64" in (
-        infer_error(inputs)
+    assert (
+        "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 60"
+        in infer_error(inputs)
     )
     asked = [module.InferRequestedOutput("OUTPUT0")]
     asked[0].set_shared_memory("small", 32)  # the output needs 64
     message = infer_error(_simple_shm_inputs(module, "big"), asked)
-    assert "output 'OUTPUT0' needs 64 bytes; shared_memory_byte_size 32" in message
+    assert (
+        "shared memory size specified with the request for output 'OUTPUT0' (32 bytes) "
+        "should be at least 64 bytes to hold the results"
+    ) in message
 
     def register_error(name: str, key: str, size: int, offset: int = 0) -> str:
         return error_of(
             lambda: c.register_system_shared_memory(name, key, size, offset, headers=headers)
         )
 
-    assert "past the end of" in register_error("r1", big_key, 129)
-    assert "offset 100 + byte_size 64 is past the end" in register_error("r2", big_key, 64, 100)
-    assert "no shared memory object" in register_error("r3", "/bnfold-no-such-object", 8)
-    assert "not a path" in register_error("r4", "/../../etc/passwd", 8)
-    assert "not a path" in register_error("r5", "/a/b", 8)
-    assert "already registered" in register_error("big", big_key, 8)
-    assert "byte_size must be positive" in register_error("r6", big_key, 0)
+    invalid = "failed to register shared memory region '{}': invalid args"
+    assert invalid.format("r1") in register_error("r1", big_key, 129)
+    assert invalid.format("r2") in register_error("r2", big_key, 64, 100)
+    unable = "Unable to open shared memory region: '{}'"
+    for key in ("/bnfold-no-such-object", "/../../etc/passwd", "/a/b"):
+        assert unable.format(key) in register_error("r3", key, 8)
+    assert "shared memory region 'big' already in manager" in register_error("big", big_key, 8)
+    assert invalid.format("r6") in register_error("r6", big_key, 0)
+    assert "invalid shm key '//'" in register_error("r7", "//", 8)
     # the server is up and serves as before
     assert c.is_server_live() and c.is_model_ready("simple")
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
@@ -369,7 +379,7 @@ def test_shared_memory_truncated_behind_the_server(shm_client: Any, regions: Any
     c.register_system_shared_memory("shrinks", key, 128, headers=headers)
     os.truncate(f"/dev/shm/{key.lstrip('/')}", 16)
     message = error_of(lambda: c.infer("simple", _simple_shm_inputs(module, "shrinks")))
-    assert "smaller than when it was registered" in message
+    assert f"Invalid shared memory region: '{key}'" in message
     assert c.is_server_live()
 
 
@@ -385,13 +395,19 @@ def test_shared_memory_needs_the_token(shm_client: Any, regions: Any) -> None:
 
 
 def _mapped(key: str) -> bool:
-    return f"/dev/shm/{key.lstrip('/')}" in Path("/proc/self/maps").read_text()
+    """Whether this process holds the object open (a descriptor; regions are not mapped)."""
+    target = f"/dev/shm/{key.lstrip('/')}"
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since listed
+            held.append(os.readlink(fd))
+    return target in held
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc (Linux)")
 def test_regions_unmapped_on_unregister_and_shutdown(repo: Path, tmp_path: Path) -> None:
-    """The server runs in this process: its mappings are in /proc/self/maps
-    (the objects are made here without mapping them, unlike tritonclient's)."""
+    """The server runs in this process: its descriptors are in /proc/self/fd
+    (the objects are made here without opening them, unlike tritonclient's)."""
     first, second = (f"/bnfold-test-{os.getpid()}-{n}" for n in ("first", "second"))
     for key in (first, second):
         with open(f"/dev/shm{key}", "wb") as f:
