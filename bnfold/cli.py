@@ -580,6 +580,7 @@ def convert(
     require_torch("convert")
     from bnfold.converter.pipeline import DEFAULT_EPOCHS, ParityError
     from bnfold.converter.pipeline import convert as run_convert
+    from bnfold.folding.report import FoldSummary
 
     opts = _options(
         arch=arch,
@@ -607,8 +608,8 @@ def convert(
     m = result.manifest
     console.print(
         f"[bold green]{escape(m['name'])} v{m['version']}[/]: test accuracy "
-        f"{m['metrics']['test_accuracy']:.4f}, BN {m['folding']['bn_before']} -> "
-        f"{m['folding']['bn_after']}, parity max rel error {m['parity']['max_rel_error']:.2e} "
+        f"{m['metrics']['test_accuracy']:.4f}, {FoldSummary(**m['folding']['summary']).describe()}"
+        f", parity max rel error {m['parity']['max_rel_error']:.2e} "
         f"(top-1 agreement {m['parity']['top1_agreement']:.4f}) -> "
         f"{escape(str(result.version_dir))}"
     )

@@ -15,7 +15,12 @@ the service imports it without torch, the converter without uvicorn.
   versioned by :data:`FORMAT`. Unknown keys are refused with the key and the
   nearest known one (``max_batch_sise``: did you mean ``max_batch_size``?).
 - **Parity**: :func:`compare`, the one numerical comparison every report
-  uses (PyTorch vs reference.onnx vs model.onnx, stored and recomputed).
+  uses (PyTorch vs reference.onnx vs model.onnx, stored and recomputed), and
+  :class:`ParityReport` (:func:`compare_outputs`), the one way several of
+  them make a verdict: ``bnfold verify``, ``import``, ``convert``, fold on
+  load and ``/parity`` all report it.
+- **Defaults** both wings use: :data:`DEFAULT_MAX_BATCH_SIZE`,
+  :data:`DEFAULT_RTOL`, :data:`DEFAULT_MIN_TOP1`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
@@ -47,6 +52,9 @@ STAGING_PREFIX = ".tmp-"
 FORMAT = 1
 # What a model configuration may name as its platform.
 PLATFORMS = ("onnxruntime_onnx",)
+# max_batch_size written for a graph whose first axis is dynamic (convert,
+# import) and taken by the service for one that comes without a configuration.
+DEFAULT_MAX_BATCH_SIZE = 64
 # Rows one batch may hold: far above any batcher's use, far below what would
 # let a configuration alone claim gigabytes (issue 19: 2**22 was accepted).
 MAX_BATCH_SIZE = 1 << 16
@@ -739,3 +747,87 @@ def compare(
 
 def _rows(x: np.ndarray) -> int:
     return int(x.shape[0]) if x.ndim else 1
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Several comparisons of one proof (each output of a graph, or each
+    pair of PyTorch, reference.onnx and model.onnx) by name, and the verdict
+    over them: the largest errors, the lowest top-1 agreement, ``passed``
+    only when every comparison passed. ``n_samples``: the rows compared."""
+
+    outputs: dict[str, Parity]
+    n_samples: int
+    rtol: float = DEFAULT_RTOL
+    min_top1: float = DEFAULT_MIN_TOP1
+
+    @classmethod
+    def of(cls, outputs: Mapping[str, Parity], n_samples: int | None = None) -> ParityReport:
+        if not outputs:
+            raise ValueError("a parity report needs at least one comparison")
+        first = next(iter(outputs.values()))
+        rows = max(p.n_samples for p in outputs.values()) if n_samples is None else n_samples
+        return cls(dict(outputs), rows, first.rtol, first.min_top1)
+
+    @classmethod
+    def merge(cls, reports: Mapping[str, ParityReport]) -> ParityReport:
+        """One verdict over reports on different inputs (held-out, random):
+        comparisons named ``<report>/<output>``, rows added up."""
+        outputs = {f"{k}/{name}": p for k, r in reports.items() for name, p in r.outputs.items()}
+        return cls.of(outputs, sum(r.n_samples for r in reports.values()))
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.outputs.values())
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(p.max_abs_error for p in self.outputs.values())
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(p.max_rel_error for p in self.outputs.values())
+
+    @property
+    def top1_agreement(self) -> float | None:
+        top1 = [p.top1_agreement for p in self.outputs.values() if p.top1_agreement is not None]
+        return min(top1) if top1 else None
+
+    def worst(self) -> tuple[str, Parity]:
+        """The comparison that decides: the first failed one, else the largest error."""
+        return max(self.outputs.items(), key=lambda kv: (not kv[1].passed, kv[1].max_rel_error))
+
+    def summary(self) -> dict[str, Any]:
+        """The verdict alone, as every report spells it."""
+        return {
+            "passed": self.passed,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "top1_agreement": self.top1_agreement,
+            "n_samples": self.n_samples,
+            "rtol": self.rtol,
+            "min_top1": self.min_top1,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary() | {"outputs": {n: p.to_dict() for n, p in self.outputs.items()}}
+
+
+def compare_outputs(
+    expected: Mapping[str, np.ndarray],
+    actual: Mapping[str, np.ndarray],
+    *,
+    rtol: float = DEFAULT_RTOL,
+    min_top1: float = DEFAULT_MIN_TOP1,
+    n_samples: int | None = None,
+) -> ParityReport:
+    """Every output of ``expected`` (the trusted side) against the same name
+    in ``actual``; an output missing or of another shape is a ValueError."""
+    missing = [name for name in expected if name not in actual]
+    if missing:
+        raise ValueError(f"outputs {missing} are missing")
+    outputs = {
+        name: compare(want, actual[name], rtol=rtol, min_top1=min_top1)
+        for name, want in expected.items()
+    }
+    return ParityReport.of(outputs, n_samples)

@@ -65,11 +65,7 @@ def fold(
             where += " | left: " + ", ".join(b.residual)
         table.add_row(*map(escape, (b.name, b.status, where, "; ".join(b.reasons[:2]))))
     console.print(table)
-    console.print(
-        f"wrote {escape(str(output))} ({fold_report.count('folded')} folded, "
-        f"{fold_report.count('partial')} partial, {fold_report.count('kept')} kept; "
-        f"{fold_report.residual_ops} op(s) left)"
-    )
+    console.print(f"wrote {escape(str(output))} ({fold_report.summary().describe()})")
 
 
 def verify(

@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from bnfold.contract import DEFAULT_RTOL
+from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL
 from bnfold.converter.console import console
-from bnfold.converter.importer import DEFAULT_MAX_BATCH, N_RANDOM, ImportOptions, import_onnx
+from bnfold.converter.importer import N_RANDOM, ImportOptions, import_onnx
 from bnfold.converter.input_map import parse_normalize, parse_range
 
 
@@ -50,7 +50,7 @@ def import_model(
         typer.Option(
             min=0, help="config.json's max_batch_size when the first axis is dynamic (0: none)."
         ),
-    ] = DEFAULT_MAX_BATCH,
+    ] = DEFAULT_MAX_BATCH_SIZE,
     labels: Annotated[
         str | None,
         typer.Option(help="Class names for config.json, comma-separated (e.g. cat,dog)."),
@@ -107,6 +107,6 @@ def import_model(
     console.print(
         f"parity: max rel error {p.max_rel_error:.3g} on {p.n_samples} rows "
         f"(top-1 agreement {p.top1_agreement if p.top1_agreement is not None else '-'}); "
-        f"BN {result.bn_before} -> {result.bn_after}"
+        f"{result.summary.describe()}"
     )
     typer.echo(str(result.version_dir))

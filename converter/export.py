@@ -42,10 +42,13 @@ def export_module(
     *,
     input_name: str = INPUT_NAME,
     output_name: str = OUTPUT_NAME,
+    strict_bn_count: bool = True,
 ) -> onnx.ModelProto:
     """Any ``nn.Module`` of one tensor input, traced in eval mode with every
     BN kept and a dynamic first (batch) axis; its BatchNormalization count
-    is checked against the module's BN layers."""
+    is checked against the module's BN layers (``strict_bn_count``: an
+    error; otherwise fewer is the caller's to warn about, as a module may
+    hold BN layers its forward never calls)."""
     model = model.eval()
     if example.dim() == 0:
         raise ExportError("the example input needs a batch axis")
@@ -72,7 +75,7 @@ def export_module(
     proto.producer_name = "bnfold"
     onnx.checker.check_model(proto, full_check=True)
     expected, found = len(bn_modules(model)), count_batchnorm_nodes(proto)
-    if expected != found:
+    if expected != found and (strict_bn_count or found > expected):
         raise ExportError(
             f"export kept {found} BatchNormalization nodes but the network has {expected} "
             "BN modules; the exporter fused some away"

@@ -16,29 +16,22 @@ data is proven too. No torch: the serving image can import models too.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime
 
-import bnfold
 from bnfold import folding
 from bnfold.contract import (
+    DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_RTOL,
-    ONNX_DATATYPES,
     ContractError,
-    Parity,
+    ParityReport,
     Preprocessing,
-    check_name,
-    check_version,
-    compare,
-    complete_config,
+    compare_outputs,
 )
 from bnfold.converter.errors import InputError, ParityFailure
 from bnfold.converter.input_map import (
@@ -49,10 +42,17 @@ from bnfold.converter.input_map import (
     normalize_array,
     prepend_normalization,
 )
-from bnfold.converter.repository import RepositoryError, write_version
-from bnfold.converter.verify import load_model, random_inputs, read_data, run_onnx, session
+from bnfold.converter.repository import Written, check_target, write
+from bnfold.converter.verify import load_model, random_inputs, read_data, run_onnx
+from bnfold.converter.version import (
+    count_convolutions,
+    folding_record,
+    fused_warning,
+    new_manifest,
+    serving_config,
+)
+from bnfold.folding.report import FoldSummary
 
-DEFAULT_MAX_BATCH = 64
 N_RANDOM = 64
 
 NO_BN_HINT = """\
@@ -83,7 +83,7 @@ class ImportOptions:
     n_random: int = N_RANDOM  # generated rows, beside --data
     seed: int = 0
     rtol: float = DEFAULT_RTOL
-    max_batch_size: int = DEFAULT_MAX_BATCH
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     labels: tuple[str, ...] = ()
     # (mean, std) per channel, in units of raw / input_range[1]: put the
     # normalisation in front, so the version takes the raw data.
@@ -107,23 +107,20 @@ class Normalized:
 
 @dataclass(frozen=True)
 class ImportResult:
-    version_dir: Path
+    written: Written
     bn_before: int
     bn_after: int
-    parity: Parity
-    manifest: dict[str, Any]
+    parity: ParityReport  # reference.onnx vs model.onnx, every output
+    summary: FoldSummary
 
+    @property
+    def version_dir(self) -> Path:
+        return self.written.path
 
-def check_target(opts: ImportOptions) -> None:
-    """Refuse a bad name or an existing version before any work."""
-    check_name(opts.name)
-    if opts.version is not None:
-        check_version(opts.version)
-        if (opts.repo / opts.name / str(opts.version)).exists():
-            raise RepositoryError(
-                f"{opts.repo / opts.name / str(opts.version)} already exists; versions are "
-                "immutable (leave --version out to write the next one)"
-            )
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json as written (name, version and sha256 included)."""
+        return self.written.manifest.to_dict()
 
 
 def parity_inputs(model: onnx.ModelProto, opts: ImportOptions) -> dict[str, np.ndarray]:
@@ -155,28 +152,11 @@ def _batch_axis_dynamic(model: onnx.ModelProto) -> bool:
     )
 
 
-def _signature(model: onnx.ModelProto) -> tuple[list[Any], list[Any]]:
-    sess = session(model)
-    return (
-        [(a.name, a.type, list(a.shape)) for a in sess.get_inputs()],
-        [(a.name, a.type, list(a.shape)) for a in sess.get_outputs()],
-    )
-
-
-def _described(tensor: Any) -> dict[str, Any]:
-    name, onnx_type, shape = tensor
-    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
-    return {"name": name, "datatype": ONNX_DATATYPES.get(onnx_type, onnx_type), "shape": dims}
-
-
 def prove(
     reference: onnx.ModelProto, folded: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float
-) -> tuple[Parity, dict[str, dict[str, Any]]]:
-    """Every output of both graphs compared; the worst, and each by name."""
-    expected, actual = run_onnx(reference, feeds), run_onnx(folded, feeds)
-    per_output = {name: compare(want, actual[name], rtol=rtol) for name, want in expected.items()}
-    worst = max(per_output.values(), key=lambda p: (not p.passed, p.max_rel_error))
-    return worst, {name: p.to_dict() for name, p in per_output.items()}
+) -> ParityReport:
+    """Every output of both graphs compared."""
+    return compare_outputs(run_onnx(reference, feeds), run_onnx(folded, feeds), rtol=rtol)
 
 
 def _layout(dims: list[int | None], given: str | None) -> str | None:
@@ -281,7 +261,7 @@ def _inits(model: onnx.ModelProto) -> set[str]:
 
 def import_onnx(opts: ImportOptions, *, log: Log = _noop) -> ImportResult:
     """``opts.model`` (an ONNX file) folded, proven and written as a version."""
-    check_target(opts)
+    check_target(opts.repo, opts.name, opts.version)
     reference = load_model(opts.model)
     source = {"file": opts.model.name, "bytes": opts.model.stat().st_size}
     if opts.normalize is None:
@@ -313,54 +293,59 @@ def import_model(
     expected_from: str = "PyTorch eval",
     preprocessing: dict[str, Any] | None = None,
     network_bns: int | None = None,
+    expected_bns: int | None = None,
     log: Log = _noop,
 ) -> ImportResult:
     """Fold ``reference``, prove it, write the version. ``feeds`` replaces
     the inputs of ``opts``; ``expected`` (the outputs of the network the
     graph was exported from, on ``feeds``, or of the original graph when
     ``reference`` has an input normalisation in front) adds that comparison
-    too; ``preprocessing`` goes into config.json and the manifest."""
+    too; ``preprocessing`` goes into config.json and the manifest.
+    ``expected_bns`` (the module's BN layers) is how many BNs the graph
+    should hold, its convolutions when not given: fewer is warned about."""
     # the network's BNs (an input normalisation in front is a map, not one of them)
     bn_before = folding.count_bn(reference) if network_bns is None else network_bns
     if bn_before == 0:
         log(NO_BN_HINT)
     else:
         log(f"folding {bn_before} BatchNormalization nodes")
+        warning = fused_warning(bn_before, expected_bns or count_convolutions(reference))
+        if warning:
+            log(f"warning: {warning}")
     folded, report = folding.fold(reference)
-    bn_after = folding.count_bn(folded)
+    summary = report.summary()
     if bn_before:
-        log(f"{bn_before - bn_after} of {bn_before} folded away; {bn_after} left")
+        log(summary.describe())
     feeds = parity_inputs(reference, opts) if feeds is None else feeds
     rows = len(next(iter(feeds.values())))
     comparisons: dict[str, Any] = {}
     if expected is not None:
         log(f"verifying {expected_from} vs reference.onnx on {rows} rows")
-        exported = run_onnx(reference, feeds)
-        checks = {n: compare(want, exported[n], rtol=opts.rtol) for n, want in expected.items()}
+        checks = compare_outputs(expected, run_onnx(reference, feeds), rtol=opts.rtol)
         key = "original_vs_reference" if opts.normalize is not None else "pytorch_vs_reference"
-        comparisons[key] = {n: p.to_dict() for n, p in checks.items()}
-        failed = [n for n, p in checks.items() if not p.passed]
-        if failed:
+        comparisons[key] = {n: p.to_dict() for n, p in checks.outputs.items()}
+        if not checks.passed:
             what = "the module" if key == "pytorch_vs_reference" else "the original graph"
+            output, worst = checks.worst()
             raise ParityFailure(
-                f"reference.onnx does not compute what {what} computes (output {failed[0]}: "
-                f"max rel error {checks[failed[0]].max_rel_error:.3g}); nothing was written"
+                f"reference.onnx does not compute what {what} computes (output {output}: "
+                f"max rel error {worst.max_rel_error:.3g}); nothing was written"
             )
     log(f"verifying reference.onnx vs model.onnx on {rows} rows")
-    parity, per_output = prove(reference, folded, feeds, opts.rtol)
-    comparisons["reference_vs_folded"] = per_output
+    parity = prove(reference, folded, feeds, opts.rtol)
+    comparisons["reference_vs_folded"] = {n: p.to_dict() for n, p in parity.outputs.items()}
     if not parity.passed:
         raise ParityFailure(
             f"parity failed (max rel error {parity.max_rel_error:.3g} > {opts.rtol:g} or "
             f"top-1 agreement {parity.top1_agreement}); nothing was written"
         )
-    inputs, outputs = _signature(folded)
-    config = complete_config(
-        None, opts.name, inputs, outputs, default_max_batch_size=opts.max_batch_size
+    config = serving_config(
+        opts.name,
+        folded,
+        max_batch_size=opts.max_batch_size,
+        labels=opts.labels,
+        preprocessing=preprocessing,
     )
-    config.labels = list(opts.labels)
-    if preprocessing is not None:
-        config.preprocessing = Preprocessing(**preprocessing)
     input_map = fold_outcome(report.to_dict()) if opts.normalize is not None else None
     if opts.normalize is not None:
         log(describe_input_map(input_map))
@@ -368,31 +353,20 @@ def import_model(
         (o.version for o in reference.opset_import if o.domain in ("", "ai.onnx")), default=0
     )
     producer = f"{reference.producer_name} {reference.producer_version}".strip()
-    manifest: dict[str, Any] = {
-        "format": 1,
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source": source | {"producer": producer, "opset": opset},
-        "labels": config.labels,
-        **({"preprocessing": preprocessing} if preprocessing else {}),
-        "inputs": [_described(t) for t in inputs],
-        "outputs": [_described(t) for t in outputs],
-        "folding": {
-            "folded": bn_after < bn_before,
-            "bn_before": bn_before,
-            "bn_after": bn_after,
-            "report": report.to_dict(),
-            **({"input_normalization": input_map} if input_map else {}),
+    manifest = new_manifest(
+        opts.name,
+        folded,
+        source=source | {"producer": producer, "opset": opset},
+        labels=opts.labels,
+        preprocessing=preprocessing,
+        fold=folding_record(report, bn_before=bn_before, input_normalization=input_map),
+        parity=parity,
+        parity_extra={
+            "comparisons": comparisons,
+            "data": str(opts.data) if opts.data else "generated",
         },
-        "parity": parity.to_dict()
-        | {"comparisons": comparisons, "data": str(opts.data) if opts.data else "generated"},
-        "versions": {
-            "bnfold": bnfold.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    version_dir = write_version(
+    )
+    written = write(
         opts.repo,
         opts.name,
         model_onnx=folded.SerializeToString(),
@@ -401,5 +375,5 @@ def import_model(
         config=config,
         version=opts.version,
     )
-    log(f"wrote {version_dir}")
-    return ImportResult(version_dir, bn_before, bn_after, parity, manifest)
+    log(f"wrote {written.path}")
+    return ImportResult(written, bn_before, report.bn_after, parity, summary)

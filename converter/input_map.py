@@ -29,8 +29,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bnfold.converter.errors import InputError
+from bnfold.folding.report import INPUT_MAP
 
-PREFIX = "input_normalization"
+PREFIX = INPUT_MAP  # the fold report recognises the map by this name
 # Ops that read only the input's shape (exporters compute batch sizes with
 # them); they keep reading the raw input, so the map has the layers alone.
 SHAPE_ONLY = ("Shape", "Size")

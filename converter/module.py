@@ -16,21 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnfold.contract import DEFAULT_RTOL
+from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL
 from bnfold.converter.errors import InputError
-from bnfold.converter.export import OUTPUT_NAME, export_module, torch_logits
-from bnfold.converter.importer import (
-    DEFAULT_MAX_BATCH,
-    N_RANDOM,
-    ImportOptions,
-    ImportResult,
-    Log,
-    check_target,
-    import_model,
-)
+from bnfold.converter.export import INPUT_NAME, OUTPUT_NAME, export_module, torch_logits
+from bnfold.converter.importer import N_RANDOM, ImportOptions, ImportResult, Log, import_model
 from bnfold.converter.models import bn_modules
-
-INPUT_NAME = "input"
+from bnfold.converter.repository import check_target
 
 
 def convert_module(
@@ -45,7 +36,7 @@ def convert_module(
     n_random: int = N_RANDOM,
     seed: int = 0,
     rtol: float = DEFAULT_RTOL,
-    max_batch_size: int = DEFAULT_MAX_BATCH,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     log: Log = print,
 ) -> ImportResult:
     """Export ``module`` (one tensor in, one tensor out, batch first), fold
@@ -67,11 +58,14 @@ def convert_module(
         max_batch_size=max_batch_size,
         labels=tuple(labels),
     )
-    check_target(opts)
+    check_target(opts.repo, opts.name, opts.version)
     example = torch.as_tensor(example_input, dtype=torch.float32)
     module = module.eval()
-    log(f"exporting {type(module).__name__} ({len(bn_modules(module))} BN layers kept)")
-    reference = export_module(module, example, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+    layers = len(bn_modules(module))
+    log(f"exporting {type(module).__name__} ({layers} BN layers kept)")
+    reference = export_module(
+        module, example, input_name=INPUT_NAME, output_name=OUTPUT_NAME, strict_bn_count=False
+    )
     row_shape = tuple(example.shape[1:])
     parts = []
     if data is not None:
@@ -90,5 +84,11 @@ def convert_module(
     expected = {OUTPUT_NAME: torch_logits(module, x)}
     source = {"module": f"{type(module).__module__}.{type(module).__qualname__}"}
     return import_model(
-        reference, opts, source=source, feeds={INPUT_NAME: x}, expected=expected, log=log
+        reference,
+        opts,
+        source=source,
+        feeds={INPUT_NAME: x},
+        expected=expected,
+        expected_bns=layers,
+        log=log,
     )

@@ -12,20 +12,16 @@ models that compute what the trained network computes.
 
 from __future__ import annotations
 
-import json
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-import bnfold
 from bnfold import folding
-from bnfold.contract import DEFAULT_RTOL, check_name, compare
+from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL, ParityReport, compare
 from bnfold.converter.bn_health import bn_health
 from bnfold.converter.data import Splits, load, prepare
 from bnfold.converter.distributed import World
@@ -38,7 +34,7 @@ from bnfold.converter.input_map import (
     prepend_normalization,
 )
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
-from bnfold.converter.repository import write_version
+from bnfold.converter.repository import Written, check_target, write
 from bnfold.converter.train import (
     BatchCallback,
     EpochCallback,
@@ -48,11 +44,16 @@ from bnfold.converter.train import (
     train,
 )
 from bnfold.converter.verify import run_onnx
+from bnfold.converter.version import (
+    CONVERT_BATCHING,
+    folding_record,
+    new_manifest,
+    serving_config,
+)
 
 # Epochs when the user gives none: enough for each network to converge on digits
 # on 2 CPU cores in about a minute or less.
 DEFAULT_EPOCHS = {"mlp": 10, "cifar-cnn": 8, "fer-cnn": 5, "resnet": 8}
-DEFAULT_MAX_BATCH = 64
 # Random inputs added to the held-out set when checking parity: they probe
 # input regions the data never reaches (and every channel of every BN).
 N_RANDOM_PARITY = 64
@@ -82,7 +83,7 @@ class ConvertOptions:
     version: int | None = None
     rtol: float = DEFAULT_RTOL
     run_dir: Path | None = None
-    max_batch_size: int = DEFAULT_MAX_BATCH
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     resize: bool = False  # resample a user's data to the network's input
     # The graphs take standardised data, as the network does, instead of raw values.
     normalized_input: bool = False
@@ -93,9 +94,17 @@ class ConvertOptions:
 
 @dataclass
 class ConvertResult:
-    version_dir: Path
-    manifest: dict[str, Any]
+    written: Written
     train: TrainResult
+
+    @property
+    def version_dir(self) -> Path:
+        return self.written.path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json as written (name, version and sha256 included)."""
+        return self.written.manifest.to_dict()
 
 
 Log = Callable[[str], None]
@@ -148,14 +157,6 @@ def check_arch(opts: ConvertOptions) -> tuple[int, ...]:
     return shape
 
 
-def check_new_version(opts: ConvertOptions, name: str) -> None:
-    """Refuse a --version that exists before any work: versions are immutable."""
-    if opts.version is not None:
-        final = Path(opts.repo) / name / str(opts.version)
-        if final.exists():
-            raise InputError(f"{final} already exists; versions are immutable")
-
-
 def check_parity(
     result: TrainResult,
     reference: onnx.ModelProto,
@@ -166,8 +167,9 @@ def check_parity(
     seed: int,
     raw_heldout: np.ndarray | None = None,
     preprocessing: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """PyTorch eval vs reference.onnx vs model.onnx, on held-out and random inputs.
+) -> tuple[ParityReport, dict[str, Any]]:
+    """PyTorch eval vs reference.onnx vs model.onnx, on held-out and random
+    inputs: the three comparisons' verdict, and what the manifest adds to it.
 
     PyTorch gets the standardised data (``x_heldout``, and random rows drawn
     in that space); with ``raw_heldout`` the graphs get the raw data instead
@@ -191,56 +193,18 @@ def check_parity(
     ref_out = run_onnx(reference, {INPUT_NAME: graph_in})[OUTPUT_NAME]
     folded_out = run_onnx(folded, {INPUT_NAME: graph_in})[OUTPUT_NAME]
     torch_out = torch_logits(result.model, x_all)
-    comparisons = {
-        "torch_vs_reference": compare(torch_out, ref_out, rtol=rtol).to_dict(),
-        "reference_vs_folded": compare(ref_out, folded_out, rtol=rtol).to_dict(),
-        "torch_vs_folded": compare(torch_out, folded_out, rtol=rtol).to_dict(),
-    }
-    passed = all(bool(c["passed"]) for c in comparisons.values())
-    worst = comparisons["torch_vs_folded"]
-    return {
-        "passed": passed,
-        "max_abs_error": worst["max_abs_error"],
-        "max_rel_error": worst["max_rel_error"],
-        "top1_agreement": worst["top1_agreement"],
-        "n_samples": len(x_all),
+    report = ParityReport.of(
+        {
+            "torch_vs_reference": compare(torch_out, ref_out, rtol=rtol),
+            "reference_vs_folded": compare(ref_out, folded_out, rtol=rtol),
+            "torch_vs_folded": compare(torch_out, folded_out, rtol=rtol),
+        }
+    )
+    return report, {
         "n_heldout": len(x_heldout),
         "n_random": N_RANDOM_PARITY,
         "inputs": "raw" if raw_heldout is not None else "normalized",
-        "rtol": rtol,
-        "comparisons": comparisons,
-    }
-
-
-def library_versions() -> dict[str, str]:
-    import onnxruntime
-    import torch
-
-    return {
-        "bnfold": bnfold.__version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def serving_config(
-    name: str,
-    arch: ArchConfig,
-    splits: Splits,
-    max_batch: int,
-    preprocessing: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "platform": "onnxruntime_onnx",
-        "max_batch_size": max_batch,
-        "input": [{"name": INPUT_NAME, "datatype": "FP32", "shape": list(arch.input_shape)}],
-        "output": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [arch.num_classes]}],
-        "dynamic_batching": {"enabled": True, "max_queue_delay_ms": 1.0, "max_queue_size": 1024},
-        "labels": splits.labels,
-        "preprocessing": preprocessing or splits.preprocessing,
+        "comparisons": {name: p.to_dict() for name, p in report.outputs.items()},
     }
 
 
@@ -267,8 +231,8 @@ def convert(
     on_batch: BatchCallback | None = None,
 ) -> ConvertResult:
     """Train, export, fold, verify and write one version into the repository."""
-    name = check_name(opts.model_name())
-    check_new_version(opts, name)
+    name = opts.model_name()
+    check_target(opts.repo, name, opts.version)
     result, splits, cfg = train_from_options(opts, log=log, on_epoch=on_epoch, on_batch=on_batch)
     log(
         f"test accuracy {result.metrics['test_accuracy']:.4f} after {cfg.epochs} epochs "
@@ -291,13 +255,12 @@ def convert(
         log(f"reference.onnx takes the raw data ({lo:g}..{hi:g}); its normalisation runs first")
     log(f"folding {bn_before} BatchNorm layers")
     folded, report = folding.fold(reference)
-    bn_after = folding.count_bn(folded)
-    log(f"{bn_before - bn_after} of {bn_before} folded away; {bn_after} left")
+    log(report.summary().describe())
     input_map = None if opts.normalized_input else fold_outcome(report.to_dict())
     log(describe_input_map(input_map))
 
     log("verifying PyTorch eval vs reference.onnx vs model.onnx")
-    parity = check_parity(
+    parity, details = check_parity(
         result,
         reference,
         folded,
@@ -307,41 +270,45 @@ def convert(
         raw_heldout=None if opts.normalized_input else splits.raw_test,
         preprocessing=preprocessing,
     )
-    if not parity["passed"]:
+    if not parity.passed:
         raise ParityError(
-            f"parity failed (max rel error {parity['max_rel_error']:.3g} > {opts.rtol:g} or "
-            f"top-1 agreement {parity['top1_agreement']}); nothing was written",
-            parity,
+            f"parity failed (max rel error {parity.max_rel_error:.3g} > {opts.rtol:g} or "
+            f"top-1 agreement {parity.top1_agreement}); nothing was written",
+            parity.summary() | details,
         )
 
-    manifest: dict[str, Any] = {
-        "format": 1,
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "arch": {**result.arch.to_dict(), "bn_count": len(bn_modules(result.model))},
-        "data": {**splits.info, "spec": opts.data},
-        "training": {**cfg.to_dict(), "seconds": result.seconds},
-        "metrics": result.metrics,
-        "labels": splits.labels,
-        "preprocessing": preprocessing,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32",
-                    "shape": [-1, *result.arch.input_shape]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32",
-                     "shape": [-1, result.arch.num_classes]}],
-        "folding": {"folded": True, "bn_before": bn_before, "bn_after": bn_after,
-                    "report": report.to_dict(), "bn_health": health,
-                    **({"input_normalization": input_map} if input_map else {})},
-        "parity": parity,
-        "versions": library_versions(),
-    }  # fmt: skip
-    version_dir = write_version(
+    manifest = new_manifest(
+        name,
+        folded,
+        arch={**result.arch.to_dict(), "bn_count": len(bn_modules(result.model))},
+        data={**splits.info, "spec": opts.data},
+        training={**cfg.to_dict(), "seconds": result.seconds},
+        metrics=result.metrics,
+        labels=splits.labels,
+        preprocessing=preprocessing,
+        fold=folding_record(
+            report, bn_before=bn_before, bn_health=health, input_normalization=input_map
+        ),
+        parity=parity,
+        parity_extra=details,
+        with_torch=True,
+    )
+    config = serving_config(
+        name,
+        folded,
+        max_batch_size=opts.max_batch_size,
+        labels=splits.labels,
+        preprocessing=preprocessing,
+        dynamic_batching=CONVERT_BATCHING,
+    )
+    written = write(
         opts.repo,
         name,
         model_onnx=folded.SerializeToString(),
         reference_onnx=reference.SerializeToString(),
         manifest=manifest,
-        config=serving_config(name, result.arch, splits, opts.max_batch_size, preprocessing),
+        config=config,
         version=opts.version,
     )
-    log(f"wrote {version_dir}")
-    written = json.loads((version_dir / "manifest.json").read_text())  # with name, version, sha256
-    return ConvertResult(version_dir, written, result)
+    log(f"wrote {written.path}")
+    return ConvertResult(written, result)

@@ -5,7 +5,8 @@ Both graphs run on ONNX Runtime's CPU provider with graph optimizations OFF
 ORT's own fusions make of them. Inputs: the held-out data given, plus
 ``n_random`` standard-normal samples drawn from the model's input signature.
 
-Every output is compared with :func:`bnfold.contract.compare`:
+Every output is compared with :func:`bnfold.contract.compare`, and the
+verdict over all of them is the contract's :class:`~bnfold.contract.ParityReport`:
 
 - ``max_rel_error`` = max |folded - reference| / max |reference| must be
   <= ``rtol``: 1e-5 by default for float32 (about 80 ulps of the output's
@@ -37,7 +38,13 @@ from onnx.external_data_helper import (
 )
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
+from bnfold.contract import (
+    DEFAULT_MIN_TOP1,
+    DEFAULT_RTOL,
+    ParityReport,
+    compare,
+    compare_outputs,
+)
 from bnfold.converter.errors import InputError
 
 ModelLike = onnx.ModelProto | str | Path
@@ -163,8 +170,12 @@ def random_inputs(model: ModelLike, n: int, seed: int = 0) -> dict[str, np.ndarr
 
 
 def _compare_outputs(
-    ref: dict[str, np.ndarray], out: dict[str, np.ndarray], rtol: float, min_top1: float
-) -> dict[str, dict[str, Any]]:
+    ref: dict[str, np.ndarray],
+    out: dict[str, np.ndarray],
+    rtol: float,
+    min_top1: float,
+    rows: int,
+) -> ParityReport:
     missing = set(ref) - set(out)
     if missing:
         raise ModelRunError(f"the folded model lacks the reference's outputs {sorted(missing)}")
@@ -174,9 +185,7 @@ def _compare_outputs(
                 f"output '{name}': the reference gives shape {ref[name].shape}, "
                 f"the folded model {out[name].shape}"
             )
-    return {
-        name: compare(ref[name], out[name], rtol=rtol, min_top1=min_top1).to_dict() for name in ref
-    }
+    return compare_outputs(ref, out, rtol=rtol, min_top1=min_top1, n_samples=rows)
 
 
 def verify_onnx(
@@ -208,22 +217,16 @@ def verify_onnx(
     ref_sess, folded_sess = _session(ref_model, "reference"), _session(folded_model, "folded")
     ref_names = [o.name for o in ref_sess.get_outputs()]
     folded_names = [o.name for o in folded_sess.get_outputs()]
-    results: dict[str, Any] = {}
+    results: dict[str, ParityReport] = {}
     for set_name, feeds in sets.items():
         ref = dict(zip(ref_names, _run(ref_sess, ref_names, feeds, "reference"), strict=True))
         out = dict(zip(folded_names, _run(folded_sess, folded_names, feeds, "folded"), strict=True))
-        results[set_name] = _compare_outputs(ref, out, rtol, min_top1)
-    every = [c for per_set in results.values() for c in per_set.values()]
-    top1 = [c["top1_agreement"] for c in every if c["top1_agreement"] is not None]
-    report: dict[str, Any] = {
-        "passed": all(c["passed"] for c in every),
-        "max_abs_error": max(c["max_abs_error"] for c in every),
-        "max_rel_error": max(c["max_rel_error"] for c in every),
-        "top1_agreement": min(top1) if top1 else None,
-        "n_samples": sum(_n_rows(feeds) for feeds in sets.values()),
-        "rtol": rtol,
-        "min_top1": min_top1,
-        "sets": results,
+        results[set_name] = _compare_outputs(ref, out, rtol, min_top1, _n_rows(feeds))
+    report: dict[str, Any] = ParityReport.merge(results).summary() | {
+        "sets": {
+            set_name: {name: p.to_dict() for name, p in result.outputs.items()}
+            for set_name, result in results.items()
+        }
     }
     if per_node:
         feeds = next(iter(sets.values()))

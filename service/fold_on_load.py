@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from bnfold.contract import DEFAULT_RTOL, compare
+from bnfold.contract import DEFAULT_RTOL, compare_outputs
 
 from .errors import ServiceError, first_line
 from .runtime import Runtime, RuntimeOptions
@@ -130,19 +130,11 @@ def fold_on_load(
             f"(pin the variable dimensions in the configuration's dims, or {OFFLINE})"
         )
         return None, _log(label, _timed(outcome, start))
-    expected, actual = original.run(feeds), candidate.run(feeds)
-    worst = None
-    passed = True
-    for name, want in expected.items():
-        p = compare(want, actual[name], rtol=rtol)
-        passed = passed and p.passed
-        if worst is None or p.max_rel_error > worst.max_rel_error:
-            worst = p
-    assert worst is not None  # a graph has at least one output
-    outcome.parity = worst.to_dict() | {"passed": passed, "device": original.provider}
-    if not passed:
+    parity = compare_outputs(original.run(feeds), candidate.run(feeds), rtol=rtol)
+    outcome.parity = parity.summary() | {"device": original.provider}
+    if not parity.passed:
         outcome.reason = (
-            f"parity failed (max rel error {worst.max_rel_error:.3g} > {rtol:g}); "
+            f"parity failed (max rel error {parity.max_rel_error:.3g} > {rtol:g}); "
             "served the original (BNFOLD_FOLD_RTOL sets the tolerance; `bnfold import` "
             "shows the fold report per BN)"
         )

@@ -1,6 +1,9 @@
 """Parity between reference.onnx (every BN kept) and model.onnx (folded),
-recomputed on the device that serves, through ``bnfold.contract.compare``
-so the numbers speak the same terms as the converter's stored report.
+recomputed on the device that serves, through the contract's
+``compare_outputs`` (a :class:`~bnfold.contract.ParityReport`) so the
+numbers speak the same terms as the converter's stored report; the fold's
+numbers are the fold report's one summary (``FoldSummary``), for stored
+manifests written before it existed too.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.contract import DEFAULT_RTOL, compare
+from bnfold.contract import DEFAULT_RTOL, compare_outputs
+from bnfold.folding.report import FoldSummary
 
 from .batching import Feeds
 from .model import ServedModel
@@ -28,16 +32,22 @@ def drop_none(value: Any) -> Any:
 def stored_report(served: ServedModel) -> dict[str, Any]:
     """What the converter measured when it wrote the version."""
     manifest = served.manifest
+    folding = dict((manifest.folding if manifest else None) or _folded_on_load(served))
+    if isinstance(folding.get("report"), dict) and "summary" not in folding:
+        folding["summary"] = FoldSummary.of(folding["report"]).to_dict()
     report: dict[str, Any] = {
         "model_name": served.name,
         "model_version": served.version_str,
         "parity": (manifest.parity if manifest else None) or {},
-        "folding": (manifest.folding if manifest else None) or _folded_on_load(served),
+        "folding": folding,
         "versions": manifest.versions if manifest else {},
         "reference": served.reference_kind,
     }
     if served.folding is not None:  # fold on load measured it here, on this device
-        report["fold_on_load"] = served.folding.to_dict()
+        on_load = served.folding.to_dict()
+        if on_load.get("report"):
+            on_load["summary"] = FoldSummary.of(on_load["report"]).to_dict()
+        report["fold_on_load"] = on_load
     return drop_none(report)
 
 
@@ -72,22 +82,20 @@ async def measure(served: ServedModel, feeds: Feeds, rtol: float | None) -> dict
     reference = await served.reference()
     expected = await _run_chunked(served, reference, feeds)
     actual = await _run_chunked(served, served.runtime, feeds)
-    results = {
-        name: compare(expected[name], actual[name], rtol=rtol or DEFAULT_RTOL).to_dict()
-        for name in served.signature.output_names()
-    }
-    top1 = [r["top1_agreement"] for r in results.values() if r["top1_agreement"] is not None]
+    names = served.signature.output_names()
+    parity = compare_outputs(
+        {name: expected[name] for name in names},
+        actual,
+        rtol=rtol or DEFAULT_RTOL,
+        n_samples=len(next(iter(feeds.values()))) if served.signature.batched else 1,
+    )
     return drop_none(
         {
             "model_name": served.name,
             "model_version": served.version_str,
             "provider": served.provider,
             "reference_provider": reference.provider,
-            "n_samples": len(next(iter(feeds.values()))) if served.signature.batched else 1,
-            "passed": all(r["passed"] for r in results.values()),
-            "max_abs_error": max(r["max_abs_error"] for r in results.values()),
-            "max_rel_error": max(r["max_rel_error"] for r in results.values()),
-            "top1_agreement": min(top1) if top1 else None,
-            "outputs": results,
+            **parity.summary(),
+            "outputs": {name: p.to_dict() for name, p in parity.outputs.items()},
         }
     )

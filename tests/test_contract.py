@@ -18,7 +18,9 @@ from bnfold.contract import (
     ContractError,
     Manifest,
     ModelConfig,
+    ParityReport,
     check_name,
+    compare_outputs,
     parse_version,
     scan_versions,
     version_problem,
@@ -287,3 +289,41 @@ def test_fold_imports_neither_torch_nor_the_server(tmp_path: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# --- one parity verdict ------------------------------------------------------------
+
+
+def test_parity_report_is_the_worst_of_its_comparisons() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((8, 5))
+    scores = rng.standard_normal((8, 1))
+    expected = {"logits": logits, "scores": scores}
+    close = {"logits": logits + 1e-7, "scores": scores * (1 + 1e-3)}  # scores: 1e-3 off
+    report = compare_outputs(expected, close, rtol=1e-5)
+    assert report.n_samples == 8 and report.rtol == 1e-5
+    assert not report.passed  # one output failed, the verdict fails
+    assert report.worst()[0] == "scores"
+    assert report.max_rel_error == report.outputs["scores"].max_rel_error > 1e-4
+    assert report.max_abs_error == max(p.max_abs_error for p in report.outputs.values())
+    assert report.top1_agreement == 1.0  # only logits have a top-1
+    assert set(report.summary()) == {
+        "passed", "max_abs_error", "max_rel_error", "top1_agreement", "n_samples", "rtol",
+        "min_top1",
+    }  # fmt: skip
+    assert report.to_dict()["outputs"]["logits"]["passed"] is True
+    exact = compare_outputs(expected, expected)
+    assert exact.passed and exact.max_rel_error == 0.0
+
+
+def test_parity_reports_merge_over_input_sets() -> None:
+    x = np.ones((4, 3))
+    heldout = compare_outputs({"y": x}, {"y": x})
+    random = compare_outputs({"y": x}, {"y": x * 1.5}, n_samples=16)
+    merged = ParityReport.merge({"heldout": heldout, "random": random})
+    assert merged.n_samples == 20 and set(merged.outputs) == {"heldout/y", "random/y"}
+    assert not merged.passed and merged.worst()[0] == "random/y"
+    with pytest.raises(ValueError, match=r"outputs \['z'\] are missing"):
+        compare_outputs({"z": x}, {"y": x})
+    with pytest.raises(ValueError, match="at least one comparison"):
+        ParityReport.of({})

@@ -202,7 +202,7 @@ def test_output_in_a_pipe_is_not_wrapped_at_80_columns(tmp_path: Path) -> None:
         "fold", str(deep / "reference.onnx"), str(deep / "model.onnx"), cwd=tmp_path, env=env
     )
     assert r.returncode == 0, r.stderr
-    line = f"wrote {deep / 'model.onnx'} (1 folded, 0 partial, 0 kept; 0 op(s) left)"
+    line = f"wrote {deep / 'model.onnx'} (1 BN: 1 folded, 0 partial, 0 kept; 0 ops left by BNs)"
     assert len(line) > 120
     assert line in r.stderr.splitlines()
 

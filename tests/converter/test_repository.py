@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def versions(model_dir: Path) -> list[int]:
     return scan_versions(model_dir).valid
 
 
-def write(repo: Path, manifest: dict | None = None, **kw):  # type: ignore[no-untyped-def]
+def write(repo: Path, manifest: dict | None = None, **kw: Any) -> Path:
     return write_version(
         repo,
         "m",
@@ -96,7 +97,7 @@ def test_failure_mid_write_leaves_no_version(tmp_path: Path, monkeypatch) -> Non
         real(path, data)
 
     monkeypatch.setattr(repository, "_write_bytes", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RepositoryError, match=r"disk full \(the repository is as it was\)"):
         write(tmp_path)
     assert calls == ["model.onnx", "reference.onnx", "manifest.json"]
     assert list((tmp_path / "m").iterdir()) == []  # no version, no staging left behind

@@ -14,6 +14,7 @@ from bnfold.contract import compare
 from bnfold.folding import count_bn, fold
 from bnfold.folding.graph import Graph
 from bnfold.folding.passes import PassManager
+from bnfold.folding.report import FoldSummary
 
 CONV_BN = """
 g (float[N, 3, 6, 6] x) => (float[N, 4, 4, 4] z) {
@@ -250,3 +251,26 @@ def test_refused_bn_is_listed_as_its_own_residual(build):
         "BatchNormalization 'BatchNormalization_0'"
     ]
     assert report.residual_ops == 1 and report.bn_after == 1
+
+
+def test_one_summary_of_the_report_leaves_an_input_normalisation_out():
+    stored = {
+        "residual_ops": 3,
+        "bns": [
+            {"name": "input_normalization", "status": "partial", "residual": ["Mul 'a'"]},
+            {"name": "bn1", "status": "folded", "residual": []},
+            {"name": "bn2", "status": "partial", "residual": ["Mul 'b'"]},
+            {"name": "bn3", "status": "kept", "residual": ["BatchNormalization 'bn3'"]},
+        ],
+    }
+    summary = FoldSummary.of(stored)
+    assert summary == FoldSummary(bns=3, folded=1, partial=1, kept=1, ops_left=2)
+    assert summary.describe() == "3 BNs: 1 folded, 1 partial, 1 kept; 2 ops left by BNs"
+    assert FoldSummary.of({}).describe() == "no BN found; nothing to fold"
+
+
+def test_the_summary_counts_what_the_fold_left(build):
+    model = build(CONV_BN, w=[4, 3, 3, 3], b=[4], **STATS)
+    _, report = fold(model)
+    assert report.summary() == FoldSummary(bns=1, folded=1, partial=0, kept=0, ops_left=0)
+    assert report.summary() == FoldSummary.of(json.loads(report.to_json()))
