@@ -84,7 +84,12 @@ def test_parity_on_given_inputs_matches_a_direct_comparison(http: httpx.Client, 
         ),
         ("/v2/models/nobatch/parity", {"n": 4}, 400, "no batch dimension"),
         ("/v2/models/nope/parity", {}, 404, "unknown model"),
-        ("/v2/models/bad-sha/parity", {}, 503, "sha256"),
+        (
+            "/v2/models/bad-sha/parity",
+            {},
+            503,
+            "failed to load (the repository index gives the reason)",
+        ),
     ],
 )
 def test_parity_errors(
@@ -93,6 +98,15 @@ def test_parity_errors(
     r = http.post(path, json=body)
     assert r.status_code == status
     assert message in r.json()["error"]
+    assert "sha256" not in r.json()["error"]  # hashes only behind the token
+
+
+def test_parity_refusal_reason_is_behind_the_token(
+    http: httpx.Client, auth: dict[str, str]
+) -> None:
+    index = http.post("/v2/repository/index", headers=auth).json()
+    (entry,) = [e for e in index if e["name"] == "bad-sha"]
+    assert entry["state"] == "UNAVAILABLE" and "sha256" in entry["reason"]
 
 
 def test_parity_without_batch_axis(http: httpx.Client) -> None:
