@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -51,6 +51,9 @@ from bnfold.converter.input_map import (
 )
 from bnfold.converter.repository import RepositoryError, write_version
 from bnfold.converter.verify import load_model, random_inputs, read_data, run_onnx, session
+
+if TYPE_CHECKING:
+    from bnfold.converter.quantize import QuantizeOptions
 
 DEFAULT_MAX_BATCH = 64
 N_RANDOM = 64
@@ -90,6 +93,8 @@ class ImportOptions:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     input_range: tuple[float, float] = (0.0, 255.0)
     layout: str | None = None  # NCHW, NHWC or NC; None: from the input's shape
+    # int8 or fp16: the version is the folded graph quantized, behind its gate (issue 22).
+    quantize: QuantizeOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +397,10 @@ def import_model(
             "python": platform.python_version(),
         },
     }
+    if opts.quantize is not None:  # issue 22: the version is the quantized graph
+        from bnfold.converter.quantize import apply_to_import
+
+        folded, manifest = apply_to_import(opts, folded, manifest, feeds, log=log)
     version_dir = write_version(
         opts.repo,
         opts.name,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -48,6 +48,9 @@ from bnfold.converter.train import (
     train,
 )
 from bnfold.converter.verify import run_onnx
+
+if TYPE_CHECKING:
+    from bnfold.converter.quantize import QuantizeOptions
 
 # Epochs when the user gives none: enough for each network to converge on digits
 # on 2 CPU cores in about a minute or less.
@@ -86,6 +89,8 @@ class ConvertOptions:
     resize: bool = False  # resample a user's data to the network's input
     # The graphs take standardised data, as the network does, instead of raw values.
     normalized_input: bool = False
+    # int8 or fp16: the version is the folded graph quantized, behind its gate (issue 22).
+    quantize: QuantizeOptions | None = None
 
     def model_name(self) -> str:
         return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
@@ -333,6 +338,10 @@ def convert(
         "parity": parity,
         "versions": library_versions(),
     }  # fmt: skip
+    if opts.quantize is not None:  # issue 22: the version is the quantized graph
+        from bnfold.converter.quantize import apply_to_convert
+
+        folded, manifest = apply_to_convert(opts, folded, manifest, splits, result, log=log)
     version_dir = write_version(
         opts.repo,
         name,
