@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.contract import DEFAULT_RTOL, compare
+from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare
 
 from .batching import Feeds
 from .model import ServedModel
@@ -35,6 +35,9 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
         "folding": (manifest.folding if manifest else None) or {},
         "versions": manifest.versions if manifest else {},
         "reference": served.reference_kind,
+        # a quantized version (docs/quantization.md): its gate is its parity above
+        "precision": manifest.precision if manifest else None,
+        "quantization": manifest.quantization if manifest else None,
     }
     if served.folding is not None:  # fold on load measured it here, on this device
         report["fold_on_load"] = served.folding.to_dict()
@@ -58,8 +61,12 @@ async def measure(served: ServedModel, feeds: Feeds, rtol: float | None) -> dict
     reference = await served.reference()
     expected = await _run_chunked(served, reference, feeds)
     actual = await _run_chunked(served, served.runtime, feeds)
+    # a quantized version is held to its gate's thresholds, stored as its parity's
+    stored = (served.manifest.parity or {}) if served.manifest and served.manifest.precision else {}
+    rtol = rtol or stored.get("rtol") or DEFAULT_RTOL
+    min_top1 = stored.get("min_top1", DEFAULT_MIN_TOP1)
     results = {
-        name: compare(expected[name], actual[name], rtol=rtol or DEFAULT_RTOL).to_dict()
+        name: compare(expected[name], actual[name], rtol=rtol, min_top1=min_top1).to_dict()
         for name in served.signature.output_names()
     }
     top1 = [r["top1_agreement"] for r in results.values() if r["top1_agreement"] is not None]
