@@ -67,13 +67,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "bnfold.converter.cli_import:import_model",
         "Fold any ONNX model's BatchNorms, prove the result, and write it as a repository version.",
     ),
+    "quantize": (
+        "bnfold.converter.quantize:quantize_command",
+        "Write an int8 or fp16 version of a folded model, gated against its float32 graph.",
+    ),
     "serve": (
         "bnfold.service.cli:serve",
         "Serve a model repository over the Open Inference Protocol (KServe V2).",
     ),
 }
 COMMAND_ORDER = (
-    "train", "export", "fold", "verify", "convert", "import", "serve", "demo", "sample-image",
+    "train", "export", "fold", "verify", "convert", "import", "quantize", "serve", "demo",
+    "sample-image",
 )  # fmt: skip
 
 
@@ -283,6 +288,24 @@ InputShape = Annotated[
         "resized to it. mlp takes 64, cifar-cnn and resnet 3,32,32, fer-cnn 1,48,48 unless given.",
         show_default="the architecture's",
     ),
+]
+
+
+# bnfold convert/import --precision (docs/quantization.md): fp32 is the folded
+# graph itself; int8 and fp16 are written by bnfold.converter.quantize.
+PrecisionName = Literal["fp32", "int8", "fp16"]
+Precision = Annotated[
+    PrecisionName,
+    typer.Option(
+        metavar="fp32|int8|fp16",
+        help="Precision of the version written: int8 (static QDQ quantization calibrated on "
+        "the training split) or fp16 (float32 inputs and outputs), each gated against the "
+        "float32 folded graph on the test split (docs/quantization.md).",
+    ),
+]
+Calibration = Annotated[
+    Literal["minmax", "percentile", "entropy"],
+    typer.Option(metavar="minmax|percentile|entropy", help="int8 calibration method."),
 ]
 
 
@@ -574,12 +597,15 @@ def convert(
             "pixels 0..255), whose normalisation is then folded into the first layer.",
         ),
     ] = False,
+    precision: Precision = "fp32",
+    calibration: Calibration = "minmax",
 ) -> None:
     """Train, export, fold, verify and write a model version: the one-shot offline pipeline."""
     shape = _shape(input_shape)
     require_torch("convert")
     from bnfold.converter.pipeline import DEFAULT_EPOCHS, ParityError
     from bnfold.converter.pipeline import convert as run_convert
+    from bnfold.converter.quantize import QuantizeOptions
     from bnfold.folding.report import FoldSummary
 
     opts = _options(
@@ -598,6 +624,7 @@ def convert(
         rtol=rtol,
         run_dir=run_dir,
         normalized_input=normalized_input,
+        quantize=None if precision == "fp32" else QuantizeOptions(precision, calibration),
     )
     try:
         with _TrainingBar(arch, epochs or DEFAULT_EPOCHS[arch]) as bar:
@@ -606,6 +633,10 @@ def convert(
         console.print_json(json.dumps(e.report["comparisons"]))
         raise
     m = result.manifest
+    if m.get("quantization"):
+        from bnfold.converter.quantize import summary
+
+        console.print(f"{m['precision']}: {escape(summary(m['quantization']))}")
     console.print(
         f"[bold green]{escape(m['name'])} v{m['version']}[/]: test accuracy "
         f"{m['metrics']['test_accuracy']:.4f}, {FoldSummary(**m['folding']['summary']).describe()}"

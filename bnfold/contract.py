@@ -598,6 +598,10 @@ class Manifest:
     parity: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] | None = None  # where an imported model came from
+    # A quantized version (docs/quantization.md): its precision (None: float32)
+    # and its record: calibration, thresholds, the gate's numbers, the source.
+    precision: Literal["fp32", "int8", "fp16"] | None = None
+    quantization: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_format(self.format)

@@ -6,7 +6,7 @@ No torch: an ONNX file becomes a version wherever ``bnfold serve`` runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
@@ -84,8 +84,23 @@ def import_model(
             show_default="from the input's shape",
         ),
     ] = None,
+    precision: Annotated[
+        Literal["fp32", "int8", "fp16"],
+        typer.Option(
+            metavar="fp32|int8|fp16",
+            help="Precision of the version written: int8 (calibrated on half of --data, gated "
+            "on the other half) or fp16 (gated on --data, or the generated rows), each against "
+            "the float32 folded graph (docs/quantization.md).",
+        ),
+    ] = "fp32",
+    calibration: Annotated[
+        Literal["minmax", "percentile", "entropy"],
+        typer.Option(metavar="minmax|percentile|entropy", help="int8 calibration method."),
+    ] = "minmax",
 ) -> None:
     """Fold any ONNX model's BatchNorms, prove the result, and write it as a repository version."""
+    from bnfold.converter.quantize import QuantizeOptions
+
     parsed = parse_normalize(normalize) if normalize is not None else None
     opts = ImportOptions(
         model=model,
@@ -101,6 +116,9 @@ def import_model(
         normalize=(tuple(parsed[0]), tuple(parsed[1])) if parsed else None,
         input_range=parse_range(input_range),
         layout=layout.upper() if layout else None,
+        quantize=None
+        if precision == "fp32"
+        else QuantizeOptions(precision, calibration, seed=seed),
     )
     result = import_onnx(opts, log=lambda line: console.print(escape(line)))
     p = result.parity

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -52,6 +52,9 @@ from bnfold.converter.version import (
     serving_config,
 )
 from bnfold.folding.report import FoldSummary
+
+if TYPE_CHECKING:
+    from bnfold.converter.quantize import QuantizeOptions
 
 N_RANDOM = 64
 
@@ -90,6 +93,8 @@ class ImportOptions:
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     input_range: tuple[float, float] = (0.0, 255.0)
     layout: str | None = None  # NCHW, NHWC or NC; None: from the input's shape
+    # int8 or fp16: the version is the folded graph quantized, behind its gate (issue 22).
+    quantize: QuantizeOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +371,10 @@ def import_model(
             "data": str(opts.data) if opts.data else "generated",
         },
     )
+    if opts.quantize is not None:  # issue 22: the version is the quantized graph
+        from bnfold.converter.quantize import apply_to_import
+
+        folded, manifest = apply_to_import(opts, folded, manifest, feeds, log=log)
     written = write(
         opts.repo,
         opts.name,

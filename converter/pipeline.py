@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -50,6 +50,9 @@ from bnfold.converter.version import (
     new_manifest,
     serving_config,
 )
+
+if TYPE_CHECKING:
+    from bnfold.converter.quantize import QuantizeOptions
 
 # Epochs when the user gives none: enough for each network to converge on digits
 # on 2 CPU cores in about a minute or less.
@@ -87,6 +90,8 @@ class ConvertOptions:
     resize: bool = False  # resample a user's data to the network's input
     # The graphs take standardised data, as the network does, instead of raw values.
     normalized_input: bool = False
+    # int8 or fp16: the version is the folded graph quantized, behind its gate (issue 22).
+    quantize: QuantizeOptions | None = None
 
     def model_name(self) -> str:
         return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
@@ -301,6 +306,10 @@ def convert(
         preprocessing=preprocessing,
         dynamic_batching=CONVERT_BATCHING,
     )
+    if opts.quantize is not None:  # issue 22: the version is the quantized graph
+        from bnfold.converter.quantize import apply_to_convert
+
+        folded, manifest = apply_to_convert(opts, folded, manifest, splits, result, log=log)
     written = write(
         opts.repo,
         name,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.contract import DEFAULT_RTOL, compare_outputs
+from bnfold.contract import DEFAULT_MIN_TOP1, DEFAULT_RTOL, compare_outputs
 from bnfold.folding.report import FoldSummary
 
 from .batching import Feeds
@@ -42,6 +42,9 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
         "folding": folding,
         "versions": manifest.versions if manifest else {},
         "reference": served.reference_kind,
+        # a quantized version (docs/quantization.md): its gate is its parity above
+        "precision": manifest.precision if manifest else None,
+        "quantization": manifest.quantization if manifest else None,
     }
     if served.folding is not None:  # fold on load measured it here, on this device
         on_load = served.folding.to_dict()
@@ -82,11 +85,14 @@ async def measure(served: ServedModel, feeds: Feeds, rtol: float | None) -> dict
     reference = await served.reference()
     expected = await _run_chunked(served, reference, feeds)
     actual = await _run_chunked(served, served.runtime, feeds)
+    # a quantized version is held to its gate's thresholds, stored as its parity's
+    stored = (served.manifest.parity or {}) if served.manifest and served.manifest.precision else {}
     names = served.signature.output_names()
     parity = compare_outputs(
         {name: expected[name] for name in names},
         actual,
-        rtol=rtol or DEFAULT_RTOL,
+        rtol=rtol or stored.get("rtol") or DEFAULT_RTOL,
+        min_top1=stored.get("min_top1", DEFAULT_MIN_TOP1),
         n_samples=len(next(iter(feeds.values()))) if served.signature.batched else 1,
     )
     return drop_none(
