@@ -154,6 +154,28 @@ def copy_sources(stage: Stage, df: Dockerfile) -> list[tuple[list[str], str]]:
     return out
 
 
+def context_copies(stage: Stage, df: Dockerfile) -> list[tuple[list[str], str]]:
+    """(sources, destination) of the build context that reach ``stage``: its
+    own COPYs from the context and, through ``COPY --from=<stage> <dir> <dest>``,
+    those of another stage of this file that landed in ``<dir>`` (moved to
+    ``<dest>``). Destinations are as written (relative ones to WORKDIR)."""
+    stages = {s.name for s in df.stages}
+    out = list(copy_sources(stage, df))
+    for value in stage.values("COPY"):
+        words = shlex.split(df.substitute(value, stage))
+        origin = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+        if origin not in stages:
+            continue
+        folder, dest = [w for w in words if not w.startswith("--")]
+        prefix = folder.rstrip("/") + "/"
+        for sources, inner in context_copies(df.stage(origin), df):
+            if inner.rstrip("/") + "/" == prefix:
+                out.append((sources, dest))
+            elif inner.startswith(prefix):
+                out.append((sources, dest.rstrip("/") + "/" + inner[len(prefix) :]))
+    return out
+
+
 def dockerignore_includes(path: str) -> bool:
     """Whether a context path survives .dockerignore (last matching rule wins;
     a rule matching a parent folder applies to what is inside)."""

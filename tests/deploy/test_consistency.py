@@ -26,6 +26,7 @@ import yaml
 from deploy_manifests import (
     COMPOSE,
     COMPOSE_CPU,
+    DOCKERIGNORE,
     K8S,
     KSERVE,
     PROMETHEUS,
@@ -34,6 +35,7 @@ from deploy_manifests import (
     bnfold_params,
     compose,
     compose_cpu,
+    context_copies,
     convert_invocation,
     copy_sources,
     dockerfile,
@@ -220,6 +222,26 @@ def test_every_variable_a_stage_uses_is_declared_in_it() -> None:
         for keyword, value in stage.instructions:
             left = set(re.findall(r"\$\{?(\w+)", df.substitute(value, stage))) - {"PATH"}
             assert not left, f"stage {stage.name}: {keyword} uses undeclared {sorted(left)}"
+
+
+def test_the_package_folders_are_named_once() -> None:
+    """One ``source`` stage copies the package's folders (real folders, no
+    links); both build stages take them from it, and .dockerignore lets each
+    in by one rule."""
+    df = dockerfile()
+    folders = ["bnfold/", "folding/", "converter/", "service/"]
+    named = [s for stage in df.stages for srcs, _ in copy_sources(stage, df) for s in srcs]
+    assert all(named.count(f) == 1 for f in folders), named
+    wanted = sorted(copy_sources(df.stage("source"), df))
+    assert {s for srcs, _ in wanted for s in srcs} >= {"pyproject.toml", *folders}
+    for name in ("service-build", "converter"):
+        stage = df.stage(name)
+        assert "/src" in stage.values("WORKDIR")
+        assert "--from=source /src/ ./" in stage.values("COPY")
+        assert sorted(srcs for srcs, _ in context_copies(stage, df)) == [s for s, _ in wanted]
+    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    assert all(rules.count("!" + f.rstrip("/")) == 1 for f in folders)
+    assert not any((ROOT / f).is_symlink() for f in folders)
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
