@@ -25,6 +25,17 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # the converter is readable by the service).
 ARG APP_UID=10001
 
+# ------------------------------------------------------------------- sources
+# What both images install, named once: the package's own folder and the three
+# folders pyproject.toml maps into it (bnfold.folding, bnfold.converter,
+# bnfold.service; no links).
+FROM scratch AS source
+COPY pyproject.toml README.md constraints.txt /src/
+COPY bnfold/ /src/bnfold/
+COPY folding/ /src/folding/
+COPY converter/ /src/converter/
+COPY service/ /src/service/
+
 # ---------------------------------------------------------------- service base
 FROM ${CUDA_IMAGE} AS service-base
 ARG APP_UID
@@ -44,11 +55,7 @@ RUN apt-get update \
 FROM service-base AS service-build
 RUN python3 -m venv /opt/bnfold
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
-COPY bnfold/ bnfold/
-COPY folding/ folding/
-COPY converter/ converter/
-COPY service/ service/
+COPY --from=source /src/ ./
 # Core dependencies only (no `train` extra): no torch in the serving image.
 RUN /opt/bnfold/bin/pip install -c constraints.txt . \
     && /opt/bnfold/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
@@ -67,11 +74,7 @@ RUN groupadd --system --gid ${APP_UID} bnfold \
        --shell /usr/sbin/nologin bnfold \
     && python -m venv /opt/bnfold
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
-COPY bnfold/ bnfold/
-COPY folding/ folding/
-COPY converter/ converter/
-COPY service/ service/
+COPY --from=source /src/ ./
 # constraints.txt pins torch; the extra index serves its CPU build (x.y.z+cpu),
 # which pip prefers to PyPI's CUDA build of the same version.
 RUN /opt/bnfold/bin/pip install -c constraints.txt --extra-index-url ${TORCH_INDEX_URL} '.[train]' \

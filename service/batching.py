@@ -28,6 +28,12 @@ every output back by each request's row count.
 - ``submit(timeout=...)`` raises :class:`DeadlineExceeded` when no result
   arrives in time; a request that times out while queued is never run.
 - When ``run`` raises, every request of that batch gets the exception.
+- Load: ``queued`` counts requests waiting in the queue (from ``submit`` until
+  their batch leaves, or until they give up), ``in_flight`` requests inside
+  ``submit`` (queued, computing, or running inline, until it returns or
+  raises). An observer that is also a :class:`LoadObserver` hears every
+  change of both, as increments (so several batchers of one model version,
+  the one serving and one draining, add up): what an autoscaler scales on.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -70,6 +76,14 @@ class BatchObserver(Protocol):
     ) -> None: ...
 
     def batch_failed(self, requests: int, error: BaseException) -> None: ...
+
+
+@runtime_checkable
+class LoadObserver(Protocol):
+    def load_changed(self, queued: int, in_flight: int) -> None:
+        """Requests that joined (positive) or left (negative) the queue and
+        the batcher since the last call."""
+        ...
 
 
 _arrival: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
@@ -127,7 +141,7 @@ class Arrivals:
 
 
 class _Item:
-    __slots__ = ("enqueued", "feeds", "future", "key", "rows")
+    __slots__ = ("enqueued", "feeds", "future", "key", "queued", "rows")
 
     def __init__(self, feeds: Feeds, rows: int, key: Any, future: asyncio.Future[Feeds]) -> None:
         self.feeds = feeds
@@ -135,6 +149,7 @@ class _Item:
         self.key = key
         self.future = future
         self.enqueued = time.perf_counter()
+        self.queued = True  # counted in Batcher.queued until taken or given up
 
 
 class Batcher:
@@ -165,6 +180,9 @@ class Batcher:
         self._max_queue = max_queue_size
         self._merge = merge and max_rows > 1
         self._observer = observer
+        self._load = observer if isinstance(observer, LoadObserver) else None
+        self._queued = 0  # requests waiting (the queue less those that gave up)
+        self._requests = 0  # requests inside submit
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -182,6 +200,30 @@ class Batcher:
         """Requests queued and not yet dispatched."""
         return len(self._queue)
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (those that gave up not counted)."""
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet answered."""
+        return self._requests
+
+    def _count(self, queued: int, in_flight: int) -> None:
+        self._queued += queued
+        self._requests += in_flight
+        if self._load is not None and (queued or in_flight):
+            self._load.load_changed(queued, in_flight)
+
+    @staticmethod
+    def _unqueue(item: _Item) -> int:
+        """1 the first time ``item`` stops waiting (taken, or given up), else 0."""
+        if item.queued:
+            item.queued = False
+            return 1
+        return 0
+
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
@@ -191,13 +233,18 @@ class Batcher:
         if self._closed:
             raise BatcherClosed("the model is being unloaded")
         if self._can_run_inline():
-            return self._run_inline(feeds, rows)
+            self._count(0, 1)
+            try:
+                return self._run_inline(feeds, rows)
+            finally:
+                self._count(0, -1)
         if len(self._queue) >= self._max_queue:
             raise QueueFull(f"{len(self._queue)} requests are queued (max_queue_size)")
         key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()) if self._merge else 0
         item = _Item(feeds, rows, key, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._queued_rows += rows
+        self._count(1, 1)
         self._idle.clear()
         self._nonempty.set()
         if self._arrivals is not None:
@@ -209,6 +256,9 @@ class Batcher:
                 return await item.future
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {timeout:g} s") from None
+        finally:
+            # Answered, timed out or cancelled: no longer waiting, no longer in flight.
+            self._count(-self._unqueue(item), -1)
 
     def _can_run_inline(self) -> bool:
         """An idle model, a request that nobody else is coming to join, and a
@@ -279,6 +329,7 @@ class Batcher:
             if head.future.done():  # timed out or cancelled while queued
                 self._queue.popleft()
                 self._queued_rows -= head.rows
+                self._count(-self._unqueue(head), 0)
                 continue
             wait = head.enqueued + self._max_delay - time.perf_counter()
             if wait <= 0:
@@ -293,11 +344,13 @@ class Batcher:
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
         rows = 0
+        left = 0  # requests that stop waiting: taken, or found given up
         while self._queue:
             item = self._queue[0]
             if item.future.done():  # timed out or cancelled while queued
                 self._queue.popleft()
                 self._queued_rows -= item.rows
+                left += self._unqueue(item)
                 continue
             if batch and (
                 not self._merge or item.key != batch[0].key or rows + item.rows > self._max_rows
@@ -305,10 +358,12 @@ class Batcher:
                 break
             self._queue.popleft()
             self._queued_rows -= item.rows
+            left += self._unqueue(item)
             batch.append(item)
             rows += item.rows
         if self._queued_rows < self._max_rows:
             self._full.clear()
+        self._count(-left, 0)
         return batch
 
     async def _dispatch(self, batch: list[_Item]) -> None:
@@ -385,11 +440,14 @@ class Batcher:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        left = 0
         while self._queue:
             item = self._queue.popleft()
+            left += self._unqueue(item)
             if not item.future.done():
                 item.future.set_exception(BatcherClosed("the model was unloaded"))
         self._queued_rows = 0
+        self._count(-left, 0)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._idle.set()

@@ -10,9 +10,10 @@ With ``bnfold serve --workers N`` each worker is a process of its own:
 ``service.cli`` sets ``PROMETHEUS_MULTIPROC_DIR`` (an emptied folder) before
 the workers start, so prometheus_client keeps every value in a per-process
 file there and ``/metrics`` sums counters and histograms over all workers,
-whichever worker answers the scrape. Gauges (``bnfold_model_ready``) are
-reported per live worker, with a ``pid`` label. Triton's statistics
-(``/v2/models/{m}/stats``) stay per worker.
+whichever worker answers the scrape. ``bnfold_model_ready`` is reported per
+live worker, with a ``pid`` label; the load gauges (``bnfold_queue_depth``,
+``bnfold_requests_in_flight``) are summed over live workers. Triton's
+statistics (``/v2/models/{m}/stats``) stay per worker.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class ModelMetrics:
         self._queue = metrics.queue_time.labels(**labels)
         self._compute = metrics.compute_time.labels(**labels)
         self._batch = metrics.batch_size.labels(**labels)
+        self._queue_depth = metrics.queue_depth.labels(**labels)
+        self._in_flight = metrics.in_flight.labels(**labels)
         self._lock = threading.Lock()
         self.success = _Duration()
         self.fail = _Duration()
@@ -127,6 +130,13 @@ class ModelMetrics:
 
     def batch_failed(self, requests: int, error: BaseException) -> None:
         pass  # counted per request: request_failed, and count_failure with the reason
+
+    # --- load (LoadObserver): what an autoscaler scales on
+    def load_changed(self, queued: int, in_flight: int) -> None:
+        if queued:
+            self._queue_depth.inc(queued)
+        if in_flight:
+            self._in_flight.inc(in_flight)
 
     def triton_stats(self) -> dict[str, Any]:
         """One entry of Triton's ``model_stats`` (statistics extension)."""
@@ -225,6 +235,21 @@ class Metrics:
             [*model, "provider"],
             registry=r,
             multiprocess_mode="liveall",  # one series per live worker (pid label)
+        )
+        # Moved by the batchers on every change (LoadObserver); summed over workers.
+        self.queue_depth = Gauge(
+            "bnfold_queue_depth",
+            "Requests waiting in the batcher's queue for a batch.",
+            model,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.in_flight = Gauge(
+            "bnfold_requests_in_flight",
+            "Requests in the batcher and not yet answered: queued, computing or running inline.",
+            model,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.multiprocess_dir = multiprocess_dir()
         self._models: dict[tuple[str, int], ModelMetrics] = {}

@@ -2,7 +2,8 @@
 
 Each reader returns plain data; the tests compare that data with the app
 (routes, ``Settings`` fields, the typer CLI). Nothing here runs Docker or a
-cluster.
+cluster; Kubernetes overlays are rendered by ``kubectl kustomize`` where a
+kubectl is installed (``kustomize``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +31,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "deploy" / "compose.cpu.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 K8S = ROOT / "deploy" / "k8s"
+K8S_BASE = K8S / "base"
+KUSTOMIZATION = "kustomization.yaml"
+PROMETHEUS_ADAPTER = K8S / "prometheus-adapter" / "values.yaml"
 KSERVE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
 
 
@@ -151,6 +158,28 @@ def copy_sources(stage: Stage, df: Dockerfile) -> list[tuple[list[str], str]]:
             continue
         paths = [w for w in words if not w.startswith("--")]
         out.append((paths[:-1], paths[-1]))
+    return out
+
+
+def context_copies(stage: Stage, df: Dockerfile) -> list[tuple[list[str], str]]:
+    """(sources, destination) of the build context that reach ``stage``: its
+    own COPYs from the context and, through ``COPY --from=<stage> <dir> <dest>``,
+    those of another stage of this file that landed in ``<dir>`` (moved to
+    ``<dest>``). Destinations are as written (relative ones to WORKDIR)."""
+    stages = {s.name for s in df.stages}
+    out = list(copy_sources(stage, df))
+    for value in stage.values("COPY"):
+        words = shlex.split(df.substitute(value, stage))
+        origin = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+        if origin not in stages:
+            continue
+        folder, dest = [w for w in words if not w.startswith("--")]
+        prefix = folder.rstrip("/") + "/"
+        for sources, inner in context_copies(df.stage(origin), df):
+            if inner.rstrip("/") + "/" == prefix:
+                out.append((sources, dest))
+            elif inner.startswith(prefix):
+                out.append((sources, dest.rstrip("/") + "/" + inner[len(prefix) :]))
     return out
 
 
@@ -300,16 +329,80 @@ def k8s_env_names(container: Mapping[str, Any]) -> set[str]:
     return {e["name"] for e in container.get("env", [])}
 
 
+def object_key(doc: Mapping[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
 @cache
 def k8s_docs() -> dict[str, dict[str, Any]]:
-    """Every Kubernetes object under deploy/k8s (not kustomizations), by kind/name."""
+    """Every Kubernetes object of the base (deploy/k8s/base), by kind/name, as
+    written (no overlay applied)."""
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in load_yaml_docs(path):
-            out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    for name in load_yaml(K8S_BASE / KUSTOMIZATION)["resources"]:
+        for doc in load_yaml_docs(K8S_BASE / name):
+            out[object_key(doc)] = doc
     return out
+
+
+def kustomization_dirs(group: str) -> list[Path]:
+    """The folders of deploy/k8s/<group> (overlays, components) that hold a
+    kustomization."""
+    return sorted(p.parent for p in (K8S / group).glob(f"*/{KUSTOMIZATION}"))
+
+
+def kubectls() -> list[str]:
+    """The kubectl programs to render with: where versioned ones stand beside
+    ``kubectl`` (the Google Cloud SDK package ships kubectl.1.27 ... 1.33, each
+    with the kustomize of its release), the oldest and the newest; else
+    ``kubectl`` itself; none when there is no kubectl."""
+    found = shutil.which("kubectl")
+    if found is None:
+        return []
+    real = Path(found).resolve()
+    versioned = []
+    for p in real.parent.glob("kubectl.1.*"):
+        m = re.fullmatch(r"kubectl\.1\.(\d+)", p.name)
+        if m and os.access(p, os.X_OK):
+            versioned.append((int(m.group(1)), str(p)))
+    if not versioned:
+        return [found]
+    versioned.sort()
+    return sorted({versioned[0][1], versioned[-1][1]})
+
+
+@cache
+def kustomize(folder: Path, kubectl: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize <folder>``: the objects ``kubectl apply -k`` would send."""
+    done = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{kubectl} kustomize {folder} failed:\n{done.stderr}")
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def k8s_validate(obj: Mapping[str, Any], version: str, schema_file: str | None = None) -> None:
+    """Strict validation against kubernetes-validate's schemas: a whole object
+    by its kind, or a fragment (a Container, a PodSpec) by schema file."""
+    import kubernetes_validate
+    from kubernetes_validate import utils
+
+    if schema_file is None:
+        kubernetes_validate.validate(obj, version, strict=True)
+        return
+    from referencing import Registry, Resource
+
+    folder = f"kubernetes-json-schema/v{utils.major_minor(version)}.0-local-strict"
+    schema = utils.schema_contents(f"{folder}/{schema_file}", version)
+    defs = utils.schema_contents(f"{folder}/_definitions.json", version)
+    registry = Resource.from_contents(defs) @ (Resource.from_contents(schema) @ Registry())
+    jsonschema.Draft202012Validator(schema, registry=registry).validate(obj)
+
+
+def k8s_versions() -> list[str]:
+    from kubernetes_validate import utils
+
+    return ["1.29.0", utils.latest_version()]
 
 
 # ------------------------------------------------------------------ the app side

@@ -5,6 +5,8 @@ versus BNFOLD_REPO, and the `bnfold` command lines (parsed by the real CLI).
 Kubernetes objects are validated against the Kubernetes OpenAPI schemas that
 kubernetes-validate ships, compose against the compose-spec schema that
 check-jsonschema ships; nothing here needs Docker, a cluster or the network.
+The Kubernetes objects here are the base's, as written; the overlays, rendered
+by kustomize, and the autoscaling signals are tested in test_kustomize.py.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 from deploy_manifests import (
     COMPOSE,
     COMPOSE_CPU,
-    K8S,
+    DOCKERIGNORE,
     KSERVE,
     PROMETHEUS,
     ROOT,
@@ -34,6 +35,7 @@ from deploy_manifests import (
     bnfold_params,
     compose,
     compose_cpu,
+    context_copies,
     convert_invocation,
     copy_sources,
     dockerfile,
@@ -42,6 +44,8 @@ from deploy_manifests import (
     k8s_docs,
     k8s_env,
     k8s_env_names,
+    k8s_validate,
+    k8s_versions,
     load_yaml,
     load_yaml_docs,
     settings_env_names,
@@ -222,6 +226,26 @@ def test_every_variable_a_stage_uses_is_declared_in_it() -> None:
             assert not left, f"stage {stage.name}: {keyword} uses undeclared {sorted(left)}"
 
 
+def test_the_package_folders_are_named_once() -> None:
+    """One ``source`` stage copies the package's folders (real folders, no
+    links); both build stages take them from it, and .dockerignore lets each
+    in by one rule."""
+    df = dockerfile()
+    folders = ["bnfold/", "folding/", "converter/", "service/"]
+    named = [s for stage in df.stages for srcs, _ in copy_sources(stage, df) for s in srcs]
+    assert all(named.count(f) == 1 for f in folders), named
+    wanted = sorted(copy_sources(df.stage("source"), df))
+    assert {s for srcs, _ in wanted for s in srcs} >= {"pyproject.toml", *folders}
+    for name in ("service-build", "converter"):
+        stage = df.stage(name)
+        assert "/src" in stage.values("WORKDIR")
+        assert "--from=source /src/ ./" in stage.values("COPY")
+        assert sorted(srcs for srcs, _ in context_copies(stage, df)) == [s for s, _ in wanted]
+    rules = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
+    assert all(rules.count("!" + f.rstrip("/")) == 1 for f in folders)
+    assert not any((ROOT / f).is_symlink() for f in folders)
+
+
 def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     df = dockerfile()
     sources = set()
@@ -366,30 +390,6 @@ def test_prometheus_profile() -> None:
 
 
 # ------------------------------------------------------------------ Kubernetes
-def k8s_validate(obj: dict[str, Any], version: str, schema_file: str | None = None) -> None:
-    """Strict validation against kubernetes-validate's schemas: a whole object
-    by its kind, or a fragment (a Container, a PodSpec) by schema file."""
-    import kubernetes_validate
-    from kubernetes_validate import utils
-
-    if schema_file is None:
-        kubernetes_validate.validate(obj, version, strict=True)
-        return
-    from referencing import Registry, Resource
-
-    folder = f"kubernetes-json-schema/v{utils.major_minor(version)}.0-local-strict"
-    schema = utils.schema_contents(f"{folder}/{schema_file}", version)
-    defs = utils.schema_contents(f"{folder}/_definitions.json", version)
-    registry = Resource.from_contents(defs) @ (Resource.from_contents(schema) @ Registry())
-    jsonschema.Draft202012Validator(schema, registry=registry).validate(obj)
-
-
-def k8s_versions() -> list[str]:
-    from kubernetes_validate import utils
-
-    return ["1.29.0", utils.latest_version()]
-
-
 @pytest.mark.parametrize("version", k8s_versions())
 @pytest.mark.parametrize("key", sorted(k8s_docs()))
 def test_k8s_objects_match_schemas(key: str, version: str) -> None:
@@ -444,7 +444,8 @@ def test_k8s_deployment() -> None:
     ann = pod["metadata"]["annotations"]
     assert int(ann["prometheus.io/port"]) == settings.port
     assert ann["prometheus.io/path"] == METRICS and served(METRICS)
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # the base asks for no device: the overlays do (overlays/gpu, overlays/cpu)
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
     # the HPA owns the replica count
     assert "replicas" not in dep["spec"]
 
@@ -499,29 +500,6 @@ def test_k8s_convert_job() -> None:
     assert spec["securityContext"]["runAsUser"] == int(dockerfile().global_args["APP_UID"])
     pvc = docs[f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}"]
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
-
-
-def test_kustomizations() -> None:
-    base = load_yaml(K8S / "kustomization.yaml")
-    listed = set(base["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == present
-    cpu = load_yaml(K8S / "cpu" / "kustomization.yaml")
-    assert cpu["resources"] == [".."]
-    (patch,) = cpu["patches"]
-    assert patch["target"] == {"kind": "Deployment", "name": "bnfold"}
-    smp = load_yaml_text(patch["patch"])
-    (pc,) = smp["spec"]["template"]["spec"]["containers"]
-    (base_c,) = k8s_docs()["Deployment/bnfold"]["spec"]["template"]["spec"]["containers"]
-    assert pc["name"] == base_c["name"]  # strategic merge by container name
-    env = dict(k8s_env(base_c)) | k8s_env(pc)
-    assert assert_bnfold_env(env, "cpu overlay").device == "cpu"
-    nulled = {k for k, v in pc["resources"]["limits"].items() if v is None}
-    assert nulled == {"nvidia.com/gpu"} and nulled <= set(base_c["resources"]["limits"])
-
-
-def load_yaml_text(text: str) -> Any:
-    return yaml.safe_load(text)
 
 
 # ---------------------------------------------------------------------- KServe

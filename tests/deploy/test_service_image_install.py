@@ -1,12 +1,12 @@
 """The serving image's Python environment, rebuilt outside Docker.
 
-Copies exactly what the Dockerfile's ``service-build`` stage copies, installs
-it into a fresh venv the same way (``pip install -c constraints.txt .``: core
-dependencies, no ``train`` extra, so no torch), then runs the commands the
-image runs: the CLI without torch, and ``bnfold serve`` answering an
-inference. Slow (a venv and a pip install, ~40 s with a warm wheel cache) and
-it may reach the package index, so it runs only with
-``BNFOLD_SLOW_INSTALL_TEST=1``.
+Copies exactly what reaches the Dockerfile's ``service-build`` stage (through
+its ``source`` stage), installs it into a fresh venv the same way (``pip
+install -c constraints.txt .``: core dependencies, no ``train`` extra, so no
+torch), then runs the commands the image runs: the CLI without torch, and
+``bnfold serve`` answering an inference. Slow (a venv and a pip install, ~40 s
+with a warm wheel cache) and it may reach the package index, so it runs only
+with ``BNFOLD_SLOW_INSTALL_TEST=1``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_manifests import ROOT, copy_sources, dockerfile
+from deploy_manifests import ROOT, context_copies, dockerfile
 from trained_models import ConvertOnce
 
 pytestmark = [
@@ -53,7 +53,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     df = dockerfile()
     stage = df.stage("service-build")
-    for sources, dest in copy_sources(stage, df):
+    for sources, dest in context_copies(stage, df):
         target = src / dest  # every COPY here names a folder ("./", "converter/")
         target.mkdir(parents=True, exist_ok=True)
         for s in sources:
