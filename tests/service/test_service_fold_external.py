@@ -170,6 +170,7 @@ def test_dynamo_export_with_external_data_serves_folded(
             "bn_before": BN,
             "bn_after": 0,
             "report": outcome["report"],
+            "summary": {"bns": BN, "folded": BN, "partial": 0, "kept": 0, "ops_left": 0},
         }
         assert stored["reference"] == "original graph (fold on load, in memory)"
 
