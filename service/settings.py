@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL
+
 ENV_PREFIX = "BNFOLD_"
 
 
@@ -110,7 +112,7 @@ class Settings(BaseSettings):
     ] = False
     fold_rtol: Annotated[
         float, Field(ge=0, description="Parity tolerance of fold on load (relative error).")
-    ] = 1e-5
+    ] = DEFAULT_RTOL
     default_max_batch_size: Annotated[
         int,
         Field(
@@ -118,7 +120,7 @@ class Settings(BaseSettings):
             description="max_batch_size of a model without a configuration whose graph has "
             "a dynamic first dimension (0: no batching).",
         ),
-    ] = 64
+    ] = DEFAULT_MAX_BATCH_SIZE
 
     # --- batching defaults, for models whose config.json leaves them out
     batching: Annotated[
