@@ -45,11 +45,27 @@ class Spawned:
 def spawn(repo: Path, workdir: Path, *args: str, **env: str) -> Iterator[Spawned]:
     """Start the server; yield once ``/v2/health/live`` answers (``WAIT_S``
     at most); kill it at the end unless the test stopped it."""
+    with launch(repo, workdir, args, {"BNFOLD_LOG_LEVEL": "info", **env}) as running:
+        yield running
+
+
+@contextmanager
+def launch(
+    repo: Path,
+    workdir: Path,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    *,
+    wait_for: str = "/v2/health/live",
+) -> Iterator[Spawned]:
+    """``python -m bnfold.service`` on a free port with a clean environment
+    (the token set, HTTP only) plus ``env``, in a process group of its own;
+    yield once ``wait_for`` answers 200 (``WAIT_S`` at most); kill the group
+    at the end unless the test stopped it."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BNFOLD_", "PROMETHEUS_"))}
     clean |= {
         "PYTHONPATH": str(ROOT),
-        "BNFOLD_LOG_LEVEL": "info",
         "BNFOLD_API_TOKEN": TOKEN,
         "BNFOLD_GRPC_PORT": "0",  # HTTP only: no shared port 8001 between test servers
         **env,
@@ -71,13 +87,14 @@ def spawn(repo: Path, workdir: Path, *args: str, **env: str) -> Iterator[Spawned
             env=clean,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers too can be stopped as one group
         )
     running = Spawned(proc, port, log)
     try:
         deadline = time.monotonic() + WAIT_S
         while True:
             try:
-                if httpx.get(f"{running.url}/v2/health/live", timeout=5).status_code == 200:
+                if httpx.get(f"{running.url}{wait_for}", timeout=5).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -87,5 +104,5 @@ def spawn(repo: Path, workdir: Path, *args: str, **env: str) -> Iterator[Spawned
         yield running
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
