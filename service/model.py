@@ -1,7 +1,9 @@
 """A model version being served: session, signature, batcher, counters.
 
 ``open_version`` does the blocking part of loading (read and verify files,
-create the session, warm it up) and runs in a thread. A ``ServedModel``
+create the session, warm it up) and runs in a thread; the session's part,
+``build_version``, runs first in a child process held to the model memory
+limit when one is set (service/memory_budget.py). A ``ServedModel``
 counts the requests holding it (``acquire``/``release``), so that after an
 atomic swap or an unload the old version retires only once the last of
 them has its answer.
@@ -28,7 +30,7 @@ from bnfold.contract import (
     parse_json,
 )
 
-from . import model_limits
+from . import memory_budget, model_limits
 from .batching import Arrivals, Batcher, Feeds
 from .errors import InferenceFailed, NotFound, first_line, map_errors
 from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_file
@@ -100,6 +102,7 @@ class LoadOptions:
     fold_on_load: bool = False  # the server's default; the model's configuration may override
     fold_rtol: float = DEFAULT_RTOL
     default_max_batch_size: int = 64
+    memory_limit: int = 0  # bytes a load may take (a trial load in a child process); 0: none
 
 
 def device_options(options: RuntimeOptions, config: ModelConfig | None) -> RuntimeOptions:
@@ -160,13 +163,63 @@ def open_version(
     label = f"{model_dir.name}/{version}"
     # external data read through service/files.py: ONNX Runtime opens no file by name
     source = embed_external_data(data, version_dir, root) if external else data
+    plan = BuildPlan(options, load, label, model_dir, config, config_source)
+    if load.memory_limit:  # the same build first, in a child process held to the budget
+        memory_budget.trial(source, plan, load.memory_limit, stop=run_options)
+    built = build_version(source, plan, run_options)
+    return OpenedVersion(
+        model_dir.name,
+        version,
+        version_dir,
+        built.config,
+        manifest,
+        built.runtime,
+        built.signature,
+        config_source=config_source,
+        notes=(*notes, *built.notes),
+        folding=built.folding,
+        reference=built.reference,
+    )
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything :func:`build_version` needs but the graph's bytes
+    (picklable: the trial load hands it to its child process)."""
+
+    options: RuntimeOptions
+    load: LoadOptions
+    label: str
+    model_dir: Path
+    config: ModelConfig | None
+    config_source: str
+
+
+@dataclass(frozen=True)
+class BuiltVersion:
+    """What :func:`build_version` makes of a graph's bytes."""
+
+    runtime: Runtime
+    config: ModelConfig
+    signature: Signature
+    notes: tuple[str, ...] = ()
+    folding: FoldOutcome | None = None
+    reference: Runtime | None = None
+
+
+def build_version(source: bytes, plan: BuildPlan, run_options: Any = None) -> BuiltVersion:
+    """The part of a load that costs memory: the session from the graph's
+    bytes (checked and read by :func:`open_version`), the configuration
+    completed from it, fold on load, the warm-up. Run as it is in the
+    trial load's child process (service/memory_budget.py)."""
+    options, load, label, config_source = plan.options, plan.load, plan.label, plan.config_source
     try:
         runtime = Runtime(source, options, label=label)
     except Exception as e:
         raise ValueError(f"ONNX Runtime cannot load {MODEL_FILE}: {first_line(e)}") from None
     config = complete_config(
-        config,
-        model_dir.name,
+        plan.config,
+        plan.model_dir.name,
         runtime.inputs,
         runtime.outputs,
         default_max_batch_size=load.default_max_batch_size,
@@ -179,6 +232,7 @@ def open_version(
         problem = preprocessing_problem(config.preprocessing, signature)
         if problem:
             raise ValueError(f"{config_source} {problem}")
+    notes: list[str] = []
     folding: FoldOutcome | None = None
     reference: Runtime | None = None
     wants_fold = load.fold_on_load if config.fold_on_load is None else config.fold_on_load
@@ -195,25 +249,13 @@ def open_version(
             reference, runtime = runtime, folded
         notes.append(folding.note())
     # The model's own model_warmup always runs, as in Triton; zeros when asked.
-    samples = warmup_samples(config, signature, model_dir, max_bytes=options.max_model_bytes)
+    samples = warmup_samples(config, signature, plan.model_dir, max_bytes=options.max_model_bytes)
     if load.warmup or samples:
         try:
             runtime.warmup(signature, samples, run_options)
         except Exception as e:
             raise ValueError(f"warm-up failed: {first_line(e)}") from None
-    return OpenedVersion(
-        model_dir.name,
-        version,
-        version_dir,
-        config,
-        manifest,
-        runtime,
-        signature,
-        config_source=config_source,
-        notes=tuple(notes),
-        folding=folding,
-        reference=reference,
-    )
+    return BuiltVersion(runtime, config, signature, tuple(notes), folding, reference)
 
 
 class ServedModel:

@@ -23,7 +23,9 @@ Loading never blocks serving: ``start()`` loads every model in the
 background while the port answers (readiness says so); a version whose
 load or warm-up outlasts ``load_timeout_s`` is unavailable with that reason
 (its warm-up is told to stop; a session that cannot be stopped is left to
-its thread) and the others serve.
+its thread), and so is one whose load needs more memory than
+``model_memory_limit`` (proven by a trial load in a child process first:
+service/memory_budget.py); the others serve.
 
 Reasons: the index (behind the token, when one is set) gives each reason in
 full, file names and hashes included; the public routes give the state and
@@ -59,6 +61,7 @@ from bnfold.contract import (
     scan_versions,
 )
 
+from . import memory_budget
 from .batching import Arrivals
 from .errors import BadRequest, LoadFailed, NotFound, Unavailable
 from .files import inside
@@ -278,6 +281,7 @@ class Repository:
             fold_on_load=settings.fold_on_load,
             fold_rtol=settings.fold_rtol,
             default_max_batch_size=settings.default_max_batch_size,
+            memory_limit=settings.model_memory_limit,
         )
 
     def _entry(self, name: str) -> ModelEntry:
@@ -454,6 +458,11 @@ class Repository:
             entry.expected = True
             entry.loads += 1
         try:
+            if names and self._settings.model_memory_limit:
+                try:  # the trial loads' forker, started outside every load's timeout
+                    await asyncio.to_thread(memory_budget.prepare)
+                except OSError as e:
+                    log.warning("trial loads (model memory limit): %s", e)
             results = await asyncio.gather(*(self.load(n) for n in names), return_exceptions=True)
         finally:
             for entry in entries:

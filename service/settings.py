@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     max_model_bytes: Annotated[
         int, Field(ge=1, description="Refuse model files (with external data) larger than this.")
     ] = 2 << 30
+    model_memory_limit: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Bytes one version may take to load and warm up, proven first by a "
+            "trial load in a child process held to it; over it the version is unavailable "
+            "(0: no trial load).",
+        ),
+    ] = 4 << 30
     load_timeout_s: Annotated[
         float,
         Field(
