@@ -1,10 +1,14 @@
 """Files a repository writer controls, opened so that nothing outside the
 repository is ever read (issue 19, items 2 and 11).
 
-- A label file's folder swapped for a link out of the repository, again
-  and again, while the model reloads: the outside file's lines are never
-  served as labels (each open walks the path from the repository's root
-  following no link, so there is no gap between a check and the open).
+- A label file's folder swapped for a link out of the repository at the
+  last moment before the open (an audit hook swaps it at the event that
+  precedes the open syscall, so no race has to be won), directly and
+  while a serving model reloads: refused, and the outside file's lines are
+  never served as labels (each open walks the path from the repository's
+  root following no link, so there is no gap between a check and the
+  open). A reader that resolves the path first and reopens it by name
+  follows the link here.
 - No existence oracle: a label file outside that exists and one that does
   not, reached by ``..``, by a link or by a dangling link, are refused in
   the same words.
@@ -15,16 +19,17 @@ repository is ever read (issue 19, items 2 and 11).
 from __future__ import annotations
 
 import os
-import threading
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from service_harness import TOKEN, WAIT_S, RunningServer, base_settings, run_server, wait_until
+from service_harness import TOKEN, WAIT_S, RunningServer, base_settings, run_server
 from triton_models import add_sub, write_model
 
 from bnfold.contract import ContractError
@@ -38,7 +43,7 @@ pytestmark = pytest.mark.timeout(600)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 INSIDE = [f"inside{i}" for i in range(16)]
 SECRET = [f"SECRET{i}" for i in range(16)]
-RELOADS = 100
+RELOADS = 5
 
 
 def labelled_pbtxt(name: str, label_filename: str) -> str:
@@ -88,47 +93,117 @@ def classify(http: httpx.Client) -> tuple[int, list[str]]:
     return 200, [entry.split(":", 2)[2] for entry in r.json()["outputs"][0]["data"]]
 
 
-def test_a_label_folder_swapped_for_a_link_is_never_followed(
-    server: RunningServer, layout: tuple[Path, Path]
+class SwapBeforeOpen:
+    """An audit hook that swaps a model's ``labels/`` folder for a link out
+    at the start of the label file's read, after every check a reader
+    could make by name: once ``config.pbtxt`` has been opened, at the next
+    audit event of an open on the way to the label file (``os.open`` raises
+    it before its syscall): the repository's root opened for an ``openat2``
+    beneath it, the ``labels`` folder opened by the walk, or the label file
+    opened by its full path, as a reader that resolved and checked the path
+    first opens it. Armed for one read at a time; hooks cannot be removed,
+    so a disarmed one only returns."""
+
+    def __init__(self) -> None:
+        self.armed: tuple[Path, Path, bool] | None = None  # model, outside, config read
+        self.swaps = 0
+
+    def __call__(self, event: str, args: tuple[object, ...]) -> None:
+        if self.armed is None or event != "open":
+            return
+        if not isinstance(args[0], (str, bytes, os.PathLike)):
+            return  # os.fdopen's: a descriptor already open
+        model, outside, config_read = self.armed
+        path = os.fsdecode(args[0])
+        if not config_read:
+            if path.endswith("config.pbtxt"):
+                self.armed = (model, outside, True)
+            return
+        label = os.path.join("labels", "labels.txt")
+        if path in (str(model.parent), "labels") or path.endswith(label):
+            self.armed = None
+            os.rename(model / "labels", model / "labels.real")
+            os.symlink(outside, model / "labels")  # now a link out
+            self.swaps += 1
+
+    @contextmanager
+    def around(self, model: Path, outside: Path) -> Iterator[None]:
+        """Armed for the block; the folder is put back after it."""
+        before = self.swaps
+        self.armed = (model, outside, False)
+        try:
+            yield
+        finally:
+            self.armed = None
+            if (model / "labels.real").exists():
+                os.unlink(model / "labels")
+                os.rename(model / "labels.real", model / "labels")
+        assert self.swaps == before + 1, "the label file was never opened"
+
+
+SWAP = SwapBeforeOpen()
+sys.addaudithook(SWAP)
+
+LABEL_REFUSED = (
+    "config.pbtxt: label_filename 'labels.txt': labels.txt is missing or not a file "
+    "inside the model repository; refused"
+)
+
+
+@pytest.mark.parametrize("way", ["openat2", "walk"])
+def test_a_label_folder_swapped_for_a_link_before_the_open_is_not_followed(
+    layout: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
+    """Swapped after any check by name and before the open (deterministic,
+    no race to win): the read is refused, the outside file never read. A
+    reader that resolves the path and then opens it by name (O_NOFOLLOW on
+    the last component only) reads the outside file's lines here."""
+    if way == "walk":
+        monkeypatch.setattr(files._openat2, "usable", False)
+    elif not files._openat2.usable:
+        pytest.skip("no openat2 on this platform")
     repo, outside = layout
     model = repo / "labelled"
-    stop = threading.Event()
-    swaps = [0]
+    for _ in range(3):
+        with SWAP.around(model, outside):
+            try:
+                config, _ = read_model_config(model, repo)
+            except ContractError as e:
+                refused: list[str] | str = str(e)
+            else:
+                refused = config.labels if config is not None else []
+        assert refused == LABEL_REFUSED, f"read through the link: {refused}"
+    config, _ = read_model_config(model, repo)  # the folder back: its own labels
+    assert config is not None and config.labels == INSIDE
 
-    def swap() -> None:
-        """labels/ <-> a link to the outside folder, as fast as renames go."""
-        while not stop.is_set():
-            os.symlink(outside, model / "labels.link")
-            os.rename(model / "labels", model / "labels.real")
-            os.rename(model / "labels.link", model / "labels")  # now a link out
-            os.rename(model / "labels", model / "labels.link")
-            os.rename(model / "labels.real", model / "labels")  # the folder again
-            os.unlink(model / "labels.link")
-            swaps[0] += 1
 
+def test_a_label_folder_swapped_for_a_link_is_never_served(
+    server: RunningServer, layout: tuple[Path, Path]
+) -> None:
+    """The same swap during reloads of a serving model: each reload is
+    refused (400, the reason behind the token), the version serving keeps
+    its own labels, and the outside file's lines never reach a client."""
+    repo, outside = layout
+    model = repo / "labelled"
     loads: Counter[int] = Counter()
-    answers: Counter[int] = Counter()
     seen: set[str] = set()
     with httpx.Client(base_url=server.url, timeout=WAIT_S) as http:
         status, labels = classify(http)
         assert status == 200 and sorted(labels) == sorted(INSIDE)
-        swapper = threading.Thread(target=swap, daemon=True)
-        swapper.start()
-        try:
-            wait_until(lambda: swaps[0] > 0, "the first swap")
-            for _ in range(RELOADS):
+        errors = set()
+        for i in range(RELOADS):
+            bump = model.stat().st_mtime_ns + (i + 1) * 10**9
+            os.utime(model / "config.pbtxt", ns=(bump, bump))  # a changed model: reloaded
+            with SWAP.around(model, outside):
                 load = http.post("/v2/repository/models/labelled/load", headers=AUTH)
-                loads[load.status_code] += 1
-                status, labels = classify(http)
-                answers[status] += 1
-                seen.update(labels)
-        finally:
-            stop.set()
-            swapper.join(WAIT_S)
-        assert not seen & set(SECRET), seen
-        assert set(loads) <= {200, 400} and loads[200] > 0, loads
-        assert set(answers) <= {200, 503}, answers
+            loads[load.status_code] += 1
+            errors.add(load.json().get("error"))
+            status, labels = classify(http)
+            assert status == 200
+            seen.update(labels)
+        assert seen == set(INSIDE), seen  # never an outside line
+        assert loads == {400: RELOADS}, loads
+        assert errors == {f"failed to load 'labelled', {LABEL_REFUSED}"}, errors
         # once the folder stays put, the model loads and serves its own labels
         assert http.post("/v2/repository/models/labelled/load", headers=AUTH).status_code == 200
         status, labels = classify(http)
