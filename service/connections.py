@@ -21,6 +21,26 @@ anyone. So each connection here
 The server state reaches the protocol through the lifespan's state (the
 key ``CONNECTIONS_STATE``); without it (another app) the protocol is
 uvicorn's own.
+
+gRPC connections are grpc core's, bounded by its channel arguments
+(:func:`grpc_options`) and the server's ``maximum_concurrent_rpcs``:
+
+- ``grpc_max_concurrent_rpcs`` calls in flight per process, a stream
+  counting as one for as long as it is open; past it a new call is
+  answered ``RESOURCE_EXHAUSTED`` at once (it holds nothing);
+- ``grpc_max_streams_per_connection`` (HTTP/2's
+  ``SETTINGS_MAX_CONCURRENT_STREAMS``): one connection cannot take every
+  slot; a client's calls past it wait in the client;
+- ``grpc_handshake_timeout_s``: a connection that does not complete its
+  HTTP/2 handshake (a slow or silent client) is closed;
+- ``grpc_max_connection_idle_s``: a connection with no call for that long
+  is closed with GOAWAY (clients reconnect on their next call);
+- keep-alive: the server pings a connection with calls in flight every
+  ``grpc_keepalive_s`` and closes it when a ping goes unanswered for
+  ``KEEPALIVE_TIMEOUT_S`` (a dead client holding streams); a client that
+  pings more often than ``grpc_min_ping_interval_s`` without calls gets
+  GOAWAY (``too_many_pings``) after ``MAX_PING_STRIKES`` (Triton's
+  defaults).
 """
 
 from __future__ import annotations
@@ -37,6 +57,9 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 log = logging.getLogger("bnfold.service")
+
+KEEPALIVE_TIMEOUT_S = 20.0  # an unanswered keep-alive ping closes the connection (Triton's)
+MAX_PING_STRIKES = 2  # pings too often before GOAWAY (grpc's and Triton's default)
 
 CONNECTIONS_STATE = "bnfold"
 RESERVED_FDS = 128  # descriptors kept for everything but client connections
@@ -127,3 +150,31 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.keep_alive_s,
         "h11_max_incomplete_event_size": 64 * 1024,  # a request head, when h11 is used
     }
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpc core's channel arguments that bound gRPC connections (with the
+    server's ``maximum_concurrent_rpcs``: :func:`grpc_max_rpcs`)."""
+
+    def ms(seconds: float) -> int:
+        return max(int(seconds * 1000), 1)
+
+    options = [
+        ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
+        ("grpc.server_handshake_timeout_ms", ms(settings.grpc_handshake_timeout_s)),
+        ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_s)),
+        ("grpc.keepalive_timeout_ms", ms(KEEPALIVE_TIMEOUT_S)),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            ms(settings.grpc_min_ping_interval_s),
+        ),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+    ]
+    if settings.grpc_max_connection_idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle_s)))
+    return options
+
+
+def grpc_max_rpcs(settings: Settings) -> int | None:
+    """``maximum_concurrent_rpcs`` of the gRPC server (None: no limit)."""
+    return settings.grpc_max_concurrent_rpcs or None

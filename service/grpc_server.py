@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from . import config_override, dataplane
+from .connections import grpc_max_rpcs, grpc_options
 from .errors import (
     BadRequest,
     NotFound,
@@ -527,7 +528,9 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ]
+                *grpc_options(state.settings),  # connection bounds (service/connections.py)
+            ],
+            maximum_concurrent_rpcs=grpc_max_rpcs(state.settings),
         )
         servicer = InferenceServicer(state, shm)
         server.add_generic_rpc_handlers((build_handlers(servicer, state.metrics.registry),))

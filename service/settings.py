@@ -195,7 +195,7 @@ class Settings(BaseSettings):
             "per request costs the hot path; errors are logged either way).",
         ),
     ] = False
-    # --- connections (HTTP; gRPC keeps its own limits)
+    # --- connections (HTTP, then gRPC)
     max_connections: Annotated[
         int,
         Field(
@@ -215,6 +215,55 @@ class Settings(BaseSettings):
     keep_alive_s: Annotated[
         float, Field(gt=0, description="An idle keep-alive connection is closed after this.")
     ] = 5.0
+
+    grpc_max_concurrent_rpcs: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="gRPC calls in flight per process, an open stream counting as one; "
+            "past it a new call gets RESOURCE_EXHAUSTED (0: no limit).",
+        ),
+    ] = 4096
+    grpc_max_streams_per_connection: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Calls one gRPC connection may have open at once (HTTP/2's "
+            "SETTINGS_MAX_CONCURRENT_STREAMS); more wait in the client.",
+        ),
+    ] = 1024
+    grpc_handshake_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Longest time a new gRPC connection may take to complete its HTTP/2 "
+            "handshake; then it is closed.",
+        ),
+    ] = 30.0
+    grpc_max_connection_idle_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="A gRPC connection with no call for this long is closed with GOAWAY "
+            "(clients reconnect on their next call); 0: never.",
+        ),
+    ] = 300.0
+    grpc_keepalive_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Ping a gRPC connection with calls in flight this often; one that "
+            "does not answer within 20 s is closed (a dead client holding streams).",
+        ),
+    ] = 60.0
+    grpc_min_ping_interval_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="A gRPC client pinging more often than this without calls is closed "
+            "with GOAWAY (too_many_pings) at the third such ping (Triton's default).",
+        ),
+    ] = 300.0
 
     drain_s: Annotated[
         float, Field(ge=0, description="After SIGTERM, seconds reporting not-ready before closing.")
