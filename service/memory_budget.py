@@ -72,7 +72,6 @@ OUT_OF_MEMORY = (
     "memoryerror",
 )
 FORKER = "from bnfold.service.memory_budget import forker_main; forker_main()"
-PARENT_ENV = "BNFOLD_TRIAL_PARENT"  # the pid a helper dies with
 FORKER_IDLE_S = 60.0  # the forker exits after this long without a trial (started again on demand)
 POLL_S = 0.05  # how often a waiting trial looks at its stop flag
 _PR_SET_PDEATHSIG = 1
@@ -144,7 +143,6 @@ class _Forker:
             "MALLOC_ARENA_MAX": "2",  # fewer malloc arenas reserving address space
             "OPENBLAS_NUM_THREADS": "1",  # no thread besides the one that forks
             "OMP_NUM_THREADS": "1",
-            PARENT_ENV: str(os.getpid()),
         }
         return subprocess.Popen(
             [sys.executable, "-c", FORKER],
@@ -256,8 +254,8 @@ def _read(stream: IO[bytes], size: int) -> bytes:
 
 
 def _die_with_parent(parent: int) -> None:
-    """SIGKILL when the thread that started this process ends (a server
-    exiting mid-load must leave no build running on)."""
+    """SIGKILL when the forker ends (a server exiting mid-load must leave no
+    build running on)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -267,8 +265,11 @@ def _die_with_parent(parent: int) -> None:
 
 def forker_main() -> None:
     """Import the build once, then for each request on stdin fork a child
-    that builds it, and write the child's pid to stdout."""
-    _die_with_parent(int(os.environ.get(PARENT_ENV, "0")))
+    that builds it, and write the child's pid to stdout. It ends when its
+    stdin does (the server gone, however it ended), or after
+    ``FORKER_IDLE_S`` without a request; its children die with it. (Not
+    ``PR_SET_PDEATHSIG``: that follows the thread that started it, a load's
+    thread, which ends while other loads still use it.)"""
     from .model import build_version  # noqa: F401  every import before the first fork
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
