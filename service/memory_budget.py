@@ -26,7 +26,7 @@ also reports its peak resident memory over what it held before the build
 (``VmHWM`` after resetting it, ``/proc/self/clear_refs``); a build that
 peaked over the limit is refused too. Only a build that fits is then done
 again in the server, which is what it costs: one extra build per load,
-and the forker's memory (about 150 MB) while loads happen.
+and the forker's memory (80 MB resident, measured) while loads happen.
 
 The child builds on the CPU, with one thread: the budget is host memory
 (device memory is ONNX Runtime's own ``gpu_mem_limit``), and the trial
