@@ -751,7 +751,7 @@ function healthCard(m) {
       ` ${health.n_bn} BN layers, running statistics against batch statistics on ${health.n_samples} samples`,
       gap.max_rel_error !== undefined ? `: outputs differ by ${num(gap.max_rel_error)} (relative), top-1 agreement ${pct(gap.top1_agreement)}.` : ".",
     ),
-    (health.warnings || []).length ? el("ul", { class: "warnings" }, health.warnings.map((w) => el("li", { text: w }))) : null,
+    (health.warnings || []).length ? el("ul", { class: "warnings" }, health.warnings.map((w) => el("li", { text: bnWarning(w, health.layers || []) }))) : null,
     rows.length
       ? el(
           "div",
@@ -765,6 +765,13 @@ function healthCard(m) {
         )
       : null,
   );
+}
+
+// The converter's warnings start with the module's name ("4: input var ..."):
+// said with the BN's place, as the table names it.
+function bnWarning(text, layers) {
+  const i = layers.findIndex((l) => String(text).startsWith(`${l.name}: `));
+  return i < 0 ? text : `BN ${i + 1} (module ${layers[i].name})${String(text).slice(String(layers[i].name).length)}`;
 }
 
 // ------------------------------------------------------------------ training

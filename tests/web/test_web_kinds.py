@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -205,6 +206,14 @@ def test_a_converted_model(
     shown = [r.find_element(By.TAG_NAME, "th").text for r in css(page, "#health tbody tr")]
     assert shown == [f"BN {i + 1} module {layer['name']}" for i, layer in enumerate(health)]
     assert len(set(shown)) == len(shown) >= 2
+    warnings = [li.text for li in css(page, "#health .warnings li")]
+    for said, raw in zip(warnings, stored["folding"]["bn_health"]["warnings"], strict=True):
+        module = next(
+            (layer["name"] for layer in health if raw.startswith(f"{layer['name']}: ")), None
+        )
+        if module is not None:  # a layer's warning: named as the table names the layer
+            k = [layer["name"] for layer in health].index(module) + 1
+            assert said == f"BN {k} (module {module}){raw[len(module) :]}"
     assert_only_this_server(page, kinds_server.url)
 
 
@@ -285,3 +294,25 @@ def test_version_details_say_the_kind(kinds_http: httpx.Client) -> None:
         "triton-bare": "bare",
         "triton-external": "bare",
     }
+
+
+def test_the_labels_file_named_is_a_regular_file_in_the_model_folder(tmp_path: Path) -> None:
+    from bnfold.service.model_config import label_file
+
+    pbtxt = 'name: "m"\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] %s } ]\n'
+    model = tmp_path / "m"
+    model.mkdir()
+    assert label_file(model) is None
+    (tmp_path / "outside.txt").write_text("a\nb\n")
+    (model / "labels.txt").symlink_to(tmp_path / "outside.txt")
+    assert label_file(model) is None  # a link is not a file of the folder
+    (model / "labels.txt").unlink()
+    (model / "labels.txt").write_text("a\nb\n")
+    assert label_file(model) == "labels.txt"
+    (model / "config.pbtxt").write_text(pbtxt % 'label_filename: "sub/names.txt"')
+    assert label_file(model) == "labels.txt"  # the one named is not there
+    (model / "sub").mkdir()
+    (model / "sub" / "names.txt").write_text("a\nb\n")
+    assert label_file(model) == "sub/names.txt"
+    (model / "config.pbtxt").write_text("not { a pbtxt")
+    assert label_file(model) == "labels.txt"
