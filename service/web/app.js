@@ -389,7 +389,11 @@ function foldCard(m) {
   const stats = el(
     "dl",
     { class: "stats" },
-    stat("BN layers", before, after, "bn-count"),
+    after !== undefined
+      ? stat("BN layers", before, after, "bn-count")
+      : served // nothing folded: the BNs the served graph holds
+        ? stat("BN layers", undefined, served.layers.filter((l) => l.op === "BatchNormalization").length, "bn-count")
+        : null,
     reference && served ? stat("layers", reference.layers.length, served.layers.length, "layer-count") : null,
     summary ? stat("ops left by BNs", undefined, summary.ops_left, "ops-left") : null,
   );

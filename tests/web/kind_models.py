@@ -11,7 +11,9 @@ made by the real tool (torch's dynamo exporter, ``bnfold import``,
 - ``triton-bare``: the tests' fold-demo graph as a Triton model
   (``config.pbtxt``, a ``labels.txt``, no manifest), folded on load;
 - ``triton-external``: the dynamo export as a Triton model, weights in
-  ``model.onnx.data`` beside the graph, folded on load.
+  ``model.onnx.data`` beside the graph, folded on load;
+- ``triton-plain``: the fold-demo graph as a Triton model served as it is
+  (no manifest, no fold on load).
 """
 
 from __future__ import annotations
@@ -155,6 +157,12 @@ def kinds_repo(root: Path, trained: object) -> Kinds:
     (bare / "1" / "model.onnx").write_bytes(fold_demo(7))
     (bare / "config.pbtxt").write_text(BARE_PBTXT + FOLD_ON_LOAD)
     (bare / "labels.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+
+    plain = repo / "triton-plain"
+    (plain / "1").mkdir(parents=True)
+    (plain / "1" / "model.onnx").write_bytes(fold_demo(8))
+    plain_pbtxt = BARE_PBTXT.replace("triton-bare", "triton-plain")
+    (plain / "config.pbtxt").write_text(plain_pbtxt.replace(' label_filename: "labels.txt"', ""))
 
     external = repo / "triton-external"
     (external / "1").mkdir(parents=True)

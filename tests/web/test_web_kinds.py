@@ -243,6 +243,20 @@ def test_a_bare_triton_model_folded_on_load(
     assert_only_this_server(page, kinds_server.url)
 
 
+def test_a_bare_triton_model_served_as_it_is(page: Any, kinds_server: RunningServer) -> None:
+    show(page, kinds_server, "triton-plain")
+    fold = page.find_element(By.ID, "fold").text
+    assert "This version has no manifest.json: a model.onnx served as it is" in fold
+    assert "manifest has no fold report" not in fold and not css(page, ".foldsvg")
+    assert value(page.find_element(By.CSS_SELECTOR, "#bn-count b")) == 4  # as it serves
+    (row,) = css(page, "#parity-table tbody tr")
+    assert row.text == "No stored parity report: this version has no manifest.json."
+    assert not page.find_element(By.ID, "recompute").is_enabled()
+    assert page.find_element(By.ID, "source-kind").get_attribute("data-kind") == "bare"
+    assert {"fold", "parity", "try", "source", "health"} == card_ids(page)
+    assert_only_this_server(page, kinds_server.url)
+
+
 def test_a_triton_model_with_external_data(
     page: Any, kinds_server: RunningServer, kinds_http: httpx.Client
 ) -> None:
@@ -285,7 +299,14 @@ def test_config_names_a_labels_file_only_when_there_is_one(kinds_http: httpx.Cli
 def test_version_details_say_the_kind(kinds_http: httpx.Client) -> None:
     kinds = {
         name: kinds_http.get(f"/web/api/models/{name}/versions/1").json()["kind"]
-        for name in ("imported", "module", "trained", "triton-bare", "triton-external")
+        for name in (
+            "imported",
+            "module",
+            "trained",
+            "triton-bare",
+            "triton-external",
+            "triton-plain",
+        )
     }
     assert kinds == {
         "imported": "imported",
@@ -293,6 +314,7 @@ def test_version_details_say_the_kind(kinds_http: httpx.Client) -> None:
         "trained": "converted",
         "triton-bare": "bare",
         "triton-external": "bare",
+        "triton-plain": "bare",
     }
 
 
