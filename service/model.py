@@ -35,7 +35,7 @@ from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_fi
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
-from .model_config import read_model_config, triton_config
+from .model_config import label_file, read_model_config, triton_config
 from .ort_settings import read_ort_settings
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
@@ -72,6 +72,7 @@ class OpenedVersion:
     notes: tuple[str, ...] = ()  # said in the index beside READY
     folding: FoldOutcome | None = None  # fold on load, when it ran
     reference: Runtime | None = None  # the original graph, when fold on load folded it
+    labels_file: str | None = None  # the labels file /config names, when there is one
 
 
 def read_manifest(version_dir: Path, root: Path | None = None) -> Manifest:
@@ -213,6 +214,7 @@ def open_version(
         notes=tuple(notes),
         folding=folding,
         reference=reference,
+        labels_file=label_file(model_dir) if config.labels else None,
     )
 
 
@@ -235,6 +237,7 @@ class ServedModel:
         self.runtime = opened.runtime
         self.signature = opened.signature
         self.config_source = opened.config_source
+        self.labels_file = opened.labels_file
         self.notes = opened.notes
         self.folding = opened.folding
         self.metrics = metrics
@@ -368,6 +371,7 @@ class ServedModel:
             max_queue_delay_ms=self.max_queue_delay_ms,
             max_queue_size=self.max_queue_size,
             gpu=self.runtime.device_id,
+            labels=self.labels_file,
         )
 
     async def retire(self, timeout: float) -> None:

@@ -161,7 +161,8 @@ def test_load_with_config_override(client: httpclient.InferenceServerClient) -> 
     config = client.get_model_config("tunable")
     assert config["max_batch_size"] == 2
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 700
-    assert config["output"][0]["label_filename"] == "labels.txt"  # kept from the folder's
+    # labels kept from the folder's config.json; no labels.txt there, so no file is named
+    assert config["output"][0]["label_filename"] == ""
     x = np.zeros((3, 64), dtype=np.float32)
     message = error_of(lambda: client.infer("tunable", [_input("input", x, "FP32", True)]))
     assert "batch size 3 is outside 1..2" in message
@@ -201,7 +202,7 @@ def test_triton_error_texts(client: httpclient.InferenceServerClient) -> None:
 def test_config_fields(client: httpclient.InferenceServerClient) -> None:
     cnn = client.get_model_config("cnn")
     assert cnn["input"][0]["format"] == "FORMAT_NCHW"
-    assert cnn["output"][0]["label_filename"] == "labels.txt"
+    assert cnn["output"][0]["label_filename"] == ""  # its labels are in config.json, no file
     assert cnn["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
     provider = client.get_model_metadata("cnn")["parameters"]["provider"]
     kind = "KIND_GPU" if provider == "CUDAExecutionProvider" else "KIND_CPU"
