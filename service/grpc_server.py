@@ -55,7 +55,7 @@ from .proto import model_config_pb2 as mc
 from .protocol import SERVER_NAME, SERVER_VERSION
 from .repository import Repository
 from .restricted import GRPC_CATEGORIES, Restrictions
-from .shm import SharedMemory
+from .shm import DISABLED, SharedMemory
 from .state import RequestIds, ServerState, request_id
 
 log = logging.getLogger("bnfold.service")
@@ -306,6 +306,8 @@ class InferenceServicer:
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest
     ) -> pb.CudaSharedMemoryUnregisterResponse:
+        if not self.shared_memory().allowed:  # client shared memory off: Triton's words
+            raise Unimplemented(DISABLED)
         if request.name:
             raise NotFound(f"no CUDA shared memory region {request.name!r} is registered")
         return pb.CudaSharedMemoryUnregisterResponse()

@@ -306,6 +306,9 @@ def test_client_shared_memory_off(repo: Path) -> None:
             )
             assert status == "501" and message.startswith(disabled)
             assert refusal(http.unregister_system_shared_memory)[0] == "501"
+            assert refusal(http.unregister_cuda_shared_memory)[0] == "501"
+            status, message = refusal(grpc.unregister_cuda_shared_memory)
+            assert status == "StatusCode.UNIMPLEMENTED" and message.startswith(disabled)
             status, message = refusal(
                 lambda: grpc.register_system_shared_memory("r", "/bnfold-off", 64)
             )
