@@ -80,6 +80,8 @@ def triton_config(
     max_queue_size: int,
     gpu: int | None,
     labels: str | None = None,
+    queue_timeout_ms: float | None = None,
+    timeout_override: bool = False,
 ) -> dict[str, Any]:
     """Triton's model configuration (JSON form) for the served version;
     ``name`` is the model's folder name, which Triton and clients go by.
@@ -160,8 +162,8 @@ def triton_config(
             "preserve_ordering": True,
             "default_queue_policy": {
                 "timeout_action": "REJECT",
-                "default_timeout_microseconds": 0,
-                "allow_timeout_override": True,
+                "default_timeout_microseconds": round((queue_timeout_ms or 0) * 1000),
+                "allow_timeout_override": timeout_override if queue_timeout_ms else True,
                 "max_queue_size": max_queue_size,
             },
         }

@@ -155,7 +155,7 @@ def test_strings_refused(server: GrpcRunning) -> None:
 # ----------------------------------------------------------------- repository
 
 
-def test_load_with_config_override(client: httpclient.InferenceServerClient) -> None:
+def test_load_with_config_override(client: httpclient.InferenceServerClient, repo: Path) -> None:
     override = {"max_batch_size": 2, "dynamic_batching": {"max_queue_delay_microseconds": 700}}
     client.load_model("tunable", headers=AUTH, config=json.dumps(override))
     config = client.get_model_config("tunable")
@@ -181,6 +181,14 @@ def test_load_with_config_override(client: httpclient.InferenceServerClient) -> 
     )
     assert message.startswith("failed to load 'tunable', version 1: ")
     assert client.is_model_ready("tunable")
+    # A plain reload keeps the last override while the model's files are as
+    # they were (Triton's rule, issue 18); once they change it reads them again.
+    client.load_model("tunable", headers=AUTH)
+    assert client.get_model_config("tunable")["max_batch_size"] == 2
+    folder = repo / "tunable"
+    config_file = next(folder.glob("config.*"))
+    st = config_file.stat()
+    os.utime(config_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     client.load_model("tunable", headers=AUTH)
     assert client.get_model_config("tunable")["max_batch_size"] == 64
 
