@@ -332,6 +332,11 @@ class DynamicBatching:
     enabled: bool = True
     max_queue_delay_ms: float | None = None  # None: the server's default
     max_queue_size: int | None = None
+    # Triton's default_queue_policy: a request still queued after this long is
+    # refused (timeout_action REJECT; None: never), and a request's own
+    # parameters.timeout may shorten it (allow_timeout_override).
+    queue_timeout_ms: float | None = None
+    allow_timeout_override: bool = False
     # bnfold's own: leave at once when no other request is on its way
     # (None: the server's BNFOLD_EAGER_BATCHING); Triton ignores the key.
     eager: bool | None = None
@@ -341,6 +346,8 @@ class DynamicBatching:
             raise ContractError("max_queue_delay_ms must be within 0 and 60000")
         if self.max_queue_size is not None and self.max_queue_size < 1:
             raise ContractError("max_queue_size must be at least 1")
+        if self.queue_timeout_ms is not None and not self.queue_timeout_ms > 0:
+            raise ContractError("queue_timeout_ms must be more than 0")
 
 
 @dataclass

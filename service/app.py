@@ -32,7 +32,8 @@ from .http_errors import install_error_handlers
 from .middleware import RequestContext, configure_logging
 from .openapi import install_openapi
 from .protocol import SERVER_VERSION
-from .repository import Repository
+from .repository import Repository, watch_interval
+from .restricted import Restrictions
 from .routes import ROUTERS
 from .settings import Settings
 from .shm import SharedMemory
@@ -54,7 +55,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     state.executor = ThreadPoolExecutor(settings.runner_threads, thread_name_prefix="bnfold-run")
     state.repository = Repository(settings, state.executor, state.metrics, state.arrivals)
     _prompt_gil_handoff(settings.gil_switch_ms)
-    shm = app.state.shm = state.shm = SharedMemory()  # system shared memory (HTTP and gRPC)
+    # system shared memory (HTTP and gRPC); without --allow-client-shm, nothing registers
+    shm = app.state.shm = state.shm = SharedMemory(allowed=settings.allow_client_shm)
     repository = state.repository
 
     def loaded() -> None:
@@ -80,9 +82,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
         state.executor.shutdown(wait=True)
         raise
     watch = None
-    if settings.poll_s > 0:
-        watch = asyncio.get_running_loop().create_task(repository.watch(settings.poll_s))
-        log.info("watching %s every %g s", settings.repo.resolve(), settings.poll_s)
+    if (every_s := watch_interval(settings)) > 0:
+        watch = asyncio.get_running_loop().create_task(repository.watch(every_s))
+        log.info("watching %s every %g s", settings.repo.resolve(), every_s)
     try:
         with drain_on_sigterm(state, settings.drain_s):
             yield {CONNECTIONS_STATE: state}
@@ -160,5 +162,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=state.metrics,
         access_log=settings.access_log,
         arrivals=state.arrivals,
+        restrictions=Restrictions.http(settings.http_restricted_api),
     )
     return app

@@ -57,6 +57,10 @@ class QueueFull(Exception):
     """The queue holds ``max_queue_size`` requests already."""
 
 
+class QueueTimeout(Exception):
+    """Still queued past its queue timeout (Triton's queue policy, REJECT)."""
+
+
 class DeadlineExceeded(Exception):
     """No result within the request's timeout."""
 
@@ -141,7 +145,7 @@ class Arrivals:
 
 
 class _Item:
-    __slots__ = ("enqueued", "feeds", "future", "key", "queued", "rows")
+    __slots__ = ("enqueued", "expires", "feeds", "future", "key", "queued", "rows")
 
     def __init__(self, feeds: Feeds, rows: int, key: Any, future: asyncio.Future[Feeds]) -> None:
         self.feeds = feeds
@@ -149,6 +153,7 @@ class _Item:
         self.key = key
         self.future = future
         self.enqueued = time.perf_counter()
+        self.expires = math.inf  # refused if still queued then (submit's queue_timeout)
         self.queued = True  # counted in Batcher.queued until taken or given up
 
 
@@ -228,8 +233,11 @@ class Batcher:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def submit(self, feeds: Feeds, rows: int, *, timeout: float) -> Feeds:
-        """Queue ``feeds`` (``rows`` on axis 0) and return this request's outputs."""
+    async def submit(
+        self, feeds: Feeds, rows: int, *, timeout: float, queue_timeout: float | None = None
+    ) -> Feeds:
+        """Queue ``feeds`` (``rows`` on axis 0) and return this request's outputs;
+        past ``queue_timeout`` s still queued it is refused (QueueTimeout)."""
         if self._closed:
             raise BatcherClosed("the model is being unloaded")
         if self._can_run_inline():
@@ -239,9 +247,12 @@ class Batcher:
             finally:
                 self._count(0, -1)
         if len(self._queue) >= self._max_queue:
-            raise QueueFull(f"{len(self._queue)} requests are queued (max_queue_size)")
+            # Triton's words (its scheduler's PolicyQueue::Enqueue), then how many
+            raise QueueFull(f"Exceeds maximum queue size ({len(self._queue)} requests queued)")
         key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in feeds.items()) if self._merge else 0
         item = _Item(feeds, rows, key, asyncio.get_running_loop().create_future())
+        if queue_timeout:
+            item.expires = item.enqueued + queue_timeout
         self._queue.append(item)
         self._queued_rows += rows
         self._count(1, 1)
@@ -345,12 +356,15 @@ class Batcher:
         batch: list[_Item] = []
         rows = 0
         left = 0  # requests that stop waiting: taken, or found given up
+        now = time.perf_counter()
         while self._queue:
             item = self._queue[0]
-            if item.future.done():  # timed out or cancelled while queued
+            if item.future.done() or item.expires < now:  # gave up, or its queue timeout
                 self._queue.popleft()
                 self._queued_rows -= item.rows
                 left += self._unqueue(item)
+                if not item.future.done():  # Triton's words for a rejected request
+                    item.future.set_exception(QueueTimeout("Request timeout expired"))
                 continue
             if batch and (
                 not self._merge or item.key != batch[0].key or rows + item.rows > self._max_rows

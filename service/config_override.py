@@ -15,9 +15,11 @@ outputs, those are completed from the graph again (their dims change rank).
 
 Everything is checked before anything changes: JSON and schema here, the
 contract's rules (``from_proto``), then the graph itself when the versions
-load; any failure is a 400 and the versions serving keep serving. The
-override lasts until the model is loaded again without one (or its files
-change under ``--poll``).
+load; any failure is a 400 and the versions serving keep serving. As in
+Triton, the override lasts until the model's files change after it: a
+later load without one (or a look of ``--poll``) keeps serving it while
+the folder's configuration and versions are as they were
+(``Repository._plan``), and goes back to the folder once they changed.
 """
 
 from __future__ import annotations
@@ -148,7 +150,9 @@ def current_config(repo: Repository, name: str) -> ModelConfig | None:
 
 async def load(repo: Repository, name: str, params: dict[str, Any]) -> ServedModel:
     """A load request with Triton's parameters (``config``; ``file:`` refused).
-    Every refusal reads as Triton's: ``failed to load 'NAME', <reason>``."""
+    Every refusal reads as Triton's: ``failed to load 'NAME', <reason>``;
+    in model control modes none and poll the request itself is refused."""
+    repo.check_control()
     files = sorted(k for k in params if k.startswith("file:"))
     if files:
         shown = ", ".join(f if len(f) <= 40 else f[:37] + "..." for f in files)

@@ -316,6 +316,6 @@ async def infer(
                 shm=regions,
             )
             seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
-            outputs = await served.infer(request.feeds, request.rows, seconds)
+            outputs = await served.infer(request.feeds, request.rows, seconds, request.timeout_s)
             tensors = encode_outputs(request, outputs, served.config.labels)
         return InferResult(served.name, served.version_str, request.id, tensors)

@@ -5,6 +5,7 @@
     │   └── LoadFailed (400)                 a model version that cannot be served
     │       └── FilesRefused (400 INTERNAL)  ``file:`` overrides on a load request
     ├── Unauthorized (401 UNAUTHENTICATED)   missing or wrong bearer token
+    ├── Forbidden (403 UNAVAILABLE)          a restricted API without its header (Triton's)
     ├── NotFound (404 NOT_FOUND)             unknown model, version or route
     ├── MethodNotAllowed (405 UNIMPLEMENTED) a route asked with the wrong method
     ├── Unimplemented (501 UNIMPLEMENTED)    an RPC or feature bnfold does not serve
@@ -35,7 +36,7 @@ from typing import Any, ClassVar
 
 from bnfold.contract import ContractError
 
-from .batching import BatcherClosed, DeadlineExceeded, QueueFull
+from .batching import BatcherClosed, DeadlineExceeded, QueueFull, QueueTimeout
 
 
 class ServiceError(Exception):
@@ -96,6 +97,15 @@ class Unauthorized(ServiceError):
         return {**super().headers(), "WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    """A restricted API category asked without its header (service/restricted.py);
+    Triton answers 403 over HTTP and UNAVAILABLE over gRPC."""
+
+    status = 403
+    grpc_code = "UNAVAILABLE"
+    reason = "restricted"
+
+
 class NotFound(ServiceError):
     status = 404
     grpc_code = "NOT_FOUND"
@@ -148,6 +158,7 @@ class InferenceFailed(ServiceError):
 # exception's MRO, so the most specific entry wins.
 ERROR_MAP: dict[type[Exception], type[ServiceError]] = {
     QueueFull: Overloaded,
+    QueueTimeout: Unavailable,  # Triton's queue policy: UNAVAILABLE, "Request timeout expired"
     DeadlineExceeded: RequestTimeout,
     BatcherClosed: Unavailable,
     ContractError: BadRequest,  # a name or version that breaks the contract

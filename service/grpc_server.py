@@ -53,9 +53,10 @@ from .grpc_codec import encode_result, parameter_value, parse_request
 from .metrics import LATENCY_BUCKETS
 from .proto import grpc_service_pb2 as pb
 from .proto import model_config_pb2 as mc
-from .protocol import EXTENSIONS, SERVER_NAME, SERVER_VERSION
+from .protocol import SERVER_NAME, SERVER_VERSION
 from .repository import Repository
-from .shm import SharedMemory
+from .restricted import GRPC_CATEGORIES, Restrictions
+from .shm import DISABLED, SharedMemory
 from .state import RequestIds, ServerState, request_id
 
 log = logging.getLogger("bnfold.service")
@@ -167,6 +168,7 @@ class InferenceServicer:
             state.shm = shm
         # Which process answered (which of --workers N): HTTP's X-Bnfold-Worker.
         self.worker = ("x-bnfold-worker", str(os.getpid()))
+        self.restrictions = Restrictions.grpc(state.settings.grpc_restricted_protocol)
 
     # --- plumbing
     def repository(self) -> Repository:
@@ -200,7 +202,7 @@ class InferenceServicer:
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=self.state.extensions
         )
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
@@ -263,7 +265,9 @@ class InferenceServicer:
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.repository().unload(request.model_name)
+        repository = self.repository()
+        repository.check_control()  # refused in model control modes none and poll
+        await repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # --- system shared memory (service/shm.py)
@@ -303,6 +307,8 @@ class InferenceServicer:
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest
     ) -> pb.CudaSharedMemoryUnregisterResponse:
+        if not self.shared_memory().allowed:  # client shared memory off: Triton's words
+            raise Unimplemented(DISABLED)
         if request.name:
             raise NotFound(f"no CUDA shared memory region {request.name!r} is registered")
         return pb.CudaSharedMemoryUnregisterResponse()
@@ -407,6 +413,7 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
         rid = _IDS.pick(metadata.get("x-request-id", ""))
         token = request_id.set(rid)
         context.set_trailing_metadata((("x-request-id", rid), servicer.worker))
+        servicer.restrictions.check(GRPC_CATEGORIES.get(name), metadata.get)  # Triton's first
         if name in PROTECTED:
             servicer.state.authorize(metadata.get("authorization", ""))
         if name in UNSUPPORTED:

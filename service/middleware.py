@@ -5,6 +5,9 @@ which costs a task and a body copy per request):
   echoed in the response and attached to every log line of the request;
 - ``X-Bnfold-Worker``: the id of the process that answered (which of the
   ``--workers N`` served a request);
+- restricted APIs (``--http-restricted-api``, service/restricted.py): a
+  request of a restricted category without its header is answered 403
+  before anything else, as Triton answers it;
 - body limit: ``Content-Length`` over the limit is refused before reading
   (and counted as a failure here), and a chunked body is counted as it
   streams; both are 413;
@@ -25,9 +28,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import Arrivals
-from .errors import PayloadTooLarge
+from .errors import Forbidden, PayloadTooLarge
 from .http_errors import render
 from .metrics import Metrics
+from .restricted import Restrictions, http_category
 from .routes.infer import direct, direct_target
 from .state import RequestIds, request_id
 
@@ -66,8 +70,10 @@ class RequestContext:
         metrics: Metrics,
         access_log: bool,
         arrivals: Arrivals | None = None,
+        restrictions: Restrictions | None = None,
     ):
         self.app = app
+        self.restrictions = restrictions if restrictions else None
         self.arrivals = arrivals if arrivals is not None else Arrivals()
         self.max_body = max_body_bytes
         self.metrics = metrics
@@ -112,7 +118,12 @@ class RequestContext:
             return message
 
         try:
-            if length > self.max_body:  # refused before routing: no model named
+            if self.restrictions is not None and (refused := self._refused(scope)) is not None:
+                state = scope["app"].state.bnfold
+                await render(state, scope["method"], scope["path"], {}, refused)(
+                    scope, receive, send_with_id
+                )
+            elif length > self.max_body:  # refused before routing: no model named
                 error = PayloadTooLarge(
                     f"body of {length} bytes is over the {self.max_body}-byte limit"
                 )
@@ -135,3 +146,18 @@ class RequestContext:
                 )
             self.arrivals.leave(arrival)
             request_id.reset(token)
+
+    def _refused(self, scope: Scope) -> Forbidden | None:
+        """The 403 of a restricted category asked without its header."""
+        assert self.restrictions is not None
+        category = http_category(scope["method"], scope["path"])
+        if category is None:
+            return None
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:  # ASGI names them in lower case
+            headers.setdefault(key.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        try:
+            self.restrictions.check(category, headers.get)
+        except Forbidden as refused:
+            return refused
+        return None

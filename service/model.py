@@ -37,7 +37,7 @@ from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_fi
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
 from .metrics import ModelMetrics
-from .model_config import read_model_config, triton_config
+from .model_config import label_file, read_model_config, triton_config
 from .ort_settings import read_ort_settings
 from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
@@ -74,6 +74,7 @@ class OpenedVersion:
     notes: tuple[str, ...] = ()  # said in the index beside READY
     folding: FoldOutcome | None = None  # fold on load, when it ran
     reference: Runtime | None = None  # the original graph, when fold on load folded it
+    labels_file: str | None = None  # the labels file /config names, when there is one
 
 
 def read_manifest(version_dir: Path, root: Path | None = None) -> Manifest:
@@ -179,6 +180,7 @@ def open_version(
         notes=(*notes, *built.notes),
         folding=built.folding,
         reference=built.reference,
+        labels_file=label_file(model_dir) if built.config.labels else None,
     )
 
 
@@ -277,6 +279,7 @@ class ServedModel:
         self.runtime = opened.runtime
         self.signature = opened.signature
         self.config_source = opened.config_source
+        self.labels_file = opened.labels_file
         self.notes = opened.notes
         self.folding = opened.folding
         self.metrics = metrics
@@ -290,6 +293,10 @@ class ServedModel:
         self.max_queue_delay_ms = settings.max_queue_delay_ms if delay_ms is None else delay_ms
         queue = dyn.max_queue_size if dyn and dyn.max_queue_size is not None else None
         self.max_queue_size = settings.max_queue_size if queue is None else queue
+        # Triton's default_queue_policy timeout (REJECT), which a request's own
+        # parameters.timeout may shorten when allow_timeout_override is set.
+        self.queue_timeout_ms = dyn.queue_timeout_ms if dyn else None
+        self.timeout_override = bool(dyn and dyn.allow_timeout_override)
         eager = dyn.eager if dyn and dyn.eager is not None else settings.eager_batching
         self.eager = eager
         self.batcher = Batcher(
@@ -327,17 +334,24 @@ class ServedModel:
         if self.retired and self.inflight == 0:
             self._drained.set()
 
-    async def infer(self, feeds: Feeds, rows: int, timeout: float) -> Feeds:
+    async def infer(
+        self, feeds: Feeds, rows: int, timeout: float, requested_s: float | None = None
+    ) -> Feeds:
         """This request's outputs, through the batcher. The batcher's errors
         are service errors by ``ERROR_MAP`` (queue full, timeout, unloaded);
-        any other is ONNX Runtime failing on valid input (InferenceFailed)."""
+        any other is ONNX Runtime failing on valid input (InferenceFailed).
+        ``requested_s`` (the request's parameters.timeout) shortens the queue
+        timeout where the model allows it."""
+        queue_s = self.queue_timeout_ms / 1000 if self.queue_timeout_ms else None
+        if queue_s and self.timeout_override and requested_s and requested_s < queue_s:
+            queue_s = requested_s  # Triton: a request may shorten it, never lengthen
         with map_errors(
             InferenceFailed,
             model=self.name,
             version=self.version,
             retry_after=self._settings.retry_after_s,
         ):
-            return await self.batcher.submit(feeds, rows, timeout=timeout)
+            return await self.batcher.submit(feeds, rows, timeout=timeout, queue_timeout=queue_s)
 
     async def run_direct(self, runtime: Runtime, feeds: Feeds) -> Feeds:
         """Run ``feeds`` on ``runtime`` in the runner pool, bypassing the batcher."""
@@ -409,7 +423,10 @@ class ServedModel:
             batching=self.batching,
             max_queue_delay_ms=self.max_queue_delay_ms,
             max_queue_size=self.max_queue_size,
+            queue_timeout_ms=self.queue_timeout_ms,
+            timeout_override=self.timeout_override,
             gpu=self.runtime.device_id,
+            labels=self.labels_file,
         )
 
     async def retire(self, timeout: float) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
+
 from bnfold.contract import CONFIG_FILE, ContractError, ModelConfig, VersionPolicy, parse_json
 
-from .files import MAX_JSON_BYTES, present, read_file
+from .files import MAX_JSON_BYTES, present, read_file, regular_size
+from .proto import model_config_pb2 as pb
 from .protocol import TRITON_DATATYPES
 from .triton_config import PBTXT_FILE, read_pbtxt
 
@@ -44,6 +47,28 @@ def read_config(path: Path, root: Path | None = None) -> ModelConfig:
     return ModelConfig.from_dict(parse_json(data, path.name))
 
 
+def label_file(model_dir: Path) -> str | None:
+    """The labels file a Triton client may read in the model folder: the one
+    ``config.pbtxt`` names, else ``labels.txt``, when it is a regular file
+    inside the folder; None when there is none (labels given in
+    ``config.json`` only serve through the classification extension)."""
+    names = [LABELS_FILE]
+    if present(model_dir / PBTXT_FILE):
+        try:
+            raw = read_file(model_dir / PBTXT_FILE, root=model_dir, max_bytes=MAX_JSON_BYTES)
+            message = text_format.Parse(raw.decode("utf-8"), pb.ModelConfig())
+            names = [t.label_filename for t in message.output if t.label_filename] + names
+        except (OSError, ValueError, text_format.ParseError):
+            pass  # refused when the model loads; here, only the file next to it counts
+    for name in names:
+        try:
+            regular_size(model_dir / name, root=model_dir)
+        except (OSError, ValueError):
+            continue
+        return name
+    return None
+
+
 def triton_config(
     name: str,
     config: ModelConfig,
@@ -54,6 +79,9 @@ def triton_config(
     max_queue_delay_ms: float,
     max_queue_size: int,
     gpu: int | None,
+    labels: str | None = None,
+    queue_timeout_ms: float | None = None,
+    timeout_override: bool = False,
 ) -> dict[str, Any]:
     """Triton's model configuration (JSON form) for the served version;
     ``name`` is the model's folder name, which Triton and clients go by.
@@ -64,9 +92,10 @@ def triton_config(
     What Triton's clients read is filled from the configuration: an input's
     ``format`` (its own, else the preprocessing layout of an image model:
     ``FORMAT_NCHW``), ``label_filename`` on the classification output when
-    the model has labels (``labels.txt``: Triton's image client reads it to
-    know the model classifies; the labels themselves serve through the
-    classification extension), and the ``instance_group`` kind the version
+    the model has labels and the folder a file of them, ``labels`` (from
+    :func:`label_file`: a name never points at a file that is not there; the
+    labels themselves serve through the classification extension), and the
+    ``instance_group`` kind the version
     actually runs on (``KIND_GPU`` or ``KIND_CPU``). An input's or output's
     ``reshape`` and an input's ``optional`` are the configuration's, and so
     are ``optimization`` and ``model_warmup`` when it sets them.
@@ -106,7 +135,7 @@ def triton_config(
                 for k, v in tensor(*t).items()
                 if k not in ("format", "allow_ragged_batch", "optional")  # inputs only
             }
-            | {"label_filename": LABELS_FILE if t[0] == labelled else ""}
+            | {"label_filename": labels if labels and t[0] == labelled else ""}
             for t in outputs
         ],
         "batch_input": [],
@@ -133,8 +162,8 @@ def triton_config(
             "preserve_ordering": True,
             "default_queue_policy": {
                 "timeout_action": "REJECT",
-                "default_timeout_microseconds": 0,
-                "allow_timeout_override": True,
+                "default_timeout_microseconds": round((queue_timeout_ms or 0) * 1000),
+                "allow_timeout_override": timeout_override if queue_timeout_ms else True,
                 "max_queue_size": max_queue_size,
             },
         }

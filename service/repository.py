@@ -83,6 +83,10 @@ FAILED = "failed to load (the repository index gives the reason)"
 NO_VERSION = "no version folder"
 UNLOADED = "unloaded"
 LOADING_REASON = "loading"
+TRITON_POLL_S = 15.0  # Triton's --repository-poll-secs default
+OVERRIDE = "override"  # the configuration source of a load request's override
+# Triton's answer to a load or unload request in model control modes none and poll.
+CONTROL_REFUSED = "explicit model load / unload is not allowed if polling is enabled"
 
 # What identifies the files a model or a version was loaded from: names,
 # sizes and modification times (versions are written once and renamed into
@@ -122,6 +126,10 @@ class ModelEntry:
     config_from: Fingerprint | None = None  # the configuration serving
     config_seen: Fingerprint | None = None  # what --poll last looked at
     config_source: str = ""  # config.json, config.pbtxt, override, or none
+    # A load request's configuration override, kept by plain loads (and polls)
+    # until the model's files change after it (Triton's rule), and those files.
+    override: ModelConfig | None = None
+    override_print: Fingerprint | None = None
     policy: VersionPolicy = field(default_factory=VersionPolicy)  # as last read
     problem: VersionState | None = None  # a model that no version can fix
     expected: bool = False  # should serve (readiness)
@@ -165,6 +173,7 @@ class LoadPlan:
     policy: VersionPolicy
     keep: dict[int, ServedModel]  # serving, unchanged
     open: list[int]  # to open (new, changed, or the configuration changed)
+    model_print: Fingerprint = ()  # the configuration's and every version's files
 
 
 class LoadTimedOut(Exception):
@@ -176,6 +185,16 @@ def unknown_model(name: str, version: str | None = None) -> str:
     Triton's clients and tests look for."""
     which = f"{name!r}" if version is None else f"{name!r} version {version}"
     return f"Request for unknown model: {which} is not found"
+
+
+def watch_interval(settings: Settings) -> float:
+    """Seconds between looks at the repository (0: never): ``--poll`` in
+    model control mode auto; in mode poll ``--poll``, or Triton's default
+    of 15 s when 0; never in modes none and explicit (Triton ignores its
+    poll interval there)."""
+    if settings.model_control_mode == "poll":
+        return settings.poll_s or TRITON_POLL_S
+    return settings.poll_s if settings.model_control_mode == "auto" else 0.0
 
 
 def valid_name(name: str) -> bool:
@@ -199,6 +218,17 @@ def _fingerprint(folder: Path, names: list[str] | None = None) -> Fingerprint:
 
 def _unselected(policy: VersionPolicy) -> str:
     return f"not served: the version_policy serves {policy.describe()}"
+
+
+def _model_fingerprint(model_dir: Path, versions: list[int]) -> Fingerprint:
+    """The model folder's own files and every version's (what Triton's
+    timestamps compare to tell a model changed since an override)."""
+    prints = list(_config_fingerprint(model_dir))
+    for v in versions:
+        prints += [
+            (f"{v}/{name}", size, mtime) for name, size, mtime in _fingerprint(model_dir / str(v))
+        ]
+    return tuple(prints)
 
 
 def _config_fingerprint(model_dir: Path) -> Fingerprint:
@@ -275,6 +305,8 @@ class Repository:
         # Reasons in full on token-free routes only when there is no token
         # (then the index, which gives them anyway, is open too).
         self.detailed = settings.api_token is None
+        self.control = settings.model_control_mode
+        self._startup = list(settings.load_model)  # explicit mode's models at start
         self._load_options = LoadOptions(
             runtime=runtime_options(settings),
             warmup=settings.warmup,
@@ -423,6 +455,8 @@ class Repository:
         if not expected:
             if self.loading:
                 return False, "loading models"
+            if self.control == "explicit":  # nothing asked for yet: Triton is ready
+                return True, ""
             return False, "no model is served (the repository is empty or every model unloaded)"
         missing = [n for n in expected if not self._served.get(n)]
         if missing:
@@ -451,8 +485,18 @@ class Repository:
         if self._loading is not None:
             await asyncio.gather(asyncio.shield(self._loading), return_exceptions=True)
 
+    def check_control(self) -> None:
+        """Load and unload requests are refused in model control modes none
+        and poll, with Triton's words (503 over HTTP, UNAVAILABLE over gRPC)."""
+        if self.control in ("none", "poll"):
+            raise Unavailable(CONTROL_REFUSED)
+
     async def load_all(self) -> None:
+        """Every model folder, or in model control mode explicit the
+        ``--load-model`` names (every folder for ``*``, none without any)."""
         names = list(self.scan())
+        if self.control == "explicit" and "*" not in self._startup:
+            names = list(dict.fromkeys(self._startup))
         entries = [self._entry(name) for name in names]
         for entry in entries:  # said at once, before any load begins
             entry.expected = True
@@ -484,7 +528,10 @@ class Repository:
             async with entry.lock:
                 plan = self._plan(entry, config)
                 opened = await self._open_all(entry, plan)
-                return self._commit(entry, plan, opened)
+                served = self._commit(entry, plan, opened)
+                entry.override = plan.config if plan.source == OVERRIDE else None
+                entry.override_print = plan.model_print if entry.override else None
+                return served
         finally:
             entry.loads -= 1
 
@@ -497,9 +544,14 @@ class Repository:
         if disk.outside:
             self._fail_model(entry, [], OUTSIDE)
         config_print = _config_fingerprint(model_dir)
+        model_print = _model_fingerprint(model_dir, disk.versions)
+        kept = False  # the override serving, kept by a plain load (Triton's rule)
+        if override is None and entry.override is not None:
+            kept = model_print == entry.override_print
+            override = entry.override if kept else None
         try:
             config, source = (
-                (override, "override") if override else read_model_config(model_dir, self.root)
+                (override, OVERRIDE) if override else read_model_config(model_dir, self.root)
             )
         except (ContractError, ValueError) as e:
             self._fail_model(entry, disk.versions, str(e))
@@ -514,7 +566,10 @@ class Repository:
             )
             self._fail_model(entry, disk.versions, why, public=not disk.versions)
         entry.problem = None
-        config_same = override is None and entry.config_from == config_print
+        if override is None:  # the folder's configuration, serving already?
+            config_same = entry.config_source != OVERRIDE and entry.config_from == config_print
+        else:  # a new override reloads every version
+            config_same = kept and entry.config_from == config_print
         keep: dict[int, ServedModel] = {}
         to_open: list[int] = []
         for v in wanted:
@@ -524,7 +579,7 @@ class Repository:
                 keep[v] = old
             else:
                 to_open.append(v)
-        return LoadPlan(config, source, config_print, policy, keep, to_open)
+        return LoadPlan(config, source, config_print, policy, keep, to_open, model_print)
 
     async def _open_all(self, entry: ModelEntry, plan: LoadPlan) -> dict[int, ServedModel]:
         """Open the plan's new versions; on any failure close those opened
@@ -651,6 +706,7 @@ class Repository:
             old = self._served.pop(name, {})
             entry.served = {}
             entry.config_from = None
+            entry.override = entry.override_print = None
             for v in entry.versions:
                 entry.versions[v] = VersionState(UNAVAILABLE, UNLOADED)
             await asyncio.gather(*(self._retire(s) for s in old.values()))

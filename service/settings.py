@@ -9,11 +9,12 @@ model's ``config.json``; the values here are server-wide.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL
 
@@ -105,6 +106,23 @@ class Settings(BaseSettings):
             "or removed versions atomically (0: only on an explicit load).",
         ),
     ] = 0.0
+    model_control_mode: Annotated[
+        Literal["auto", "none", "poll", "explicit"],
+        Field(
+            description="Triton's model control: none (every model at start, load and unload "
+            "refused), poll (none, and the repository watched every --poll seconds, 15 when "
+            "0), explicit (only --load-model models at start; load and unload by request); "
+            "auto: every model at start, load and unload by request, watched when --poll > 0.",
+        ),
+    ] = "auto"
+    load_model: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="With --model-control-mode explicit: a model to load at start "
+            "(repeatable; * alone: every model). Environment: a JSON list.",
+        ),
+    ] = []
     strict_readiness: Annotated[
         bool,
         Field(
@@ -184,6 +202,31 @@ class Settings(BaseSettings):
         SecretStr | None,
         Field(description="Bearer token for /v2/repository/*; unset leaves them open."),
     ] = None
+    http_restricted_api: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="Triton's restricted APIs: CATEGORY[,CATEGORY...]:KEY=VALUE; requests "
+            "of those categories need header KEY: VALUE, else 403 (repeatable; categories: "
+            "health, metadata, inference, shared-memory, model-config, model-repository, "
+            "statistics, trace, logging). Environment: a JSON list.",
+        ),
+    ] = []
+    grpc_restricted_protocol: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="The same for gRPC (Triton's --grpc-restricted-protocol): those RPCs "
+            "need metadata triton-grpc-protocol-KEY: VALUE, else UNAVAILABLE.",
+        ),
+    ] = []
+    allow_client_shm: Annotated[
+        bool,
+        Field(
+            description="Clients may register system shared memory regions and name them in "
+            "requests (Triton's --allow-client-shm; off: register and unregister refused).",
+        ),
+    ] = True
     log_level: Annotated[
         Literal["critical", "error", "warning", "info", "debug"],
         Field(description="critical, error, warning, info or debug."),
@@ -277,6 +320,39 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("load_model", "http_restricted_api", "grpc_restricted_protocol", mode="before")
+    @classmethod
+    def _list_from_env(cls, value: object) -> object:
+        """A list as given, or from the environment: a JSON list, or one value."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [value] if value else []
+        return value
+
+    @field_validator("http_restricted_api", "grpc_restricted_protocol")
+    @classmethod
+    def _restriction_groups(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Groups Triton's command line parser accepts (refused in its words)."""
+        from .restricted import parse  # the categories and the group syntax
+
+        kind = "api" if info.field_name == "http_restricted_api" else "protocol"
+        parse(value, str(info.field_name).replace("_", "-"), kind)
+        return value
+
+    @model_validator(mode="after")
+    def _model_control(self) -> Settings:
+        """``--load-model`` as Triton's command line parser takes it, refused in its words."""
+        if self.load_model and self.model_control_mode != "explicit":
+            raise ValueError(
+                "Use of '--load-model' requires setting '--model-control-mode=explicit' as well."
+            )
+        if "*" in self.load_model and len(self.load_model) > 1:
+            raise ValueError(
+                "Wildcard model name '*' must be the ONLY startup model if specified at all."
+            )
+        return self
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces ``settings`` (for worker processes)."""
@@ -288,5 +364,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         if isinstance(value, bool):
             value = "true" if value else "false"
+        if isinstance(value, list):
+            value = json.dumps(value)
         env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
     return env

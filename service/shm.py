@@ -49,7 +49,7 @@ import numpy as np
 
 from . import bytes_tensor
 from .binary import tensor_bytes
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, Unimplemented
 
 SHM_ROOT = Path("/dev/shm")
 MAX_REGIONS = 1024  # each holds a file descriptor
@@ -59,6 +59,11 @@ MAX_BYTES_INPUT = 1 << 30
 REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
 OFFSET = "shared_memory_offset"
+# Triton's words when client shared memory is off (its --allow-client-shm).
+DISABLED = (
+    "Client shared memory is disabled. Start the server with '--allow-client-shm' "
+    "(BNFOLD_ALLOW_CLIENT_SHM=true) to enable."
+)
 
 
 def _count(value: object, what: str) -> int:
@@ -229,12 +234,15 @@ class Regions:
 class SharedMemory:
     """The regions registered with this process, by name."""
 
-    def __init__(self, root: Path = SHM_ROOT) -> None:
+    def __init__(self, root: Path = SHM_ROOT, *, allowed: bool = True) -> None:
         self.root = root
+        self.allowed = allowed  # off: register and unregister refused, nothing registered
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()  # requests may read in worker threads
 
     def register(self, name: object, key: object, offset: object, byte_size: object) -> None:
+        if not self.allowed:
+            raise Unimplemented(DISABLED)
         if not isinstance(name, str) or not name:
             raise BadRequest("'region name' is necessary to register system shared memory region")
         if not isinstance(key, str) or not key:
@@ -258,6 +266,8 @@ class SharedMemory:
     def unregister(self, name: str | None = None) -> None:
         """Forget ``name`` (every region when None or empty); an unknown name is
         no error. A region in use closes when its last request finishes."""
+        if not self.allowed:
+            raise Unimplemented(DISABLED)
         with self._lock:
             names = [name] if name else list(self._regions)
             for n in names:
@@ -275,13 +285,17 @@ class SharedMemory:
             return [r.status() for r in self._regions.values()]
 
     def close(self) -> None:
-        self.unregister()
+        """Every region unregistered (at shutdown; allowed or not)."""
+        with self._lock:
+            for region in self._regions.values():
+                region.retire()
+            self._regions.clear()
 
     def acquire(self, name: str) -> Region:
         with self._lock:
             region = self._regions.get(name)
-            if region is None:
-                raise BadRequest(f"Unable to find shared memory region: '{name}'")
+            if region is None:  # Triton's NOT_FOUND (shared_memory_manager.cc)
+                raise NotFound(f"Unable to find shared memory region: '{name}'")
             region.acquire()
             return region
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from .batching import Arrivals
 from .errors import Unauthorized, Unavailable
 from .metrics import Metrics
+from .protocol import EXTENSIONS
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -60,6 +61,14 @@ class ServerState:
     shm: SharedMemory | None = None  # system shared memory regions (HTTP and gRPC)
     started: bool = False
     draining: bool = False
+
+    @property
+    def extensions(self) -> list[str]:
+        """The protocol extensions served metadata lists (system shared
+        memory only while clients may use it)."""
+        if self.settings.allow_client_shm:
+            return list(EXTENSIONS)
+        return [e for e in EXTENSIONS if e != "system_shared_memory"]
 
     @property
     def ready(self) -> bool:

@@ -6,7 +6,7 @@ an error with its line and column, as it is in Triton. The fields bnfold
 acts on are carried over: ``name``, ``platform``/``backend``,
 ``max_batch_size``, ``input``/``output`` (``data_type``, ``dims``,
 ``format``, ``reshape``, ``optional``, ``label_filename``),
-``dynamic_batching`` (its queue delay and size), ``version_policy``,
+``dynamic_batching`` (its queue delay, size and timeout), ``version_policy``,
 ``instance_group`` (kind, gpus), ``parameters`` (the ONNX Runtime
 backend's keys, service/ort_settings.py; ``fold_on_load: "true"`` is
 bnfold's per-model switch), ``optimization`` (graph level, CUDA graphs,
@@ -67,6 +67,9 @@ HONOURED = frozenset(
         "output.label_filename",
         "dynamic_batching.max_queue_delay_microseconds",
         "dynamic_batching.default_queue_policy.max_queue_size",
+        "dynamic_batching.default_queue_policy.timeout_action",
+        "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+        "dynamic_batching.default_queue_policy.allow_timeout_override",
         "instance_group.name",
         "instance_group.kind",
         "instance_group.gpus",
@@ -200,8 +203,14 @@ def _batching(d: pb.ModelDynamicBatching) -> dict[str, Any]:
     out: dict[str, Any] = {"enabled": True}
     if d.max_queue_delay_microseconds:
         out["max_queue_delay_ms"] = d.max_queue_delay_microseconds / 1000
-    if d.HasField("default_queue_policy") and d.default_queue_policy.max_queue_size:
-        out["max_queue_size"] = d.default_queue_policy.max_queue_size
+    policy = d.default_queue_policy
+    if d.HasField("default_queue_policy") and policy.max_queue_size:
+        out["max_queue_size"] = policy.max_queue_size
+    # DELAY moves an expired request behind the others: bnfold's queue is
+    # first in, first out with one priority, so it is served as it comes.
+    if policy.timeout_action == pb.ModelQueuePolicy.REJECT and policy.default_timeout_microseconds:
+        out["queue_timeout_ms"] = policy.default_timeout_microseconds / 1000
+        out["allow_timeout_override"] = policy.allow_timeout_override
     return out
 
 

@@ -491,6 +491,15 @@ def load_average() -> list[float]:
         return []
 
 
+def wait_for_quiet(limit: float, threshold: float = 1.0) -> None:
+    """Building the models (training) loads the machine: let the 1-minute
+    load average settle before the run reads its "before"."""
+    deadline = time.monotonic() + limit
+    while (load := load_average()) and load[0] > threshold and time.monotonic() < deadline:
+        print(f"waiting for a quiet machine: load average {load[0]:.2f}", flush=True)
+        time.sleep(15)
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -526,6 +535,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loadgen", action="store_true", help="asyncio client even if wrk exists")
     parser.add_argument("--seed", type=int, default=0, help="of the rotation order")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=600.0,
+        help="after the models are built, wait up to this many seconds for the 1-minute load "
+        "average to fall to 1 before the first measurement",
+    )
+    parser.add_argument(
+        "--rest",
+        type=float,
+        default=90.0,
+        help="seconds to wait, every server stopped, before reading the load average after "
+        "the run (the run's own load decays; what is left is other work)",
+    )
     args = parser.parse_args(argv)
     if args.setup_kserve or args.setup_pytriton:
         for flag, setup in (
@@ -542,6 +565,7 @@ def main(argv: list[str] | None = None) -> None:
     http = run_wrk if use_wrk else run_loadgen
     repo, all_specs = bench_repo()
     specs = {n: all_specs[n] for n in args.models.split(",")}
+    wait_for_quiet(args.quiet_wait)
     started = time.monotonic()
     load_before = load_average()
     notes: dict[str, str] = {}
@@ -608,6 +632,8 @@ def main(argv: list[str] | None = None) -> None:
                         flush=True,
                     )
 
+    load_after_run = load_average()
+    time.sleep(args.rest)
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
@@ -620,6 +646,8 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "bnfold_settings": BNFOLD_SETTINGS,
         "load_average_before": load_before,
+        "load_average_at_end": load_after_run,
+        "rest_seconds": args.rest,
         "load_average_after": load_average(),
         "wall_seconds": round(time.monotonic() - started),
         "notes": notes,

@@ -20,8 +20,9 @@ LoadBody = Annotated[LoadRequest | None, Depends(json_body(LoadRequest))]
 
 COMMON = {
     401: "Missing or wrong bearer token.",
+    403: "A restricted API category without its header (--http-restricted-api).",
     413: "Body over the size limit.",
-    503: "The server is starting.",
+    503: "The server is starting, or model control mode none or poll refuses the request.",
 }
 INDEX_ERRORS = errors({400: "A body that is not the request.", **COMMON})
 LOAD_ERRORS = errors(
@@ -79,6 +80,7 @@ async def load(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> di
 )
 async def unload(name: str, repo: RepositoryDep, _: AuthDep, body: LoadBody) -> dict[str, Any]:
     """Stop serving ``name``; answers once the requests already holding it
-    have finished."""
+    have finished. Refused (503) in model control modes none and poll."""
+    repo.check_control()
     await repo.unload(name)
     return {"name": name, "state": "UNAVAILABLE"}

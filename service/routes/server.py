@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from ..deps import MetricsDep, StateDep
 from ..errors import Unavailable
-from ..protocol import EXTENSIONS, SERVER_NAME, SERVER_VERSION, ServerMetadata
+from ..protocol import SERVER_NAME, SERVER_VERSION, ServerMetadata
 from ..runtime import CPU, CUDA, RuntimeOptions, cuda_usable
 from .responses import errors
 
@@ -33,7 +33,7 @@ async def server_metadata(state: StateDep) -> ServerMetadata:
     return ServerMetadata(
         name=SERVER_NAME,
         version=SERVER_VERSION,
-        extensions=EXTENSIONS,
+        extensions=state.extensions,
         parameters={"provider": ",".join(providers), "models_ready": len(served)},
     )
 

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
 from ..deps import AuthDep, body_schema, json_body
-from ..errors import BadRequest, Unavailable
-from ..shm import SharedMemory
+from ..errors import BadRequest, Unavailable, Unimplemented
+from ..shm import DISABLED, SharedMemory
 from .responses import errors
 
 router = APIRouter(tags=["shared memory"])
@@ -135,7 +135,9 @@ async def cuda_status(_: AuthDep) -> list[dict[str, Any]]:
     summary="Unregister every CUDA shared memory region (none)",
     responses=COMMON_ERRORS,
 )
-async def cuda_unregister_all(_: AuthDep) -> Response:
+async def cuda_unregister_all(shm: ShmDep, _: AuthDep) -> Response:
+    if not shm.allowed:  # Triton refuses CUDA's too when client shared memory is off
+        raise Unimplemented(DISABLED)
     return Response(status_code=200)
 
 
@@ -144,8 +146,11 @@ async def cuda_unregister_all(_: AuthDep) -> Response:
     summary="Register or unregister a CUDA shared memory region (not supported)",
     responses=CUDA_ERRORS,
 )
-async def cuda_region(name: str, action: str, _: AuthDep) -> Response:
-    """Answered 400: regions of GPU memory are not served."""
+async def cuda_region(name: str, action: str, shm: ShmDep, _: AuthDep) -> Response:
+    """Answered 400: regions of GPU memory are not served (501 when client
+    shared memory is off, as Triton answers then)."""
+    if not shm.allowed:
+        raise Unimplemented(DISABLED)
     raise BadRequest(CUDA)
 
 

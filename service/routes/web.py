@@ -12,9 +12,11 @@ The page reads the public routes (``/v2``, model metadata, ``.../parity``,
   version does not serve can name files and hashes, so the reasons stay
   behind the token of ``POST /v2/repository/index``.
 - ``GET /web/api/models/{m}/versions/{v}``: what the page draws a served
-  version with: labels, preprocessing, the manifest's provenance and
-  metrics (training curves when it holds them), and the layers of the graph
-  the BNs were folded from, in order, read from the repository only.
+  version with: labels, preprocessing, what kind of version it is (converted,
+  imported, module-converted, bare), its stored parity as labelled rows
+  (service/page_data.py), the manifest's provenance and metrics (training
+  curves when it holds them), and the layers of the graph the BNs were
+  folded from, in order, read from the repository only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from bnfold.contract import MODEL_FILE, REFERENCE_FILE
 from ..deps import RepositoryDep, SettingsDep
 from ..errors import NotFound
 from ..model import ServedModel
+from ..page_data import parity_notes, parity_rows, version_kind
 from ..parity import drop_none
 from ..runtime import read_model
 from .responses import MODEL, VERSION, errors
@@ -194,10 +197,13 @@ async def summary(repo: RepositoryDep, settings: SettingsDep) -> dict[str, Any]:
 async def version_details(
     name: str, version: str, repo: RepositoryDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    """Labels and preprocessing from the configuration; provenance, metrics
-    and training curves (``metrics.history``, when the manifest has them)
-    from the manifest; the layers of the graph the BNs were folded from
-    (``reference.onnx``, or ``model.onnx`` when it is the original), in
+    """Labels and preprocessing from the configuration; the version's
+    ``kind`` (``converted``, ``imported``, ``module``, ``bnfold``: a manifest
+    that does not say, ``bare``: no manifest); its stored parity as rows
+    with labels (the manifest's comparisons, and fold on load's); provenance,
+    metrics and training curves (``metrics.history``, when the manifest has
+    them) from the manifest; the layers of the graph the BNs were folded
+    from (``reference.onnx``, or ``model.onnx`` when it is the original), in
     graph order, with shape arithmetic left out."""
     served = repo.get(name, version)
     manifest = served.manifest.to_dict() if served.manifest else {}
@@ -208,13 +214,29 @@ async def version_details(
         {
             "name": served.name,
             "version": served.version_str,
+            "kind": version_kind(served.manifest),
+            "precision": manifest.get("precision"),
             "labels": served.config.labels or manifest.get("labels") or [],
             "preprocessing": config.get("preprocessing"),
             "manifest": {k: manifest[k] for k in PROVENANCE if k in manifest},
+            "parity": _stored_parity(served),
             "curves": curves if isinstance(curves, list) and curves else None,
             "graphs": await _graphs(served, settings.max_model_bytes),
         }
     )
+
+
+def _stored_parity(served: ServedModel) -> dict[str, Any]:
+    """The manifest's comparisons, then fold on load's, one row each."""
+    manifest = served.manifest
+    stored = manifest.parity if manifest else None
+    rows = parity_rows(stored, manifest.precision if manifest else None)
+    on_load = served.folding.parity if served.folding is not None else {}
+    if on_load:
+        device = str(on_load.get("device") or "this server").replace("ExecutionProvider", "")
+        label = f"original vs folded graph, at load on {device}"
+        rows += [r | {"key": "fold_on_load", "label": label} for r in parity_rows(on_load)]
+    return {"rows": rows, "notes": parity_notes(stored)}
 
 
 async def _graphs(served: ServedModel, max_bytes: int) -> dict[str, Any]:

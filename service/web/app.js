@@ -106,26 +106,68 @@ function card(title, id, ...children) {
   return el("section", { class: "card", id }, el("h2", { text: title }), ...children);
 }
 
+// Lines of at most ``width`` characters, broken between words. A word longer
+// than a line (a node name) breaks only after one of _ . / : - inside it, and
+// is cut elsewhere only where a piece between those is itself too long.
 function wrap(text, width) {
-  // words longer than a line (node names) are cut into pieces that fit
-  const words = String(text)
-    .split(/\s+/)
-    .flatMap((w) => w.match(new RegExp(`.{1,${width}}`, "g")) || []);
+  const tokens = [];
+  for (const word of String(text).split(/\s+/).filter(Boolean)) {
+    splitWord(word, width).forEach((piece, i) => tokens.push({ piece, glue: i ? "" : " " }));
+  }
   const lines = [];
   let line = "";
-  for (const w of words) {
-    if (line && (line + " " + w).length > width) {
+  for (const { piece, glue } of tokens) {
+    if (line && (line + glue + piece).length > width) {
       lines.push(line);
-      line = w;
-    } else line = line ? `${line} ${w}` : w;
+      line = piece;
+    } else line = line ? line + glue + piece : piece;
   }
   if (line) lines.push(line);
   return lines;
 }
 
+function splitWord(word, width) {
+  if (word.length <= width) return [word];
+  const chunks = [];
+  let chunk = "";
+  for (const part of word.split(/(?<=[_./:-])/)) {
+    if (chunk && (chunk + part).length > width) {
+      chunks.push(chunk);
+      chunk = "";
+    }
+    chunk += part;
+    while (chunk.length > width) {
+      chunks.push(chunk.slice(0, width));
+      chunk = chunk.slice(width);
+    }
+  }
+  if (chunk) chunks.push(chunk);
+  return chunks;
+}
+
 function short(text, n) {
   text = String(text);
   return text.length > n ? `${text.slice(0, n - 1)}…` : text;
+}
+
+// ``name`` in at most ``n`` characters, keeping the part that tells it from
+// ``others`` (exporters name every BN alike but for a suffix or a middle
+// part): the window starts where the name parts from its nearest neighbour.
+function shortName(name, n, others) {
+  if (name.length <= n) return name;
+  if (n < 3) return "…";
+  let prefix = 0;
+  for (const o of others) {
+    if (o === name) continue;
+    let k = 0;
+    while (k < name.length && k < o.length && name[k] === o[k]) k++;
+    prefix = Math.max(prefix, k);
+  }
+  const tail = name.length - (n - 1); // where a window at the end starts
+  if (prefix <= n - 2) return short(name, n);
+  if (tail <= prefix) return `…${name.slice(tail)}`;
+  const start = Math.max(1, prefix - 2);
+  return `…${name.slice(start, start + n - 2)}…`;
 }
 
 // ------------------------------------------------------------------ repository
@@ -302,7 +344,7 @@ function renderModel(main, m) {
       "div",
       { class: "grid" },
       el("div", { class: "col" }, foldCard(m), parityCard(m)),
-      el("div", { class: "col" }, tryCard(m), healthCard(m), trainingCard(m)),
+      el("div", { class: "col" }, tryCard(m), sourceCard(m), healthCard(m), trainingCard(m)),
     ),
   );
   fitNames(main);
@@ -315,45 +357,75 @@ function signature(meta) {
 
 // ------------------------------------------------------------------ the fold picture
 
+// The fold: the manifest's (or, without one, what fold on load served) and
+// fold on load's, with the fold report's one summary (BNs folded, partial,
+// kept; ops left by BNs), the numbers `bnfold fold`, import and /parity give.
 function foldFacts(m) {
   const folding = m.parity.folding || {};
   const onLoad = m.parity.fold_on_load;
-  const report = (folding.report && folding.report.bns ? folding.report : null) ||
-    (onLoad && onLoad.report && onLoad.report.bns ? onLoad.report : null);
+  const has = (r) => r && r.report && r.report.bns;
+  const source = has(folding) ? folding : has(onLoad) ? onLoad : null;
+  const report = source ? source.report : null;
+  const summary = (source && source.summary) || folding.summary || (onLoad && onLoad.summary) || null;
   const before = folding.bn_before ?? (onLoad ? onLoad.bn_before : report ? report.bn_before : undefined);
   const after = folding.bn_after ?? (onLoad ? onLoad.bn_after : report ? report.bn_after : undefined);
-  return { report, before, after, onLoad };
+  return { report, summary, before, after, onLoad };
+}
+
+// '6 BNs: 5 folded, 1 partial, 0 kept; 1 op left by BNs', as FoldSummary.describe says it
+function describeFold(s) {
+  if (!s.bns) return "No BN found; nothing to fold.";
+  const plural = (k, one, many) => `${k} ${k === 1 ? one : many}`;
+  return `${plural(s.bns, "BN", "BNs")}: ${s.folded} folded, ${s.partial} partial, ${s.kept} kept; ` +
+    `${plural(s.ops_left, "op", "ops")} left by BNs`;
 }
 
 function foldCard(m) {
-  const { report, before, after, onLoad } = foldFacts(m);
+  const { report, summary, before, after, onLoad } = foldFacts(m);
+  const bare = m.details.kind === "bare";
   const graphs = m.details.graphs || {};
   const reference = graphs.reference && graphs.reference.layers ? graphs.reference : null;
   const served = graphs.served && graphs.served.layers ? graphs.served : null;
   const stats = el(
     "dl",
     { class: "stats" },
-    stat("BN layers", before, after, "bn-count"),
+    after !== undefined
+      ? stat("BN layers", before, after, "bn-count")
+      : served // nothing folded: the BNs the served graph holds
+        ? stat("BN layers", undefined, served.layers.filter((l) => l.op === "BatchNormalization").length, "bn-count")
+        : null,
     reference && served ? stat("layers", reference.layers.length, served.layers.length, "layer-count") : null,
-    report ? stat("ops left by BNs", undefined, report.residual_ops, "ops-left") : null,
+    summary ? stat("ops left by BNs", undefined, summary.ops_left, "ops-left") : null,
   );
   const body = [stats];
+  if (summary) body.push(el("p", { id: "fold-summary", class: "small", text: describeFold(summary) }));
   if (onLoad) {
     body.push(
       el("p", {
         class: onLoad.served === "folded" ? "note ok" : "note warn",
+        id: "fold-on-load",
         text: `Folded when the server loaded it: serving the ${onLoad.served} graph` +
           (onLoad.reason ? ` (${onLoad.reason})` : "") + ".",
       }),
     );
   }
-  if (!report) {
-    body.push(el("p", { class: "muted", text: "This version's manifest has no fold report." }));
-  } else {
-    body.push(legend(), foldPicture(report, reference || served));
+  if (bare) {
+    body.push(
+      el("p", {
+        class: "muted",
+        id: "no-manifest",
+        text: report
+          ? "This version has no manifest.json: the fold report is the server's, from folding it on load."
+          : "This version has no manifest.json: a model.onnx served as it is, with no fold report." +
+            (onLoad ? "" : " Fold on load (the fold_on_load parameter, or --fold-on-load) folds it when it loads."),
+      }),
+    );
+  } else if (!report) {
+    body.push(el("p", { class: "muted", id: "no-fold-report", text: "This version's manifest has no fold report." }));
   }
+  if (report) body.push(legend(), foldPicture(report, reference || served));
   const source = reference ? `Layers of ${reference.file}, in graph order` : served ? `Layers of ${served.file}` : "";
-  if (source) body.push(el("p", { class: "muted small", text: `${source}; shape arithmetic left out.` }));
+  if (source && report) body.push(el("p", { class: "muted small", text: `${source}; shape arithmetic left out.` }));
   return card("Folding", "fold", ...body);
 }
 
@@ -397,7 +469,17 @@ function sizePicture() {
   const column = window.innerWidth >= 1200 ? ((main - 16) * 1.45) / 2.45 : main;
   WIDTH = Math.round(Math.max(300, Math.min(640, column - 40)));
   BOX_W = Math.round(Math.min(400, WIDTH * 0.64));
-  CHARS = Math.floor((BOX_W - 40) / 5.9);
+  CHARS = Math.floor((BOX_W - 40) / noteCharWidth());
+}
+
+// The width of a character of the notes under a BN (.why: 11.5px system-ui),
+// measured on text like theirs, so that their lines fit the box.
+function noteCharWidth() {
+  const sample = "why: backward: Conv 'node_conv2d' pads with zeros (pads=[1, 1, 1, 1]): MaxPool";
+  const ctx = document.createElement("canvas").getContext("2d");
+  ctx.font = "11.5px system-ui, sans-serif";
+  const width = ctx.measureText(sample).width / sample.length;
+  return Number.isFinite(width) && width > 0 ? width * 1.08 : 6.5;
 }
 
 function foldPicture(report, graph) {
@@ -535,9 +617,13 @@ function layerBox(r) {
   return g;
 }
 
-// Once the picture is in the page: each name after its op, cut to fit the box.
+// Once the picture is in the page: each name after its op, shortened to fit
+// the box so that it stays told apart from the others (the full name is in
+// the box's title, shown on hover).
 function fitNames(root) {
-  for (const g of root.querySelectorAll(".foldsvg .layer")) {
+  const groups = [...root.querySelectorAll(".foldsvg .layer")];
+  const names = groups.map((g) => g.dataset.name);
+  for (const g of groups) {
     const op = g.querySelector(".op");
     const name = g.querySelector(".name");
     const tag = g.querySelector(".tag");
@@ -546,23 +632,17 @@ function fitNames(root) {
     name.setAttribute("x", x);
     const full = name.textContent;
     let n = full.length;
-    while (n > 4 && name.getComputedTextLength() > room) name.textContent = short(full, --n);
+    while (n > 4 && name.getComputedTextLength() > room) name.textContent = shortName(full, --n, names);
     if (name.getComputedTextLength() > room) name.textContent = "";
   }
 }
 
 // ------------------------------------------------------------------ parity
 
-const COMPARISONS = {
-  torch_vs_reference: "PyTorch vs reference.onnx",
-  reference_vs_folded: "reference.onnx vs model.onnx",
-  torch_vs_folded: "PyTorch vs model.onnx",
-};
-
-function parityRow(label, r, cls = "") {
+function parityRow(label, r, cls = "", key = "") {
   return el(
     "tr",
-    { class: cls },
+    { class: cls, "data-key": key || undefined },
     el("th", { scope: "row", text: label }),
     cell(r.n_samples),
     cell(r.max_abs_error, num, "abs"),
@@ -572,8 +652,11 @@ function parityRow(label, r, cls = "") {
   );
 }
 
+// The stored rows come labelled from the page's data route (every writer's
+// layout: convert, import, convert_module, quantize, fold on load); rows
+// measured here (Recompute) are added below them as class "now".
 function parityCard(m) {
-  const stored = m.parity.parity || {};
+  const stored = m.details.parity || { rows: [], notes: [] };
   const table = el(
     "table",
     { class: "parity", id: "parity-table" },
@@ -584,23 +667,18 @@ function parityCard(m) {
     ),
   );
   const body = el("tbody", {});
-  const comparisons = Object.entries(stored.comparisons || {});
-  if (comparisons.length) {
-    for (const [k, r] of comparisons) body.append(parityRow(COMPARISONS[k] || k, r, "stored"));
-  } else if (stored.max_rel_error !== undefined) {
-    body.append(parityRow("reference vs folded", stored, "stored"));
+  for (const r of stored.rows) {
+    const label = r.output !== undefined ? `${r.label} · ${r.output}` : r.label;
+    body.append(parityRow(label, r, "stored", r.key));
   }
-  const onLoad = m.parity.fold_on_load;
-  if (onLoad && onLoad.parity && onLoad.parity.max_rel_error !== undefined) {
-    body.append(parityRow(`at load, on ${onLoad.parity.device || "this server"}`, onLoad.parity, "stored"));
+  if (!body.children.length) {
+    const why = m.details.kind === "bare" ? "No stored parity report: this version has no manifest.json." : "No stored parity report.";
+    body.append(el("tr", { class: "none" }, el("td", { colspan: 6, class: "muted", text: why })));
   }
-  if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No stored parity report." })));
   table.append(body);
-  const notes = [];
-  if (stored.rtol !== undefined) notes.push(`threshold ${num(stored.rtol)} (relative to the output's scale)`);
-  if (stored.n_heldout !== undefined) notes.push(`${stored.n_heldout} held-out + ${stored.n_random} random inputs`);
+  const notes = [...stored.notes];
   const runtime = (m.parity.versions || {}).onnxruntime;
-  if (runtime) notes.push(`measured by the converter with ONNX Runtime ${runtime}`);
+  if (runtime) notes.push(`measured when the version was written, with ONNX Runtime ${runtime}`);
   const provider = (m.meta.parameters || {}).provider || "the serving device";
   const status = el("p", { class: "muted small", id: "parity-status" });
   const button = el("button", { type: "button", id: "recompute", text: `Recompute on ${provider.replace("ExecutionProvider", "")}` });
@@ -616,8 +694,7 @@ function parityCard(m) {
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ n: 256 }),
       });
-      const old = body.querySelector("tr.now");
-      if (old) old.remove();
+      for (const old of body.querySelectorAll("tr.now, tr.none")) old.remove();
       body.append(parityRow(`now, on ${r.provider.replace("ExecutionProvider", "")}`, r, "now"));
       status.textContent = `Reference on ${r.reference_provider}, folded on ${r.provider}, ${r.n_samples} random inputs.`;
     } catch (e) {
@@ -641,15 +718,25 @@ function parityCard(m) {
 function healthCard(m) {
   const health = (m.parity.folding || {}).bn_health;
   if (!health) {
-    return card("BN health", "health", el("p", { class: "muted", text: "No BN health check in this manifest (the converter writes one when it trains the network)." }));
+    const why = m.details.kind === "bare"
+      ? "No BN health check: this version has no manifest.json."
+      : "No BN health check in this manifest (the converter writes one when it trains the network).";
+    return card("BN health", "health", el("p", { class: "muted", text: why }));
   }
   const t = health.thresholds || {};
   const [lo, hi] = t.var_ratio_range || [0, Infinity];
-  const rows = (health.layers || []).map((l) =>
+  // PyTorch module names ("1", "4" in a Sequential): each BN by its place, the name beside
+  const rows = (health.layers || []).map((l, i) =>
     el(
       "tr",
-      {},
-      el("th", { scope: "row", class: "mono", text: l.name }),
+      { "data-module": l.name },
+      el(
+        "th",
+        { scope: "row", class: "bnname", title: `PyTorch module ${JSON.stringify(String(l.name))}` },
+        el("span", { text: `BN ${i + 1}` }),
+        " ",
+        el("span", { class: "mono muted", text: `module ${l.name}` }),
+      ),
       cell(l.mean_shift, num, l.mean_shift > (t.max_mean_shift ?? Infinity) ? "bad" : ""),
       cell(l.var_ratio_min, num, l.var_ratio_min < lo ? "bad" : ""),
       cell(l.var_ratio_max, num, l.var_ratio_max > hi ? "bad" : ""),
@@ -668,7 +755,7 @@ function healthCard(m) {
       ` ${health.n_bn} BN layers, running statistics against batch statistics on ${health.n_samples} samples`,
       gap.max_rel_error !== undefined ? `: outputs differ by ${num(gap.max_rel_error)} (relative), top-1 agreement ${pct(gap.top1_agreement)}.` : ".",
     ),
-    (health.warnings || []).length ? el("ul", { class: "warnings" }, health.warnings.map((w) => el("li", { text: w }))) : null,
+    (health.warnings || []).length ? el("ul", { class: "warnings" }, health.warnings.map((w) => el("li", { text: bnWarning(w, health.layers || []) }))) : null,
     rows.length
       ? el(
           "div",
@@ -676,12 +763,19 @@ function healthCard(m) {
           el(
             "table",
             { class: "health" },
-            el("thead", {}, el("tr", {}, ["layer", "mean shift", "var min", "var max", "dead", ""].map((x) => el("th", { text: x })))),
+            el("thead", {}, el("tr", {}, ["BN layer", "mean shift", "var min", "var max", "dead", ""].map((x) => el("th", { text: x })))),
             el("tbody", {}, rows),
           ),
         )
       : null,
   );
+}
+
+// The converter's warnings start with the module's name ("4: input var ..."):
+// said with the BN's place, as the table names it.
+function bnWarning(text, layers) {
+  const i = layers.findIndex((l) => String(text).startsWith(`${l.name}: `));
+  return i < 0 ? text : `BN ${i + 1} (module ${layers[i].name})${String(text).slice(String(layers[i].name).length)}`;
 }
 
 // ------------------------------------------------------------------ training
@@ -694,7 +788,14 @@ const METRIC_NAMES = {
   train_seconds: "training time (s)",
 };
 
+// Only a version that was trained here (bnfold convert) has this card.
+function trained(m) {
+  const man = m.details.manifest || {};
+  return Boolean(man.training || m.details.curves);
+}
+
 function trainingCard(m) {
+  if (!trained(m)) return null;
   const man = m.details.manifest || {};
   const metrics = man.metrics || {};
   const facts = [];
@@ -708,13 +809,6 @@ function trainingCard(m) {
   if (data.name) facts.push(["data", `${data.name}: ${data.n_train} train, ${data.n_val} val, ${data.n_test} test`]);
   const arch = man.arch || {};
   if (arch.name) facts.push(["architecture", `${arch.name}, input [${(arch.input_shape || []).join(", ")}]`]);
-  const src = man.source || {};
-  if (src.kind || src.file) facts.push(["imported from", `${src.kind || ""} ${src.file || ""}`.trim()]);
-  if (man.created) facts.push(["written", man.created]);
-  const v = man.versions || {};
-  const tools = ["bnfold", "torch", "onnx", "onnxruntime"].filter((k) => v[k]).map((k) => `${k} ${v[k]}`);
-  if (tools.length) facts.push(["with", tools.join(", ")]);
-  const list = el("dl", { class: "facts-list" }, facts.map(([k, val]) => el("div", {}, el("dt", { text: k }), el("dd", { text: val }))));
   const curves = m.details.curves;
   const charts = curves
     ? el(
@@ -728,8 +822,38 @@ function trainingCard(m) {
         id: "no-curves",
         text: "No training curves in this version: bnfold keeps the per-epoch curves in the training run's folder (metrics.json, curves.png), not in the repository.",
       });
-  const none = Object.keys(man).length ? "The manifest says nothing about training." : "This version has no manifest.json.";
-  return card("Training", "training", facts.length ? list : el("p", { class: "muted", text: none }), charts);
+  return card("Training", "training", facts.length ? factList(facts) : null, charts);
+}
+
+function factList(facts) {
+  return el("dl", { class: "facts-list" }, facts.map(([k, val]) => el("div", {}, el("dt", { text: k }), el("dd", { text: val }))));
+}
+
+// Where the version came from, for every kind (service/page_data.py's kinds).
+function sourceCard(m) {
+  const man = m.details.manifest || {};
+  const src = man.source || {};
+  const made = [src.producer, src.opset !== undefined ? `opset ${src.opset}` : null].filter(Boolean).join(", ");
+  const said = {
+    converted: "Trained and converted by bnfold convert: exported with every BN kept (reference.onnx), folded into model.onnx, and proven against the PyTorch network.",
+    imported: `Imported by bnfold import from ${src.file || "an ONNX file"}${made ? ` (${made})` : ""}: the file is reference.onnx, folded into model.onnx and proven against it.`,
+    module: `Converted from the PyTorch module ${src.module || ""} by bnfold.convert_module: exported with every BN kept (reference.onnx), folded into model.onnx, and proven against the module.`,
+    bnfold: "Written with a manifest.json that does not say where the version came from.",
+    bare: "This version has no manifest.json: a model.onnx served as it is (as in a Triton repository). Nothing records where it came from, and its files are not checked against a sha256.",
+  }[m.details.kind] || "";
+  const facts = [];
+  if (src.normalize) facts.push(["input normalisation", `mean ${JSON.stringify(src.normalize.mean)}, std ${JSON.stringify(src.normalize.std)}, in front of the graph`]);
+  if (m.details.precision) facts.push(["precision", `${m.details.precision}, gated against the float32 graph`]);
+  if (man.created) facts.push(["written", man.created]);
+  const v = man.versions || {};
+  const tools = ["bnfold", "torch", "onnx", "onnxruntime"].filter((k) => v[k]).map((k) => `${k} ${v[k]}`);
+  if (tools.length) facts.push(["with", tools.join(", ")]);
+  return card(
+    "Source",
+    "source",
+    el("p", { id: "source-kind", "data-kind": m.details.kind, text: said }),
+    facts.length ? factList(facts) : null,
+  );
 }
 
 function chart(title, rows, keys) {

@@ -203,7 +203,7 @@ CASES = [
         outputs=[("OUTPUT0", {"classification": 1})],
         model="simple_identity",
     ),
-    Case(
+    Case(  # Triton's NOT_FOUND (shared_memory_manager.cc), issue 18
         "unknown shared memory region",
         "Unable to find shared memory region: 'nowhere'",
         [
@@ -213,6 +213,9 @@ CASES = [
             ),
             INPUT1,
         ],
+        error=NotFound,
+        http_status=404,
+        grpc_code=grpc.StatusCode.NOT_FOUND,
     ),
     Case("sequence id", "sequence batching is not supported", parameters={"sequence_id": 7}),
     Case(

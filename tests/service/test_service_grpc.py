@@ -685,7 +685,7 @@ def _config(client: grpcclient.InferenceServerClient, name: str) -> dict[str, An
     return config
 
 
-def test_load_with_config_override(client: grpcclient.InferenceServerClient) -> None:
+def test_load_with_config_override(client: grpcclient.InferenceServerClient, repo: Path) -> None:
     override = {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 2500}}
     client.load_model("tunable", headers=AUTH, config=json.dumps(override))
     config = _config(client, "tunable")
@@ -700,7 +700,13 @@ def test_load_with_config_override(client: grpcclient.InferenceServerClient) -> 
     # lowerCamelCase keys, as protobuf's JSON printer writes them
     client.load_model("tunable", headers=AUTH, config=json.dumps({"maxBatchSize": 2}))
     assert _config(client, "tunable")["max_batch_size"] == 2
-    # a load without an override goes back to the folder's configuration
+    # a load without an override keeps the last one while the model's files
+    # are unchanged (Triton's rule, issue 18), and reads them once they change
+    client.load_model("tunable", headers=AUTH)
+    assert _config(client, "tunable")["max_batch_size"] == 2
+    config_file = repo / "tunable" / "config.pbtxt"
+    st = config_file.stat()
+    os.utime(config_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     client.load_model("tunable", headers=AUTH)
     assert _config(client, "tunable")["max_batch_size"] == 8
 

@@ -155,13 +155,14 @@ def test_strings_refused(server: GrpcRunning) -> None:
 # ----------------------------------------------------------------- repository
 
 
-def test_load_with_config_override(client: httpclient.InferenceServerClient) -> None:
+def test_load_with_config_override(client: httpclient.InferenceServerClient, repo: Path) -> None:
     override = {"max_batch_size": 2, "dynamic_batching": {"max_queue_delay_microseconds": 700}}
     client.load_model("tunable", headers=AUTH, config=json.dumps(override))
     config = client.get_model_config("tunable")
     assert config["max_batch_size"] == 2
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 700
-    assert config["output"][0]["label_filename"] == "labels.txt"  # kept from the folder's
+    # labels kept from the folder's config.json; no labels.txt there, so no file is named
+    assert config["output"][0]["label_filename"] == ""
     x = np.zeros((3, 64), dtype=np.float32)
     message = error_of(lambda: client.infer("tunable", [_input("input", x, "FP32", True)]))
     assert "batch size 3 is outside 1..2" in message
@@ -180,6 +181,14 @@ def test_load_with_config_override(client: httpclient.InferenceServerClient) -> 
     )
     assert message.startswith("failed to load 'tunable', version 1: ")
     assert client.is_model_ready("tunable")
+    # A plain reload keeps the last override while the model's files are as
+    # they were (Triton's rule, issue 18); once they change it reads them again.
+    client.load_model("tunable", headers=AUTH)
+    assert client.get_model_config("tunable")["max_batch_size"] == 2
+    folder = repo / "tunable"
+    config_file = next(folder.glob("config.*"))
+    st = config_file.stat()
+    os.utime(config_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     client.load_model("tunable", headers=AUTH)
     assert client.get_model_config("tunable")["max_batch_size"] == 64
 
@@ -201,7 +210,7 @@ def test_triton_error_texts(client: httpclient.InferenceServerClient) -> None:
 def test_config_fields(client: httpclient.InferenceServerClient) -> None:
     cnn = client.get_model_config("cnn")
     assert cnn["input"][0]["format"] == "FORMAT_NCHW"
-    assert cnn["output"][0]["label_filename"] == "labels.txt"
+    assert cnn["output"][0]["label_filename"] == ""  # its labels are in config.json, no file
     assert cnn["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
     provider = client.get_model_metadata("cnn")["parameters"]["provider"]
     kind = "KIND_GPU" if provider == "CUDAExecutionProvider" else "KIND_CPU"

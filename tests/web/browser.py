@@ -3,7 +3,9 @@
 Nothing is downloaded: the browser and its driver are the system's
 (``apt-get install chromium chromium-driver``, which .ci/run does), named
 by path, so Selenium Manager never runs. The performance log records every
-request the page makes (``requests_made``).
+request the page makes (``requests_made``). The helpers below are what the
+browser tests share: every wait is a ``WebDriverWait`` for something to
+appear (60 s guards for a loaded machine), never a sleep.
 """
 
 from __future__ import annotations
@@ -68,3 +70,40 @@ def requests_made(driver: Any) -> list[str]:
         if message.get("method") == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
+
+
+WAIT_S = 60
+
+
+def wait(driver: Any) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S)
+
+
+def visit(driver: Any, url: str, path: str) -> None:
+    """Load ``path`` of the server at ``url`` afresh and wait until the page has drawn it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    driver.get("about:blank")
+    requests_made(driver)  # start this test's network log empty
+    driver.get(f"{url}{path}")
+    wait(driver).until(EC.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready]")))
+
+
+def assert_only_this_server(driver: Any, url: str) -> list[str]:
+    urls = requests_made(driver)
+    outside = [u for u in urls if not u.startswith((f"{url}/", "data:", "blob:"))]
+    assert not outside, f"requests outside the server: {outside}"
+    return urls
+
+
+def css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def value(element: Any) -> float:
+    return float(element.get_attribute("data-value"))

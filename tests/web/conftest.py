@@ -52,3 +52,11 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture()
+def page(browser: Any) -> Any:
+    """The browser with its cache cleared and its network log on."""
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.clearBrowserCache", {})
+    return browser

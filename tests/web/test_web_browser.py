@@ -12,50 +12,22 @@ import base64
 import json
 from typing import Any
 
+import browser as web
 import httpx
 import pytest
-from browser import requests_made
+from browser import css, requests_made, value, wait
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
 from service_harness import TOKEN, RunningServer
-
-WAIT_S = 60
-
-
-def wait(driver: Any) -> WebDriverWait:
-    return WebDriverWait(driver, WAIT_S)
 
 
 def visit(driver: Any, server: RunningServer, path: str) -> None:
-    """Load ``path`` afresh and wait until the page has drawn it."""
-    driver.get("about:blank")
-    requests_made(driver)  # start this test's network log empty
-    driver.get(f"{server.url}{path}")
-    wait(driver).until(EC.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready]")))
+    web.visit(driver, server.url, path)
 
 
 def assert_only_this_server(driver: Any, server: RunningServer) -> list[str]:
-    urls = requests_made(driver)
-    outside = [u for u in urls if not u.startswith((f"{server.url}/", "data:", "blob:"))]
-    assert not outside, f"requests outside the server: {outside}"
-    return urls
-
-
-def css(driver: Any, selector: str) -> list[Any]:
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def value(element: Any) -> float:
-    return float(element.get_attribute("data-value"))
-
-
-@pytest.fixture()
-def page(browser: Any) -> Any:
-    browser.execute_cdp_cmd("Network.enable", {})
-    browser.execute_cdp_cmd("Network.clearBrowserCache", {})
-    return browser
+    return web.assert_only_this_server(driver, server.url)
 
 
 def test_the_page_lists_the_models(page: Any, server: RunningServer) -> None:
@@ -154,11 +126,17 @@ def test_the_fold_picture_and_the_parity_table(
     assert value(bn_count.find_element(By.CSS_SELECTOR, ".before")) == report["bn_before"] == 4
     assert value(bn_count.find_element(By.CSS_SELECTOR, ".after")) == report["bn_after"] == 1
     assert bn_count.find_element(By.CSS_SELECTOR, ".after").text == "1"
+    # the fold report's one summary, as bnfold fold, import and /parity give it
+    summary = stored["folding"]["summary"]
     ops_left = page.find_element(By.CSS_SELECTOR, "#ops-left b")
-    assert value(ops_left) == report["residual_ops"] == 2
+    assert value(ops_left) == summary["ops_left"] == report["residual_ops"] == 2
+    assert page.find_element(By.ID, "fold-summary").text == (
+        "4 BNs: 2 folded, 1 partial, 1 kept; 2 ops left by BNs"
+    )
 
     rows = css(page, "#parity-table tbody tr.stored")
     assert len(rows) == 1
+    assert rows[0].find_element(By.TAG_NAME, "th").text == "reference.onnx vs model.onnx"
     parity = stored["parity"]
     rel = rows[0].find_element(By.CSS_SELECTOR, "td.rel")
     assert value(rel) == pytest.approx(parity["max_rel_error"], rel=1e-12)
@@ -254,11 +232,14 @@ def test_training_curves_and_bn_health(page: Any, server: RunningServer) -> None
     assert len(css(page, "#curves polyline")) == 4  # train and val, loss and accuracy
     health = page.find_element(By.ID, "health")
     assert "healthy" in health.text
-    assert len(health.find_elements(By.CSS_SELECTOR, "tbody tr")) == 1
+    (layer,) = health.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert layer.find_element(By.TAG_NAME, "th").text == "BN 1 module 1"
     assert "94.00%" in page.find_element(By.ID, "training").text
 
+    # issue 20: a version that was not trained here has no Training card
     visit(page, server, "/#/m/fold-demo/1")
-    wait(page).until(EC.presence_of_element_located((By.ID, "no-curves")))
+    wait(page).until(EC.presence_of_element_located((By.ID, "source")))
+    assert not css(page, "#training")
     assert "No BN health check" in page.find_element(By.ID, "health").text
     assert_only_this_server(page, server)
 

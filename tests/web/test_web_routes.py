@@ -129,3 +129,129 @@ def test_layers_leave_out_shape_arithmetic_and_type_only_inputs() -> None:
         "layers": [{"name": "Add_4", "op": "Add"}, {"name": "Reshape_5", "op": "Reshape"}],
         "truncated": False,
     }
+
+
+def parity(rel: float, n: int = 64, passed: bool = True) -> dict[str, object]:
+    return {
+        "max_abs_error": rel / 2,
+        "max_rel_error": rel,
+        "top1_agreement": 1.0,
+        "n_samples": n,
+        "rtol": 1e-5,
+        "min_top1": 1.0,
+        "passed": passed,
+    }
+
+
+def test_parity_rows_read_every_writer_s_layout() -> None:
+    from bnfold.service.page_data import parity_rows
+
+    numbers = ("n_samples", "max_abs_error", "max_rel_error", "top1_agreement", "passed")
+
+    def shown(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return [(r["label"], r.get("output"), r["max_rel_error"]) for r in rows]
+
+    convert = {
+        **parity(3e-7, 424),
+        "n_heldout": 360,
+        "n_random": 64,
+        "comparisons": {
+            "torch_vs_reference": parity(1e-7, 424),
+            "reference_vs_folded": parity(2e-7, 424),
+            "torch_vs_folded": parity(3e-7, 424),
+        },
+    }
+    assert shown(parity_rows(convert)) == [
+        ("PyTorch vs reference.onnx", None, 1e-7),
+        ("reference.onnx vs model.onnx", None, 2e-7),
+        ("PyTorch vs model.onnx", None, 3e-7),
+    ]
+    assert all(set(numbers) <= set(r) for r in parity_rows(convert))
+
+    module = {
+        **parity(4e-7),
+        "data": "generated",
+        "comparisons": {
+            "pytorch_vs_reference": {"logits": parity(4e-7)},
+            "reference_vs_folded": {"logits": parity(1e-7)},
+        },
+    }
+    assert shown(parity_rows(module)) == [
+        ("PyTorch module vs reference.onnx", None, 4e-7),
+        ("reference.onnx vs model.onnx", None, 1e-7),
+    ]
+    two_outputs = {
+        **parity(5e-7),
+        "comparisons": {
+            "original_vs_reference": {"boxes": parity(5e-7), "scores": parity(1e-7)},
+            "reference_vs_folded": {"boxes": parity(2e-7), "scores": parity(3e-7)},
+        },
+    }
+    assert shown(parity_rows(two_outputs)) == [
+        ("original graph vs reference.onnx", "boxes", 5e-7),
+        ("original graph vs reference.onnx", "scores", 1e-7),
+        ("reference.onnx vs model.onnx", "boxes", 2e-7),
+        ("reference.onnx vs model.onnx", "scores", 3e-7),
+    ]
+    quantized = {
+        **parity(0.01),
+        "against": "the float32 folded graph",
+        "comparisons": {
+            "float32_vs_as_written:logits": parity(0.01),
+            "torch_vs_as_served:logits": parity(0.02),
+        },
+    }
+    assert shown(parity_rows(quantized, "int8")) == [
+        ("float32 graph vs int8 model.onnx (as written)", None, 0.01),
+        ("PyTorch vs int8 model.onnx (as served)", None, 0.02),
+    ]
+    assert shown(parity_rows(parity(6e-7))) == [("reference.onnx vs model.onnx", None, 6e-7)]
+
+
+def test_parity_rows_of_a_hostile_manifest_leave_out_what_is_not_a_number() -> None:
+    from bnfold.service.page_data import parity_notes, parity_rows
+
+    hostile = {
+        "max_rel_error": "lots",
+        "rtol": [1],
+        "n_heldout": True,
+        "data": {"x": 1},
+        "comparisons": {
+            "a_vs_b": {"max_rel_error": float("inf"), "passed": False, "n_samples": "9"},
+            "c_vs_d": {"out": [1, 2], "other": {"max_rel_error": 1e-7, "top1_agreement": None}},
+            "junk": 7,
+        },
+    }
+    assert parity_rows(hostile) == [
+        {"key": "a_vs_b", "label": "a vs b", "passed": False},
+        {"key": "c_vs_d", "label": "c vs d", "output": "other", "max_rel_error": 1e-7},
+    ]
+    assert parity_notes(hostile) == []
+    assert parity_rows(None) == parity_rows([]) == []  # type: ignore[arg-type]
+
+
+def test_version_details_give_the_kind_and_the_stored_parity_rows(http: httpx.Client) -> None:
+    demo = http.get("/web/api/models/fold-demo/versions/1").json()
+    stored = http.get("/v2/models/fold-demo/versions/1/parity").json()["parity"]
+    assert demo["kind"] == "bnfold"  # the tests' manifest says neither source nor training
+    (row,) = demo["parity"]["rows"]
+    assert row["label"] == "reference.onnx vs model.onnx"
+    assert row["max_rel_error"] == stored["max_rel_error"] and row["passed"] is True
+    assert demo["parity"]["notes"] == [
+        "threshold 1e-05 (max error relative to the output's scale)",
+        "0 held-out + 64 random inputs",
+    ]
+    bare = http.get("/web/api/models/bare/versions/1").json()
+    on_load = http.get("/v2/models/bare/versions/1/parity").json()["fold_on_load"]["parity"]
+    assert bare["kind"] == "bare"
+    assert bare["parity"]["rows"] == [
+        {
+            "key": "fold_on_load",
+            "label": "original vs folded graph, at load on CPU",
+            **{k: on_load[k] for k in ("n_samples", "max_abs_error", "max_rel_error", "passed")},
+            **(
+                {"top1_agreement": on_load["top1_agreement"]} if "top1_agreement" in on_load else {}
+            ),
+        }
+    ]
+    assert bare["parity"]["notes"] == []
