@@ -74,6 +74,7 @@ OUT_OF_MEMORY = (
 FORKER = "from bnfold.service.memory_budget import forker_main; forker_main()"
 FORKER_IDLE_S = 60.0  # the forker exits after this long without a trial (started again on demand)
 POLL_S = 0.05  # how often a waiting trial looks at its stop flag
+LINUX = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
 _PR_SET_PDEATHSIG = 1
 _HEAD = struct.Struct("<QQ")  # bytes of the pickled request, bytes of the graph
 _PID = struct.Struct("<q")
@@ -168,7 +169,10 @@ def trial(source: bytes, plan: BuildPlan, limit: int, *, stop: Any = None) -> in
     bytes; returns its peak (bytes over what it held before), or raises
     ``ValueError`` (the reason in the index) when the build needs more.
     ``stop`` (ONNX Runtime's ``RunOptions``): its ``terminate`` flag kills
-    the child."""
+    the child. Linux only (``/proc``, pidfds): elsewhere there is no trial
+    (0)."""
+    if not LINUX:
+        return 0
     options = replace(plan.options, device="cpu", intra_op_threads=1, inter_op_threads=1)
     with tempfile.TemporaryDirectory(prefix="bnfold-trial-") as folder:
         out, err = os.path.join(folder, "report.json"), os.path.join(folder, "stderr")
