@@ -14,7 +14,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnfold.contract import (
     CONFIG_FILE,
@@ -41,6 +41,9 @@ from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
 from .signature import Signature, build_signature
 from .warmup import warmup_samples
+
+if TYPE_CHECKING:
+    from .shadow import LiveParity, Shadow
 
 log = logging.getLogger("bnfold.service")
 
@@ -73,6 +76,7 @@ class OpenedVersion:
     folding: FoldOutcome | None = None  # fold on load, when it ran
     reference: Runtime | None = None  # the original graph, when fold on load folded it
     labels_file: str | None = None  # the labels file /config names, when there is one
+    original: bytes | None = None  # its bytes, for shadow parity (LoadOptions.keep_original)
 
 
 def read_manifest(version_dir: Path, root: Path | None = None) -> Manifest:
@@ -101,6 +105,7 @@ class LoadOptions:
     fold_on_load: bool = False  # the server's default; the model's configuration may override
     fold_rtol: float = DEFAULT_RTOL
     default_max_batch_size: int = 64
+    keep_original: bool = False  # shadow parity compares a version folded on load with it
 
 
 def device_options(options: RuntimeOptions, config: ModelConfig | None) -> RuntimeOptions:
@@ -215,6 +220,7 @@ def open_version(
         folding=folding,
         reference=reference,
         labels_file=label_file(model_dir) if config.labels else None,
+        original=source if reference is not None and load.keep_original else None,
     )
 
 
@@ -227,6 +233,7 @@ class ServedModel:
         executor: Executor,
         metrics: ModelMetrics,
         arrivals: Arrivals | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.name = opened.name
         self.version = opened.version
@@ -274,6 +281,10 @@ class ServedModel:
         self._drained = asyncio.Event()
         self._reference: Runtime | None = opened.reference
         self._reference_lock = asyncio.Lock()
+        # --shadow-parity: live requests sampled and compared with the reference
+        self.live: LiveParity | None = None
+        if shadow is not None:
+            self.live = shadow.watch(self, settings.fold_rtol, opened.original)
 
     @property
     def provider(self) -> str:
@@ -402,3 +413,5 @@ class ServedModel:
         await self.batcher.close(timeout=0)
         self.runtime.close()
         self._reference = None
+        if self.live is not None:
+            self.live.close()

@@ -66,6 +66,7 @@ from .metrics import Metrics
 from .model import LoadOptions, ServedModel, open_version, runtime_options
 from .model_config import read_model_config
 from .settings import Settings
+from .shadow import Shadow
 
 log = logging.getLogger("bnfold.service")
 
@@ -310,7 +311,15 @@ class Repository:
             fold_on_load=settings.fold_on_load,
             fold_rtol=settings.fold_rtol,
             default_max_batch_size=settings.default_max_batch_size,
+            keep_original=settings.shadow_parity > 0,
         )
+        # --shadow-parity: the queue and worker comparing sampled requests
+        self.shadow: Shadow | None = None
+        if settings.shadow_parity > 0:
+            self.shadow = Shadow(
+                settings.shadow_parity, metrics, max_model_bytes=settings.max_model_bytes
+            )
+            self.shadow.start()
 
     def _entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
@@ -674,6 +683,7 @@ class Repository:
             executor=self._executor,
             metrics=self._metrics.for_model(entry.name, version),
             arrivals=self._arrivals,
+            shadow=self.shadow,
         )
 
     def _fail_model(
@@ -725,6 +735,8 @@ class Repository:
         await asyncio.gather(*(self._retire(s) for s in served), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self.shadow is not None:
+            await asyncio.to_thread(self.shadow.close)
 
     # --- watching (--poll)
     async def poll_once(self) -> list[str]:
@@ -802,7 +814,9 @@ class Repository:
         rows = []
         for version in sorted(found):
             if version in served:
-                state = VersionState(READY, "; ".join(served[version].notes))
+                live = served[version].live  # flagged while under its gate, still serving
+                flag = [live.flag()] if live is not None and live.below_gate else []
+                state = VersionState(READY, "; ".join([*served[version].notes, *flag]))
             else:
                 why = NOT_LOADED_YET.format(name=name)
                 if version not in selected:
