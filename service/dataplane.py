@@ -15,6 +15,9 @@ a reader), and everything after that happens here, once:
   it finish), runs it through the batcher and encodes each output to a
   neutral ``OutputTensor`` (classified, or written into its shared-memory
   region); the front end only writes it in its wire format.
+- with ``--shadow-parity`` a sampled share of the requests is handed to
+  the version's live parity (service/shadow.py), which compares it with the
+  reference off this path: the response never waits for it.
 
 Shared memory is read and written here only (``_region`` and
 ``encode_outputs``), so a lifetime rule on regions has one place to wrap.
@@ -317,5 +320,7 @@ async def infer(
             )
             seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
             outputs = await served.infer(request.feeds, request.rows, seconds, request.timeout_s)
+            if served.live is not None:  # --shadow-parity: sampled, compared off this path
+                served.live.offer(request.feeds, outputs, request.rows)
             tensors = encode_outputs(request, outputs, served.config.labels)
         return InferResult(served.name, served.version_str, request.id, tensors)

@@ -43,6 +43,9 @@ def multiprocess_dir() -> str | None:
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Relative error of one compared request (shadow parity): float32 folding
+# rounds near 1e-7, int8 near 1e-2.
+ERROR_BUCKETS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @dataclass
@@ -250,6 +253,66 @@ class Metrics:
             model,
             registry=r,
             multiprocess_mode="livesum",
+        )
+        # Shadow parity (--shadow-parity, service/shadow.py): sampled requests
+        # run through the version's reference too, off the request's path.
+        self.shadow_samples = Counter(
+            "bnfold_shadow_samples",
+            "Sampled requests run through the version's reference and compared (shadow parity).",
+            model,
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "bnfold_shadow_dropped",
+            "Sampled requests not compared, by reason: queue_full (the comparison queue was "
+            "full), no_reference (it could not be opened), failed.",
+            [*model, "reason"],
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "bnfold_shadow_rows", "Rows of the compared requests.", model, registry=r
+        )
+        self.shadow_agreed_rows = Counter(
+            "bnfold_shadow_top1_agreed_rows",
+            "Compared rows whose top-1 class the reference agrees with (classifier outputs).",
+            model,
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "bnfold_shadow_top1_agreement",
+            "Share of compared rows whose top-1 class the reference agrees with, since load.",
+            model,
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.shadow_max_abs_error = Gauge(
+            "bnfold_shadow_max_abs_error",
+            "Largest max |served - reference| of the compared requests, since load.",
+            model,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.shadow_max_rel_error = Gauge(
+            "bnfold_shadow_max_rel_error",
+            "Largest max |served - reference| / max |reference| of the compared requests, "
+            "since load.",
+            model,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.shadow_rel_error = Histogram(
+            "bnfold_shadow_rel_error",
+            "Relative error (max |served - reference| / max |reference|) of each compared request.",
+            model,
+            buckets=ERROR_BUCKETS,
+            registry=r,
+        )
+        self.shadow_below_gate = Gauge(
+            "bnfold_shadow_below_gate",
+            "1 while the version's live parity is under its gate (flagged, still serving).",
+            model,
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.multiprocess_dir = multiprocess_dir()
         self._models: dict[tuple[str, int], ModelMetrics] = {}

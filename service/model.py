@@ -16,7 +16,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnfold.contract import (
     CONFIG_FILE,
@@ -43,6 +43,9 @@ from .runtime import Runtime, RuntimeOptions, external_data_files, read_model
 from .settings import Settings
 from .signature import Signature, build_signature
 from .warmup import warmup_samples
+
+if TYPE_CHECKING:
+    from .shadow import LiveParity, Shadow
 
 log = logging.getLogger("bnfold.service")
 
@@ -75,6 +78,7 @@ class OpenedVersion:
     folding: FoldOutcome | None = None  # fold on load, when it ran
     reference: Runtime | None = None  # the original graph, when fold on load folded it
     labels_file: str | None = None  # the labels file /config names, when there is one
+    original: bytes | None = None  # its bytes, for shadow parity (LoadOptions.keep_original)
 
 
 def read_manifest(version_dir: Path, root: Path | None = None) -> Manifest:
@@ -104,6 +108,7 @@ class LoadOptions:
     fold_rtol: float = DEFAULT_RTOL
     default_max_batch_size: int = 64
     memory_limit: int = 0  # bytes a load may take (a trial load in a child process); 0: none
+    keep_original: bool = False  # shadow parity compares a version folded on load with it
 
 
 def device_options(options: RuntimeOptions, config: ModelConfig | None) -> RuntimeOptions:
@@ -181,6 +186,7 @@ def open_version(
         folding=built.folding,
         reference=built.reference,
         labels_file=label_file(model_dir) if built.config.labels else None,
+        original=source if built.reference is not None and load.keep_original else None,
     )
 
 
@@ -269,6 +275,7 @@ class ServedModel:
         executor: Executor,
         metrics: ModelMetrics,
         arrivals: Arrivals | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         self.name = opened.name
         self.version = opened.version
@@ -316,6 +323,10 @@ class ServedModel:
         self._drained = asyncio.Event()
         self._reference: Runtime | None = opened.reference
         self._reference_lock = asyncio.Lock()
+        # --shadow-parity: live requests sampled and compared with the reference
+        self.live: LiveParity | None = None
+        if shadow is not None:
+            self.live = shadow.watch(self, settings.fold_rtol, opened.original)
 
     @property
     def provider(self) -> str:
@@ -444,3 +455,5 @@ class ServedModel:
         await self.batcher.close(timeout=0)
         self.runtime.close()
         self._reference = None
+        if self.live is not None:
+            self.live.close()

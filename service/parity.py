@@ -46,6 +46,8 @@ def stored_report(served: ServedModel) -> dict[str, Any]:
         "precision": manifest.precision if manifest else None,
         "quantization": manifest.quantization if manifest else None,
     }
+    if served.live is not None:  # --shadow-parity: live requests, compared since load
+        report["live"] = served.live.to_dict()
     if served.folding is not None:  # fold on load measured it here, on this device
         on_load = served.folding.to_dict()
         if on_load.get("report"):

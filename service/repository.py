@@ -69,6 +69,7 @@ from .metrics import Metrics
 from .model import LoadOptions, ServedModel, open_version, runtime_options
 from .model_config import read_model_config
 from .settings import Settings
+from .shadow import Shadow
 
 log = logging.getLogger("bnfold.service")
 
@@ -314,7 +315,15 @@ class Repository:
             fold_rtol=settings.fold_rtol,
             default_max_batch_size=settings.default_max_batch_size,
             memory_limit=settings.model_memory_limit,
+            keep_original=settings.shadow_parity > 0,
         )
+        # --shadow-parity: the queue and worker comparing sampled requests
+        self.shadow: Shadow | None = None
+        if settings.shadow_parity > 0:
+            self.shadow = Shadow(
+                settings.shadow_parity, metrics, max_model_bytes=settings.max_model_bytes
+            )
+            self.shadow.start()
 
     def _entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
@@ -683,6 +692,7 @@ class Repository:
             executor=self._executor,
             metrics=self._metrics.for_model(entry.name, version),
             arrivals=self._arrivals,
+            shadow=self.shadow,
         )
 
     def _fail_model(
@@ -734,6 +744,8 @@ class Repository:
         await asyncio.gather(*(self._retire(s) for s in served), return_exceptions=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self.shadow is not None:
+            await asyncio.to_thread(self.shadow.close)
 
     # --- watching (--poll)
     async def poll_once(self) -> list[str]:
@@ -811,7 +823,9 @@ class Repository:
         rows = []
         for version in sorted(found):
             if version in served:
-                state = VersionState(READY, "; ".join(served[version].notes))
+                live = served[version].live  # flagged while under its gate, still serving
+                flag = [live.flag()] if live is not None and live.below_gate else []
+                state = VersionState(READY, "; ".join([*served[version].notes, *flag]))
             else:
                 why = NOT_LOADED_YET.format(name=name)
                 if version not in selected:

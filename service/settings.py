@@ -140,6 +140,16 @@ class Settings(BaseSettings):
     fold_rtol: Annotated[
         float, Field(ge=0, description="Parity tolerance of fold on load (relative error).")
     ] = DEFAULT_RTOL
+    shadow_parity: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="Share of inference requests also run through their version's "
+            "reference off the request's path (a bounded queue, one low-priority thread) and "
+            "compared at its gate: live agreement and error in /metrics and /parity (0: off).",
+        ),
+    ] = 0.01
     default_max_batch_size: Annotated[
         int,
         Field(

@@ -95,6 +95,12 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ("pytriton", m, "http", "json", 32),
         1.5,
     )
+    check(  # issue 22: shadow parity at its shipped rate
+        f"{m} HTTP binary c=32: defaults within 3% of --shadow-parity 0",
+        ours_bin,
+        ("bnfold-noshadow", m, "http", "binary", 32),
+        0.97,
+    )
     check(
         f"{m} gRPC c=32 >= 1.5x PyTriton gRPC", ours_grpc, ("pytriton", m, "grpc", "raw", 32), 1.5
     )

@@ -14,6 +14,8 @@ serving it are measured one after the other in a fresh random order:
 - ``bnfold``: ``python -m bnfold.service`` at its shipped defaults (dynamic
   batching on), ONNX Runtime on one thread like every peer;
 - ``bnfold-nobatch``: the same with ``BNFOLD_BATCHING=false``;
+- ``bnfold-noshadow``: the same with ``--shadow-parity 0`` (the defaults
+  compare 1% of requests with their reference off the request's path);
 - ``bnfold-w2``: the same with ``--workers 2`` (CIFAR CNN only);
 - ``pytriton``: the real Triton server (the ``nvidia-pytriton`` wheel's
   tritonserver) with dynamic batching, in front of a Python callable running
@@ -226,12 +228,20 @@ BNFOLD_SETTINGS = {"BNFOLD_INTRA_OP_THREADS": "1", "BNFOLD_DEVICE": "cpu"}
 
 @contextmanager
 def start_bnfold(
-    repo: Path, kind: str, *, batching: bool = True, workers: int = 1, grpc: bool = True
+    repo: Path,
+    kind: str,
+    *,
+    batching: bool = True,
+    workers: int = 1,
+    grpc: bool = True,
+    shadow_parity: float | None = None,
 ) -> Iterator[Server]:
     port, grpc_port = free_port(), (free_port() if grpc else 0)
     env = _env(**BNFOLD_SETTINGS, BNFOLD_GRPC_PORT=str(grpc_port))
     if not batching:
         env["BNFOLD_BATCHING"] = "false"
+    if shadow_parity is not None:
+        env["BNFOLD_SHADOW_PARITY"] = str(shadow_parity)
     argv = [sys.executable, "-m", "bnfold.service", "--repo", str(repo), "--port", str(port)]
     if workers > 1:
         argv += ["--workers", str(workers)]
@@ -577,6 +587,9 @@ def main(argv: list[str] | None = None) -> None:
         servers["bnfold"] = stack.enter_context(start_bnfold(repo, "bnfold"))
         servers["bnfold-nobatch"] = stack.enter_context(
             start_bnfold(repo, "bnfold-nobatch", batching=False)
+        )
+        servers["bnfold-noshadow"] = stack.enter_context(
+            start_bnfold(repo, "bnfold-noshadow", shadow_parity=0)
         )
         if not args.no_workers and WORKERS_MODEL in specs:
             servers["bnfold-w2"] = stack.enter_context(start_bnfold(repo, "bnfold-w2", workers=2))

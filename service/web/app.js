@@ -675,6 +675,12 @@ function parityCard(m) {
     const why = m.details.kind === "bare" ? "No stored parity report: this version has no manifest.json." : "No stored parity report.";
     body.append(el("tr", { class: "none" }, el("td", { colspan: 6, class: "muted", text: why })));
   }
+  const live = m.parity.live; // --shadow-parity: sampled live requests vs the reference
+  if (live) {
+    const dropped = Object.values(live.dropped || {}).reduce((a, b) => a + b, 0);
+    const label = `live traffic: ${live.requests} requests (${pct(live.rate)} sampled, ${dropped} dropped)`;
+    body.append(parityRow(label, live, "live", "live")); // its badge: fail while below its gate
+  }
   table.append(body);
   const notes = [...stored.notes];
   const runtime = (m.parity.versions || {}).onnxruntime;
