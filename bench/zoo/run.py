@@ -59,6 +59,7 @@ from bnfold.folding import fold  # noqa: E402
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
 OPSET = 20
 SIZE = 96
+CACHE = Path(tempfile.gettempdir()) / "bnfold-zoo"  # exports, keyed by recipe and versions
 
 # torchvision classification models with BN, exported at SIZE x SIZE (name: constructor kwargs)
 TORCHVISION: dict[str, dict[str, Any]] = {
@@ -149,6 +150,11 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def inputs(rows: int, seed: int = 0) -> np.ndarray:
+    """The zoo's inputs: N(0, 1) images, (rows, 3, SIZE, SIZE) float32; one seed, one set."""
+    return np.random.default_rng(seed).normal(size=(rows, 3, SIZE, SIZE)).astype(np.float32)
+
+
 def export(model: nn.Module, size: int) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=1024)
     with quiet():
@@ -166,8 +172,10 @@ def export(model: nn.Module, size: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def networks(names: list[str], cache: Path) -> Iterator[dict[str, Any]]:
-    """Per network: the module (float64 copy for the noise floor), both exports, timings."""
+def networks(names: list[str], cache: Path, twins: bool = True) -> Iterator[dict[str, Any]]:
+    """Per network: the module (float64 copy for the noise floor), both exports, timings.
+
+    ``twins=False`` exports (and yields) only the graph with every BN kept."""
     here = Path(__file__).parent
     recipe = [inspect.getsource(f) for f in (build, calibrate, twin, export)]
     sources = b"".join((here / f).read_bytes() for f in ("blocks.py", "compat.py"))
@@ -179,15 +187,18 @@ def networks(names: list[str], cache: Path) -> Iterator[dict[str, Any]]:
         model = build(name)
         calibrate(model, SIZE)
         paths = cache / f"{name}-{key}.onnx", cache / f"{name}-{key}-twin.onnx"
-        export_s = None
-        if all(p.exists() for p in paths):
-            with_bn, deleted = onnx.load(paths[0]), onnx.load(paths[1])
+        export_s, deleted = None, None
+        if paths[0].exists():
+            with_bn = onnx.load(paths[0])
         else:
             t0 = time.perf_counter()
             with_bn = export(model, SIZE)
             export_s = time.perf_counter() - t0
-            deleted = export(twin(model), SIZE)
             onnx.save(with_bn, paths[0])
+        if twins and paths[1].exists():
+            deleted = onnx.load(paths[1])
+        elif twins:
+            deleted = export(twin(model), SIZE)
             onnx.save(deleted, paths[1])
         n_bn = sum(n.op_type == "BatchNormalization" for n in with_bn.graph.node)
         assert n_bn == len(bn_layers(model)), f"{name}: {n_bn} BN nodes, {len(bn_layers(model))}"
@@ -363,8 +374,7 @@ def reasons_left(report: Any) -> list[dict[str, Any]]:
 
 def measure(net: dict[str, Any], seconds: float) -> dict[str, Any]:
     model, with_bn = net["module"], net["with_bn"]
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    x = inputs(2)
     reference = run(with_bn, x)
     with torch.no_grad():
         truth = copy.deepcopy(model).double()(torch.from_numpy(x).double()).numpy()
@@ -652,7 +662,7 @@ def reading(rows: list[dict[str, Any]], summ: dict[str, Any]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bnfold-zoo")
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--only", nargs="*", help="network names (default: all)")
     parser.add_argument("--quick", action="store_true", help="short latency (smoke test)")
     parser.add_argument("--seconds", type=float, default=None, help="latency seconds per network")
