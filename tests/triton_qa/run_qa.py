@@ -34,7 +34,8 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "service"), str(HERE.parent)]  # its helpers import tests/ too
 
-from server_process import launch  # noqa: E402 (after the path above)
+from server_process import Spawned, launch  # noqa: E402 (after the path above)
 
 HTTP_PORT, GRPC_PORT = 8000, 8001
 # A guard against a hung server or test file, never a measure: Triton's own
@@ -268,13 +269,24 @@ L0_HTTP_MODELS = (
     SIMPLE_IDENTITY,
     simple_identity_int64,
 )
+# Suites with the same models and settings share one server, one after the other.
+INFER_MODELS = (copy("qa_model_repository", r"^onnx_", exclude="bf16"),)
+SHM_MODELS = (
+    triton_example("simple"),
+    # test.sh copies its version 1 alone
+    copy("qa_model_repository", r"^onnx_int32_int32_int32$", only_version="1"),
+)
+CLASS_COUNT_MODELS = (
+    renamed(IDENTITY, "onnx_zero_1_float32", "identity_fp32"),
+    renamed(IDENTITY, "onnx_zero_1_object", "identity_bytes"),
+)
 SUITES = (
     Suite(
         "L0_infer",
         "L0_infer",
         "infer_test",
         (),
-        (copy("qa_model_repository", r"^onnx_", exclude="bf16"),),
+        INFER_MODELS,
         ONNX_ONLY,
     ),
     Suite(
@@ -282,7 +294,7 @@ SUITES = (
         "L0_infer",
         "infer_test",
         (),
-        (copy("qa_model_repository", r"^onnx_", exclude="bf16"),),
+        INFER_MODELS,
         {**ONNX_ONLY, "TEST_SYSTEM_SHARED_MEMORY": "1"},
     ),
     Suite(
@@ -315,11 +327,7 @@ SUITES = (
             "L0_shared_memory",
             "shared_memory_test",
             tuple(f"SharedMemoryTest.{t}" for t in SHM_TESTS),
-            (
-                triton_example("simple"),
-                # test.sh copies its version 1 alone
-                copy("qa_model_repository", r"^onnx_int32_int32_int32$", only_version="1"),
-            ),
+            SHM_MODELS,
             {"CLIENT_TYPE": client, "BACKENDS": "onnx"},
             reset_shm=True,
         )
@@ -392,10 +400,7 @@ SUITES = (
             "L0_parameters",
             "class_count_test",
             (),
-            (
-                renamed(IDENTITY, "onnx_zero_1_float32", "identity_fp32"),
-                renamed(IDENTITY, "onnx_zero_1_object", "identity_bytes"),
-            ),
+            CLASS_COUNT_MODELS,
             {"CLIENT_TYPE": client},
         )
         for client in ("http", "grpc")
@@ -428,15 +433,15 @@ def loaded(url: str) -> list[str]:
         time.sleep(0.2)
 
 
-def run_suite(suite: Suite, work: Path, models: Path) -> dict[str, dict[str, str]]:
+@contextmanager
+def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, list[str]]]:
+    """The repository ``suite`` needs and a server on it; the server and the
+    names of the models that did not load."""
     repo = work / "repos" / re.sub(r"\W", "_", suite.name)
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
     for recipe in suite.recipes:
         recipe(models, repo)
-    out = work / "results" / f"{repo.name}.jsonl"
-    out.parent.mkdir(exist_ok=True)
-    out.unlink(missing_ok=True)
     server_env = {
         "BNFOLD_HOST": "127.0.0.1",
         "BNFOLD_GRPC_PORT": str(GRPC_PORT),
@@ -444,32 +449,40 @@ def run_suite(suite: Suite, work: Path, models: Path) -> dict[str, dict[str, str
         "BNFOLD_LOG_LEVEL": "warning",
         **suite.server_env,
     }
-    cwd = work / "qa" / suite.folder
-    log = work / "results" / f"{repo.name}.log"
     with launch(repo, work, (), server_env, port=HTTP_PORT) as server:
-        failed = loaded(server.url)
-        env = {**os.environ, "TRITONSERVER_IPADDR": "localhost", **suite.env}
-        env["SERVER_PID"] = str(server.proc.pid)
-        reset = ["--reset", server.url] if suite.reset_shm else []
-        with log.open("w") as f:
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(HERE / "qa_unittest.py"),
-                    "--out",
-                    str(out),
-                    *reset,
-                    suite.module,
-                    *suite.tests,
-                ],
-                cwd=cwd,
-                env=env,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                timeout=SUITE_TIMEOUT_S,
-                check=False,
-            )
-        server_log = server.output()
+        yield server, loaded(server.url)
+        log = server.output()
+        if log.strip():
+            (work / "results" / f"{repo.name}.server.log").write_text(log)
+
+
+def run_suite(
+    suite: Suite, work: Path, server: Spawned, failed: list[str]
+) -> dict[str, dict[str, str]]:
+    name = re.sub(r"\W", "_", suite.name)
+    out = work / "results" / f"{name}.jsonl"
+    out.unlink(missing_ok=True)
+    env = {**os.environ, "TRITONSERVER_IPADDR": "localhost", **suite.env}
+    env["SERVER_PID"] = str(server.proc.pid)
+    reset = ["--reset", server.url] if suite.reset_shm else []
+    with (work / "results" / f"{name}.log").open("w") as f:
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "qa_unittest.py"),
+                "--out",
+                str(out),
+                *reset,
+                suite.module,
+                *suite.tests,
+            ],
+            cwd=work / "qa" / suite.folder,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=SUITE_TIMEOUT_S,
+            check=False,
+        )
     results: dict[str, dict[str, str]] = {}
     for line in out.read_text().splitlines() if out.exists() else []:
         record = json.loads(line)
@@ -480,8 +493,6 @@ def run_suite(suite: Suite, work: Path, models: Path) -> dict[str, dict[str, str
     for key in results:
         if failed and results[key]["outcome"] != "pass":
             results[key]["detail"] += f"\nmodels that did not load: {failed}"
-    if server_log.strip():
-        (work / "results" / f"{repo.name}.server.log").write_text(server_log)
     return results
 
 
@@ -497,11 +508,19 @@ def main() -> int:
     work: Path = args.work
     shutil.copytree(HERE / "qa", work / "qa", dirs_exist_ok=True)
     models = generate(work)
+    (work / "results").mkdir(exist_ok=True)
     results: dict[str, dict[str, str]] = {}
-    for suite in SUITES:
-        if args.suite and suite.name not in args.suite:
-            continue
-        results |= run_suite(suite, work, models)
+    with ExitStack() as stack:
+        running: tuple[object, Spawned, list[str]] | None = None
+        for suite in SUITES:
+            if args.suite and suite.name not in args.suite:
+                continue
+            setup = (suite.recipes, sorted(suite.server_env.items()))
+            if running is None or running[0] != setup:
+                stack.close()  # the previous suite's server
+                server, failed = stack.enter_context(serve(suite, work, models))
+                running = (setup, server, failed)
+            results |= run_suite(suite, work, running[1], running[2])
         mine = [r for k, r in results.items() if k.split("::")[0] == suite.name]
         passed = sum(r["outcome"] == "pass" for r in mine)
         print(f"{suite.name}: {passed} of {len(mine)} passed", flush=True)
