@@ -17,6 +17,12 @@ import numpy as np
 
 from .errors import BadRequest
 
+# Triton's bound on the tensor classified (classification.cc,
+# kMaxClassificationElements): a larger output is refused, not sorted.
+MAX_CLASSIFIED_ELEMENTS = 1_000_000
+# Triton's names of the datatypes that cannot be classified (no fixed size).
+_UNCLASSIFIABLE = {"O": "BYTES", "U": "BYTES", "S": "BYTES"}
+
 
 def class_count(output: str, value: object) -> int:
     """``parameters.classification`` of ``output`` (0: no classification)."""
@@ -38,7 +44,13 @@ def classify(
 ) -> np.ndarray:
     """The top ``k`` of ``array`` (per row when ``batched``) as BYTES."""
     if array.dtype.kind not in "biuf":
-        raise BadRequest(f"output {output!r} is not numeric: it cannot be classified")
+        kind = _UNCLASSIFIABLE.get(array.dtype.kind, str(array.dtype))
+        raise BadRequest(
+            f"class result not available for output due to unsupported type '{kind}'"
+            f" (output {output!r})"
+        )
+    if array.size > MAX_CLASSIFIED_ELEMENTS:
+        raise BadRequest("classification output tensor too large")
     if batched and array.ndim == 0:
         raise BadRequest(f"output {output!r} is a scalar: it cannot be classified per row")
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)

@@ -52,7 +52,10 @@ def output_options(
     Triton returns at most that many classes."""
     count = class_count(name, params.get("classification"))
     if count and spec.datatype == "BYTES":
-        raise BadRequest(f"output {name!r} is not numeric: it cannot be classified")
+        raise BadRequest(
+            "class result not available for output due to unsupported type 'BYTES'"
+            f" (output {name!r})"
+        )
     if count and where is not None:
         raise BadRequest("Output can't set both 'shared_memory_region' and 'classification'")
     size = classes(spec, batched)

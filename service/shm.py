@@ -52,6 +52,8 @@ from .binary import tensor_bytes
 from .errors import BadRequest, NotFound, Unimplemented
 
 SHM_ROOT = Path("/dev/shm")
+# Keys Triton keeps for its Python backend's own regions; refused as Triton does.
+RESERVED_PREFIX = "triton_python_backend_shm_region_"
 MAX_REGIONS = 1024  # each holds a file descriptor
 # A BYTES input's size cannot be derived from its shape; this bounds what one
 # such input may make the server read (numeric inputs need exactly their shape).
@@ -84,6 +86,11 @@ class Region:
         if not stem:
             raise BadRequest(
                 f"cannot register shared memory region '{name}' - invalid shm key '{key}'"
+            )
+        if stem.startswith(RESERVED_PREFIX):
+            raise BadRequest(
+                f"cannot register shared memory region '{name}' with key '{key}' as the key "
+                f"contains the reserved prefix '{RESERVED_PREFIX}'"
             )
         # shm_open refuses a name with a slash in it; links and other files are
         # refused with the same words, so the reply says nothing of what is there.

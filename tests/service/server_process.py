@@ -57,12 +57,13 @@ def launch(
     env: dict[str, str],
     *,
     wait_for: str = "/v2/health/live",
+    port: int = 0,
 ) -> Iterator[Spawned]:
-    """``python -m bnfold.service`` on a free port with a clean environment
+    """``python -m bnfold.service`` on ``port`` (0: a free one) with a clean environment
     (the token set, HTTP only) plus ``env``, in a process group of its own;
     yield once ``wait_for`` answers 200 (``WAIT_S`` at most); kill the group
     at the end unless the test stopped it."""
-    port = free_port()
+    port = port or free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BNFOLD_", "PROMETHEUS_"))}
     clean |= {
         "PYTHONPATH": str(ROOT),

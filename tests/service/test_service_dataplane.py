@@ -198,7 +198,7 @@ CASES = [
     ),
     Case(
         "classification of strings",
-        "output 'OUTPUT0' is not numeric: it cannot be classified",
+        "class result not available for output due to unsupported type 'BYTES' (output 'OUTPUT0')",
         [Tensor("INPUT0", "BYTES", values=["a", "b"], shape=[1, 2])],
         outputs=[("OUTPUT0", {"classification": 1})],
         model="simple_identity",

@@ -200,6 +200,29 @@ def test_quickstart_image_client(densenet: GrpcRunning, image: Path, protocol: s
     assert "PASS" in out
 
 
+def test_quickstart_grpc_client(densenet: GrpcRunning) -> None:
+    """Triton's ``grpc_client.py`` unchanged: the raw gRPC stubs on
+    ``densenet_onnx`` (health, metadata, configuration, one inference of the
+    wire shape [3, 224, 224] with ``raw_input_contents``)."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "grpc_client.py"), "-u", densenet.grpc],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        cwd=EXAMPLES,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"grpc_client.py exited {done.returncode}:\n{out[-3000:]}"
+    assert "PASS" in out
+    assert "model ready: true" in out
+    assert 'id: "my request id"' in out  # the response carries the request's id
+    # the answer: fc6_1 in the wire shape, 1000 FP32 values
+    infer = out[out.index("model infer:") :]
+    assert 'name: "fc6_1"' in infer and "shape: 1000" in infer
+    assert infer.count("shape:") == 1  # [1000], not the graph's [1, 1000, 1, 1]
+    assert "raw_output_contents: " in infer
+
+
 def test_quickstart_model_as_triton_describes_it(densenet: GrpcRunning) -> None:
     with httpx.Client(base_url=densenet.url, timeout=30) as http:
         meta = http.get("/v2/models/densenet_onnx").json()

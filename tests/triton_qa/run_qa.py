@@ -1,0 +1,532 @@
+"""Triton Inference Server's own QA tests against ``bnfold serve``.
+
+Runs inside a network namespace of its own (``unshare -rn``, see
+test_triton_qa.py): Triton's tests call ``localhost:8000`` and
+``localhost:8001`` by name, and there those ports are this run's alone.
+
+    python run_qa.py --work DIR --out results.json
+
+1. builds Triton's QA model repositories with Triton's own generators
+   (``gen_qa_models.py``, ``gen_qa_identity_models.py``,
+   ``gen_qa_reshape_models.py``, ``--onnx`` only) into DIR/models;
+2. for each suite (an L0 test file, the configuration Triton's ``test.sh``
+   gives it): lays out the model repository ``test.sh`` lays out, starts
+   ``python -m bnfold.service`` on ports 8000 (HTTP) and 8001 (gRPC), runs
+   the vendored test file unchanged with Triton's environment variables
+   (qa_unittest.py), stops the server;
+3. writes every method's outcome to ``--out``: ``{"suite::Class.method":
+   {"outcome": ..., "detail": ...}}``.
+
+The vendored files are copied into DIR first: Triton's tests write
+``test_results.txt`` and shared-memory files into their working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "service"), str(HERE.parent)]  # its helpers import tests/ too
+
+from server_process import Spawned, launch  # noqa: E402 (after the path above)
+
+HTTP_PORT, GRPC_PORT = 8000, 8001
+# A guard against a hung server or test file, never a measure: Triton's own
+# CI gives a test file many minutes.
+SUITE_TIMEOUT_S = 900.0
+LOAD_TIMEOUT_S = 300.0
+
+Recipe = Callable[[Path, Path], None]  # (generated models, repository to fill)
+
+
+# ----------------------------------------------------------------- model repositories
+
+
+# gen_qa_model_repository pins the onnx package to one whose defaults its
+# ONNX Runtime reads (onnx==1.20.1, opset left to it); with the onnx
+# installed here the defaults are newer than ONNX Runtime takes (IR version
+# 14), so the generators get an opset and the files the IR version of it.
+OPSET, IR_VERSION = 17, 8
+
+
+def generate(work: Path) -> Path:
+    """Triton's QA repositories, ONNX only, as gen_qa_model_repository builds
+    them (its ``--onnx`` lines)."""
+    import onnx
+
+    common = work / "qa" / "common"
+    models = work / "models"
+    runs = {
+        "qa_model_repository": ["gen_qa_models.py"],
+        "qa_variable_model_repository": ["gen_qa_models.py", "--variable"],
+        "qa_identity_model_repository": ["gen_qa_identity_models.py"],
+        "qa_reshape_model_repository": ["gen_qa_reshape_models.py", "--variable"],
+    }
+    for name, (script, *flags) in runs.items():
+        out = models / name
+        if (out / ".done").exists():
+            continue
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        subprocess.run(
+            [
+                sys.executable,
+                script,
+                "--onnx",
+                f"--onnx_opset={OPSET}",
+                *flags,
+                "--models_dir",
+                str(out),
+            ],
+            cwd=common,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for path in out.glob("*/*/model.onnx"):
+            model = onnx.load(path)
+            model.ir_version = IR_VERSION
+            onnx.save(model, path)
+        (out / ".done").touch()
+    return models
+
+
+def copy(source: str, pattern: str, exclude: str = "^$", only_version: str = "") -> Recipe:
+    """Every model of ``source`` whose name matches ``pattern`` (of its
+    versions only ``only_version``, when given)."""
+
+    def fill(models: Path, repo: Path) -> None:
+        for model in sorted((models / source).iterdir()):
+            if re.search(pattern, model.name) and not re.search(exclude, model.name):
+                skip = shutil.ignore_patterns("[0-9]*") if only_version else None
+                shutil.copytree(model, repo / model.name, ignore=skip)
+                if only_version:
+                    shutil.copytree(model / only_version, repo / model.name / only_version)
+
+    return fill
+
+
+def renamed(source: str, model: str, name: str, *edits: tuple[str, str]) -> Recipe:
+    """``cp -r model name`` and ``sed`` on its config.pbtxt, as test.sh does."""
+
+    def fill(models: Path, repo: Path) -> None:
+        src = models / source / model if (models / source / model).exists() else repo / model
+        shutil.copytree(src, repo / name)
+        config = repo / name / "config.pbtxt"
+        text = config.read_text().replace(f'name: "{model}"', f'name: "{name}"')
+        for old, new in edits:
+            text = re.sub(old, new, text, count=1, flags=re.M)
+        config.write_text(text)
+
+    return fill
+
+
+def triton_example(name: str) -> Recipe:
+    """A model of Triton's docs/examples/model_repository, vendored unchanged."""
+
+    def fill(models: Path, repo: Path) -> None:
+        shutil.copytree(HERE / "models" / name, repo / name)
+
+    return fill
+
+
+QUEUE = """dynamic_batching {
+    max_queue_delay_microseconds: 1000000
+    preferred_batch_size: [ 8 ]
+    default_queue_policy {
+        max_queue_size: 1
+    }
+}
+"""
+
+
+def queued(models: Path, repo: Path) -> None:
+    """L0_http's ``onnx_zero_1_float32_queue``: the identity model with a
+    queue of one request."""
+    renamed("qa_identity_model_repository", "onnx_zero_1_float32", "onnx_zero_1_float32_queue")(
+        models, repo
+    )
+    config = repo / "onnx_zero_1_float32_queue" / "config.pbtxt"
+    config.write_text(config.read_text() + QUEUE)
+
+
+IDENTITY = "qa_identity_model_repository"
+# Triton's python-backend stand-ins, replaced by the generated ONNX identity
+# model of the same inputs and outputs under the name the tests call.
+SIMPLE_IDENTITY = renamed(IDENTITY, "onnx_zero_1_object", "simple_identity")
+
+
+def simple_identity_int64(models: Path, repo: Path) -> None:
+    """L0_http's ``simple_identity_int64`` (Triton's python identity model
+    with TYPE_INT64): the generators make no INT64 identity, so this is the
+    generated identity model's graph and configuration with INT64 tensors."""
+    import onnx
+
+    renamed(IDENTITY, "onnx_zero_1_object", "simple_identity_int64")(models, repo)
+    folder = repo / "simple_identity_int64"
+    config = folder / "config.pbtxt"
+    config.write_text(config.read_text().replace("TYPE_STRING", "TYPE_INT64"))
+    for path in folder.glob("*/model.onnx"):
+        model = onnx.load(path)
+        for value in [*model.graph.input, *model.graph.output]:
+            value.type.tensor_type.elem_type = onnx.TensorProto.INT64
+        onnx.save(model, path)
+
+
+# ----------------------------------------------------------------- suites
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str  # "L0_shared_memory[grpc]"
+    folder: str  # the L0 folder of the test file
+    module: str  # the test file, without .py
+    tests: tuple[str, ...]  # Class.method names; () is the whole file
+    recipes: tuple[Recipe, ...]
+    env: dict[str, str] = field(default_factory=dict)  # the test file's environment
+    server_env: dict[str, str] = field(default_factory=dict)  # bnfold's settings
+    # Triton's test.sh starts a server for each method of shared_memory_test.py
+    # (each method assumes no region is registered): here every region is
+    # unregistered before each method instead.
+    reset_shm: bool = False
+
+
+# Triton's test.sh for these runs with BACKENDS naming the backends present;
+# here that is ONNX Runtime alone, no ensembles, CPU only.
+ONNX_ONLY = {"BACKENDS": "onnx", "ENSEMBLES": "0", "TRITON_SERVER_CPU_ONLY": "1"}
+
+SHM_TESTS = (
+    "test_invalid_create_shm",
+    "test_valid_create_set_register",
+    "test_unregister_before_register",
+    "test_unregister_after_register",
+    "test_reregister_after_register",
+    "test_unregister_after_inference",
+    "test_register_after_inference",
+    "test_too_big_shm",
+    "test_large_shm_register_offset",
+    "test_mixed_raw_shm",
+    "test_unregisterall",
+    "test_infer_offset_out_of_bound",
+    "test_infer_byte_size_out_of_bound",
+    "test_infer_integer_overflow",
+    "test_register_out_of_bound",
+    "test_register_reserved_names",
+    "test_register_invalid_shm_key",
+    "test_client_shm_disabled_by_default",
+)
+HTTP_TESTS = (
+    "test_raw_binary",
+    "test_raw_binary_longer",
+    "test_byte",
+    "test_byte_too_many_elements",
+    "test_multi_variable_dimensions",
+    "test_multi_inputs",
+    "test_content_encoding_chunked_manually",
+    "test_content_encoding_unsupported_client",
+    "test_descriptive_status_code",
+    "test_buffer_size_overflow",
+    "test_negative_dimensions",
+    "test_loading_large_invalid_model",
+    "test_load_oversized_file_parameter",
+    "test_json_recursion_depth_limit",
+    "test_duplicate_output_names",
+    "test_repository_index_deeply_nested_json",
+    "test_inference_header_content_length_out_of_range",
+)
+SIZE_LIMIT_DEFAULT = (
+    "test_default_limit_raw_binary",
+    "test_default_limit_json",
+    "test_large_string_in_json",
+    "test_default_limit_compressed",
+    "test_json_dtype_size_expansion_exceeds_limit_error",
+    "test_no_leak_on_invalid_inference_header_length",
+)
+SIZE_LIMIT_INCREASED = (
+    "test_large_input_raw_binary",
+    "test_large_input_json",
+    "test_large_input_compressed",
+)
+L0_HTTP_MODELS = (
+    copy(IDENTITY, r"^onnx_zero_1_(float32|object|float16)$|^onnx_zero_3_float32$"),
+    renamed(IDENTITY, "onnx_zero_1_object", "onnx_zero_1_object_1_element", (r"-1", "1")),
+    queued,
+    SIMPLE_IDENTITY,
+    simple_identity_int64,
+)
+# Suites with the same models and settings share one server, one after the other.
+INFER_MODELS = (copy("qa_model_repository", r"^onnx_", exclude="bf16"),)
+SHM_MODELS = (
+    triton_example("simple"),
+    # test.sh copies its version 1 alone
+    copy("qa_model_repository", r"^onnx_int32_int32_int32$", only_version="1"),
+)
+CLASS_COUNT_MODELS = (
+    renamed(IDENTITY, "onnx_zero_1_float32", "identity_fp32"),
+    renamed(IDENTITY, "onnx_zero_1_object", "identity_bytes"),
+)
+SUITES = (
+    Suite(
+        "L0_infer",
+        "L0_infer",
+        "infer_test",
+        (),
+        INFER_MODELS,
+        ONNX_ONLY,
+    ),
+    Suite(
+        "L0_infer[system_shm]",
+        "L0_infer",
+        "infer_test",
+        (),
+        INFER_MODELS,
+        {**ONNX_ONLY, "TEST_SYSTEM_SHARED_MEMORY": "1"},
+    ),
+    Suite(
+        "L0_infer_reshape",
+        "L0_infer_reshape",
+        "infer_reshape_test",
+        (),
+        (copy("qa_reshape_model_repository", r"^onnx_"),),
+        ONNX_ONLY,
+    ),
+    Suite(
+        "L0_infer_zero",
+        "L0_infer_zero",
+        "infer_zero_test",
+        (),
+        (copy(IDENTITY, r"^onnx_"),),
+        ONNX_ONLY,
+    ),
+    Suite(
+        "L0_infer_variable",
+        "L0_infer_variable",
+        "infer_variable_test",
+        (),
+        (copy("qa_variable_model_repository", r"^onnx_"),),
+        ONNX_ONLY,
+    ),
+    *(
+        Suite(
+            f"L0_shared_memory[{client}]",
+            "L0_shared_memory",
+            "shared_memory_test",
+            tuple(f"SharedMemoryTest.{t}" for t in SHM_TESTS),
+            SHM_MODELS,
+            {"CLIENT_TYPE": client, "BACKENDS": "onnx"},
+            reset_shm=True,
+        )
+        for client in ("http", "grpc")
+    ),
+    Suite(
+        "L0_http",
+        "L0_http",
+        "http_test",
+        tuple(f"HttpTest.{t}" for t in HTTP_TESTS),
+        L0_HTTP_MODELS,
+    ),
+    Suite(
+        "L0_http[size_limit]",
+        "L0_http",
+        "http_input_size_limit_test",
+        tuple(f"InferSizeLimitTest.{t}" for t in SIZE_LIMIT_DEFAULT),
+        (copy(IDENTITY, r"^onnx_zero_1_float32$"), SIMPLE_IDENTITY),
+    ),
+    Suite(
+        "L0_http[size_limit_2^27]",
+        "L0_http",
+        "http_input_size_limit_test",
+        tuple(f"InferSizeLimitTest.{t}" for t in SIZE_LIMIT_INCREASED),
+        (copy(IDENTITY, r"^onnx_zero_1_float32$"), SIMPLE_IDENTITY),
+        server_env={"BNFOLD_MAX_BODY_BYTES": str(2**27)},
+    ),
+    Suite(
+        "L0_http[restricted_api]",
+        "L0_http",
+        "http_restricted_api_test",
+        (),
+        (triton_example("simple"),),
+    ),
+    Suite(
+        "L0_grpc",
+        "L0_grpc",
+        "python_unit_test",
+        ("GrpcTest",),
+        (
+            triton_example("simple"),
+            # Triton's python string_identity: max_batch_size 0, dims [ -1 ]
+            renamed(IDENTITY, "onnx_nobatch_zero_1_object", "string_identity"),
+        ),
+    ),
+    Suite(
+        "L0_grpc[restricted_protocol]",
+        "L0_grpc",
+        "python_unit_test",
+        ("RestrictedProtocolTest",),
+        (triton_example("simple"),),
+    ),
+    Suite(
+        "L0_input_validation",
+        "L0_input_validation",
+        "input_validation_test",
+        ("InputShapeTest.test_input_string_shape_validation",),
+        (copy("qa_model_repository", r"^onnx_object_int32_int32$"),),
+    ),
+    Suite(
+        "L0_input_validation[model_name]",
+        "L0_input_validation",
+        "input_validation_test",
+        ("ModelNameValidationTest",),
+        (),
+    ),
+    *(
+        Suite(
+            f"L0_parameters[{client}]",
+            "L0_parameters",
+            "class_count_test",
+            (),
+            CLASS_COUNT_MODELS,
+            {"CLIENT_TYPE": client},
+        )
+        for client in ("http", "grpc")
+    ),
+)
+
+
+# ----------------------------------------------------------------- running
+
+
+def loopback_up() -> None:
+    """``ip link set lo up`` in the fresh network namespace, without iproute2."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def loaded(url: str) -> list[str]:
+    """Wait until no model is loading; the names of those that failed."""
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    while True:
+        index = httpx.post(f"{url}/v2/repository/index", json={}, timeout=30).json()
+        states = {entry["name"]: entry.get("state", "") for entry in index}
+        if all(state in ("READY", "UNAVAILABLE") for state in states.values()):
+            return sorted(name for name, state in states.items() if state != "READY")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"models still loading after {LOAD_TIMEOUT_S:g} s: {states}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, list[str]]]:
+    """The repository ``suite`` needs and a server on it; the server and the
+    names of the models that did not load."""
+    repo = work / "repos" / re.sub(r"\W", "_", suite.name)
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    for recipe in suite.recipes:
+        recipe(models, repo)
+    server_env = {
+        "BNFOLD_HOST": "127.0.0.1",
+        "BNFOLD_GRPC_PORT": str(GRPC_PORT),
+        "BNFOLD_API_TOKEN": "",  # Triton's tests send no token
+        "BNFOLD_LOG_LEVEL": "warning",
+        **suite.server_env,
+    }
+    with launch(repo, work, (), server_env, port=HTTP_PORT) as server:
+        yield server, loaded(server.url)
+        log = server.output()
+        if log.strip():
+            (work / "results" / f"{repo.name}.server.log").write_text(log)
+
+
+def run_suite(
+    suite: Suite, work: Path, server: Spawned, failed: list[str]
+) -> dict[str, dict[str, str]]:
+    name = re.sub(r"\W", "_", suite.name)
+    out = work / "results" / f"{name}.jsonl"
+    out.unlink(missing_ok=True)
+    env = {**os.environ, "TRITONSERVER_IPADDR": "localhost", **suite.env}
+    env["SERVER_PID"] = str(server.proc.pid)
+    reset = ["--reset", server.url] if suite.reset_shm else []
+    with (work / "results" / f"{name}.log").open("w") as f:
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "qa_unittest.py"),
+                "--out",
+                str(out),
+                *reset,
+                suite.module,
+                *suite.tests,
+            ],
+            cwd=work / "qa" / suite.folder,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=SUITE_TIMEOUT_S,
+            check=False,
+        )
+    results: dict[str, dict[str, str]] = {}
+    for line in out.read_text().splitlines() if out.exists() else []:
+        record = json.loads(line)
+        key = f"{suite.name}::{record['id']}"
+        if results.get(key, {}).get("outcome") in ("fail", "error"):
+            continue  # a failed subtest stays failed
+        results[key] = {"outcome": record["outcome"], "detail": record["detail"]}
+    for key in results:
+        if failed and results[key]["outcome"] != "pass":
+            results[key]["detail"] += f"\nmodels that did not load: {failed}"
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--suite", action="append", help="run only these suites")
+    parser.add_argument("--no-netns", action="store_true", help="ports 8000/8001 are free here")
+    args = parser.parse_args()
+    if not args.no_netns:
+        loopback_up()
+    work: Path = args.work
+    shutil.copytree(HERE / "qa", work / "qa", dirs_exist_ok=True)
+    models = generate(work)
+    (work / "results").mkdir(exist_ok=True)
+    results: dict[str, dict[str, str]] = {}
+    with ExitStack() as stack:
+        running: tuple[object, Spawned, list[str]] | None = None
+        for suite in SUITES:
+            if args.suite and suite.name not in args.suite:
+                continue
+            setup = (suite.recipes, sorted(suite.server_env.items()))
+            if running is None or running[0] != setup:
+                stack.close()  # the previous suite's server
+                server, failed = stack.enter_context(serve(suite, work, models))
+                running = (setup, server, failed)
+            results |= run_suite(suite, work, running[1], running[2])
+        mine = [r for k, r in results.items() if k.split("::")[0] == suite.name]
+        passed = sum(r["outcome"] == "pass" for r in mine)
+        print(f"{suite.name}: {passed} of {len(mine)} passed", flush=True)
+    args.out.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
