@@ -32,6 +32,8 @@ every output back by each request's row count.
   at once, and it never runs; one already computing finishes with its
   batch and its result is dropped. An observer that is also a
   :class:`CancelObserver` hears which of the two it was.
+- ``on_queue``: a caller that sets it is called when its request enters
+  the queue (what waits there is what a caller going away can save).
 - ``timestamps``: a caller that sets it to an empty list gets its request's
   (enqueued, started, finished) ``perf_counter`` times appended when the
   result arrives (what a trace's queue and compute spans are made of).
@@ -102,6 +104,11 @@ class CancelObserver(Protocol):
         ...
 
 
+# Called when the caller's request enters the queue (never for one run inline):
+# the HTTP front end starts watching its client's connection only then.
+on_queue: contextvars.ContextVar[Callable[[], object] | None] = contextvars.ContextVar(
+    "bnfold_on_queue", default=None
+)
 # Set by a caller that wants its request's (enqueued, started, finished) times.
 timestamps: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "bnfold_timestamps", default=None
@@ -274,6 +281,9 @@ class Batcher:
             self._arrivals.queued()
         if self._queued_rows >= self._max_rows:
             self._full.set()
+        hook = on_queue.get()
+        if hook is not None:
+            hook()
         try:
             async with asyncio.timeout(timeout):
                 result = await item.future

@@ -11,11 +11,11 @@ FastAPI's exception middleware, routing and dependency solving (measured:
 most of a request's event-loop time went there); the FastAPI routes below
 stay registered for the OpenAPI description, and answer the same way.
 
-A client that disconnects while its request is being answered (waiting in
-the batcher's queue, most likely) cancels it: ``direct`` watches for
-``http.disconnect`` once the body is read, and a queued request then
-leaves the queue without running (service/batching.py); nothing is sent,
-and the HTTP metrics count it with status 499 (``GONE``).
+A client that disconnects while its request waits in a batcher's queue
+cancels it: ``direct`` watches for ``http.disconnect`` once the request is
+queued, and the request then leaves the queue without running
+(service/batching.py); nothing is sent, and the HTTP metrics count it with
+status 499 (``GONE``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .. import dataplane
+from ..batching import on_queue
 from ..binary import HEADER_LENGTH
 from ..codec import decode_v1, decompress, encode_result, encode_v1, parse_infer
 from ..deps import RepositoryDep, StateDep, VersionDep
@@ -197,15 +198,15 @@ async def _disconnected(receive: Receive) -> bool:
 
 
 async def _unless_gone(answering: Any, receive: Receive) -> tuple[bytes, dict[str, str]] | None:
-    """``answering``'s result, or None when the client disconnects first:
-    this task is then cancelled where it waits (in the batcher's queue, it
-    leaves it). One task watches ``receive`` meanwhile; the answer runs in
-    this task, so a request that never waits costs that task only."""
+    """``answering``'s result, or None when the client disconnects first.
+    Once the request enters a batcher's queue (``batching.on_queue``) a task
+    watches ``receive``; a disconnect then cancels this task where it waits,
+    and the request leaves the queue. A request that never queues (run
+    inline on an idle model) costs no task."""
     task = asyncio.current_task()
     assert task is not None
-    loop = asyncio.get_running_loop()
-    watch = loop.create_task(_disconnected(receive))
     state = {"answering": True, "gone": False}
+    watches: list[asyncio.Task[bool]] = []
 
     def on_watch(done: asyncio.Task[bool]) -> None:
         gone = not done.cancelled() and done.exception() is None and done.result()
@@ -213,7 +214,12 @@ async def _unless_gone(answering: Any, receive: Receive) -> tuple[bytes, dict[st
             state["gone"] = True
             task.cancel()
 
-    watch.add_done_callback(on_watch)
+    def watch() -> None:
+        if not watches:
+            watches.append(asyncio.get_running_loop().create_task(_disconnected(receive)))
+            watches[0].add_done_callback(on_watch)
+
+    hook = on_queue.set(watch)
     try:
         return await answering
     except asyncio.CancelledError:
@@ -222,8 +228,10 @@ async def _unless_gone(answering: Any, receive: Receive) -> tuple[bytes, dict[st
         task.uncancel()
         return None
     finally:
+        on_queue.reset(hook)
         state["answering"] = False
-        watch.cancel()
+        for watching in watches:
+            watching.cancel()
 
 
 @router.post(

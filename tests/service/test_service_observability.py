@@ -473,12 +473,17 @@ def test_spans_share_the_trace_id_of_the_log_line(
 def test_without_an_endpoint_nothing_of_opentelemetry_is_imported(windowed: Path) -> None:
     script = f"""
 import sys
+import time
 from fastapi.testclient import TestClient
 from bnfold.service.app import create_app
 from bnfold.service.settings import Settings
 
 app = create_app(Settings(repo={str(windowed)!r}, grpc_port=0, log_level="warning"))
 with TestClient(app) as client:
+    deadline = time.monotonic() + {TIMEOUT}  # models load behind the open port
+    while client.get("/v2/models/mlp/ready").status_code != 200:
+        assert time.monotonic() < deadline, "mlp never loaded"
+        time.sleep(0.02)
     body = {{"inputs": [{{"name": "input", "shape": [1, 64], "datatype": "FP32",
                          "data": [0.5] * 64}}]}}
     assert client.post("/v2/models/mlp/infer", json=body).status_code == 200
