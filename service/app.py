@@ -11,6 +11,8 @@ connections from the port its parent holds once its first load is done.)
 Shutdown reports not-ready, answers with ``Connection: close`` while it
 drains (service/connections.py), lets in-flight HTTP and gRPC requests
 finish, unmaps the shared-memory regions and releases every session.
+With an OTLP endpoint, the lifespan also starts the span exporter
+(service/otel.py, imported only then) and flushes it at shutdown.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -29,6 +32,7 @@ from .connections import CONNECTIONS_STATE
 from .deps import ServerState
 from .grpc_server import GrpcServer, address
 from .http_errors import install_error_handlers
+from .logs import configure_format
 from .middleware import RequestContext, configure_logging
 from .openapi import install_openapi
 from .protocol import SERVER_VERSION
@@ -38,6 +42,10 @@ from .routes import ROUTERS
 from .settings import Settings
 from .shm import SharedMemory
 from .shutdown import drain_on_sigterm
+from .tracing import TraceSettings
+
+if TYPE_CHECKING:
+    from .otel import Spans
 
 log = logging.getLogger("bnfold.service")
 
@@ -52,6 +60,7 @@ tensor data extension. Errors are always `{"error": "..."}`.
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     state: ServerState = app.state.bnfold
     settings = state.settings
+    state.spans = _spans(settings.otlp_endpoint)
     state.executor = ThreadPoolExecutor(settings.runner_threads, thread_name_prefix="bnfold-run")
     state.repository = Repository(settings, state.executor, state.metrics, state.arrivals)
     _prompt_gil_handoff(settings.gil_switch_ms)
@@ -80,6 +89,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     except BaseException:
         await repository.close()
         state.executor.shutdown(wait=True)
+        if state.spans is not None:
+            state.spans.shutdown()
         raise
     watch = None
     if (every_s := watch_interval(settings)) > 0:
@@ -99,7 +110,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()
+        if state.spans is not None:  # the spans not yet sent
+            await asyncio.to_thread(state.spans.shutdown)
         log.info("models released")
+
+
+def _spans(endpoint: str | None) -> Spans | None:
+    """The OTLP span exporter when an endpoint is configured; OpenTelemetry
+    is imported here, and only then."""
+    if endpoint is None:
+        return None
+    try:
+        from .otel import Spans, traces_url
+    except ImportError as e:
+        raise RuntimeError(
+            f"an OTLP endpoint is set but OpenTelemetry is not installed ({e}); "
+            "pip install 'bnfold[otel]'"
+        ) from None
+    log.info("tracing to %s", traces_url(endpoint))
+    return Spans(endpoint)
 
 
 async def _start_grpc(app: FastAPI, state: ServerState, shm: SharedMemory) -> GrpcServer | None:
@@ -142,7 +171,9 @@ def _prompt_gil_handoff(switch_ms: float) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level)
-    state = ServerState(settings)
+    configure_format(settings.log_format)
+    tracing = TraceSettings(exporting=settings.otlp_endpoint is not None, rate=settings.trace_rate)
+    state = ServerState(settings, tracing=tracing)
     app = FastAPI(
         title="bnfold",
         version=SERVER_VERSION,

@@ -27,6 +27,16 @@ every output back by each request's row count.
   than letting latency grow without limit.
 - ``submit(timeout=...)`` raises :class:`DeadlineExceeded` when no result
   arrives in time; a request that times out while queued is never run.
+- A caller that goes away (its task cancelled: an HTTP client that
+  disconnected, a cancelled gRPC call) takes its request out of the queue
+  at once, and it never runs; one already computing finishes with its
+  batch and its result is dropped. An observer that is also a
+  :class:`CancelObserver` hears which of the two it was.
+- ``on_queue``: a caller that sets it is called when its request enters
+  the queue (what waits there is what a caller going away can save).
+- ``timestamps``: a caller that sets it to an empty list gets its request's
+  (enqueued, started, finished) ``perf_counter`` times appended when the
+  result arrives (what a trace's queue and compute spans are made of).
 - When ``run`` raises, every request of that batch gets the exception.
 - Load: ``queued`` counts requests waiting in the queue (from ``submit`` until
   their batch leaves, or until they give up), ``in_flight`` requests inside
@@ -90,6 +100,24 @@ class LoadObserver(Protocol):
         ...
 
 
+@runtime_checkable
+class CancelObserver(Protocol):
+    def request_cancelled(self, stage: str) -> None:
+        """A request whose caller went away: ``"queued"`` (it never runs) or
+        ``"computing"`` (its batch finishes, its result is dropped)."""
+        ...
+
+
+# Called when the caller's request enters the queue (never for one run inline):
+# the HTTP front end starts watching its client's connection only then.
+on_queue: contextvars.ContextVar[Callable[[], object] | None] = contextvars.ContextVar(
+    "bnfold_on_queue", default=None
+)
+# Set by a caller that wants its request's (enqueued, started, finished) times.
+timestamps: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "bnfold_timestamps", default=None
+)
+
 _arrival: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
     "bnfold_arrival", default=None
 )
@@ -145,7 +173,17 @@ class Arrivals:
 
 
 class _Item:
-    __slots__ = ("enqueued", "expires", "feeds", "future", "key", "queued", "rows")
+    __slots__ = (
+        "enqueued",
+        "expires",
+        "feeds",
+        "finished",
+        "future",
+        "key",
+        "queued",
+        "rows",
+        "started",
+    )
 
     def __init__(self, feeds: Feeds, rows: int, key: Any, future: asyncio.Future[Feeds]) -> None:
         self.feeds = feeds
@@ -154,6 +192,7 @@ class _Item:
         self.future = future
         self.enqueued = time.perf_counter()
         self.expires = math.inf  # refused if still queued then (submit's queue_timeout)
+        self.started = self.finished = 0.0  # its batch's compute, once taken
         self.queued = True  # counted in Batcher.queued until taken or given up
 
 
@@ -186,6 +225,7 @@ class Batcher:
         self._merge = merge and max_rows > 1
         self._observer = observer
         self._load = observer if isinstance(observer, LoadObserver) else None
+        self._cancel = observer if isinstance(observer, CancelObserver) else None
         self._queued = 0  # requests waiting (the queue less those that gave up)
         self._requests = 0  # requests inside submit
         self._queue: deque[_Item] = deque()
@@ -262,14 +302,42 @@ class Batcher:
             self._arrivals.queued()
         if self._queued_rows >= self._max_rows:
             self._full.set()
+        hook = on_queue.get()
+        if hook is not None:
+            hook()
         try:
             async with asyncio.timeout(timeout):
-                return await item.future
+                result = await item.future
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            # The caller went away: out of the queue now (it never runs), or
+            # computing (the batch finishes without it).
+            stage = "queued" if item.queued else "computing"
+            if item.queued:
+                self._drop(item)
+            if self._cancel is not None:
+                self._cancel.request_cancelled(stage)
+            raise
+        else:
+            marks = timestamps.get()
+            if marks is not None:
+                marks += (item.enqueued, item.started, item.finished)
+            return result
         finally:
             # Answered, timed out or cancelled: no longer waiting, no longer in flight.
             self._count(-self._unqueue(item), -1)
+
+    def _drop(self, item: _Item) -> None:
+        """Take a request that is still queued out of the queue."""
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return
+        self._queued_rows -= item.rows
+        if self._queued_rows < self._max_rows:
+            self._full.clear()
+        self._check_idle()
 
     def _can_run_inline(self) -> bool:
         """An idle model, a request that nobody else is coming to join, and a
@@ -294,6 +362,7 @@ class Batcher:
     def _run_inline(self, feeds: Feeds, rows: int) -> Feeds:
         assert self._arrivals is not None
         self._arrivals.queued()
+        started = time.perf_counter()
         try:
             results, timings = self._execute([feeds])
         except Exception as e:
@@ -301,6 +370,9 @@ class Batcher:
                 self._observer.batch_failed(1, e)
             raise
         self._note_solo(sum(timings))
+        marks = timestamps.get()
+        if marks is not None:
+            marks += (started, started, time.perf_counter())
         if self._observer is not None:
             self._observer.batch_done(rows, [0.0], *timings)  # never queued
         return results[0]
@@ -387,6 +459,9 @@ class Batcher:
             loop = asyncio.get_running_loop()
             parts = [item.feeds for item in batch]
             results, timings = await loop.run_in_executor(self._executor, self._execute, parts)
+            finished = time.perf_counter()
+            for item in batch:
+                item.started, item.finished = started, finished
         except BaseException as e:
             for item in batch:
                 if not item.future.done():

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from .connections import uvicorn_options
+from .logs import configure_format
 from .metrics import MULTIPROC_ENV, MULTIPROC_FILES
 from .middleware import configure_logging
 from .settings import ENV_PREFIX, Settings, settings_env
@@ -42,6 +43,8 @@ def flag_name(field: str) -> str:
 
 
 def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -141,6 +144,7 @@ def serve(**flags: Any) -> None:
     # Worker processes build their own Settings from the environment.
     os.environ.update(settings_env(settings))
     configure_logging(settings.log_level)
+    configure_format(settings.log_format)
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -149,6 +153,8 @@ def serve(**flags: Any) -> None:
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
         **uvicorn_options(settings),
     }
+    if settings.log_format == "json":
+        common["log_config"] = None  # uvicorn's loggers go through ours (service/logs.py)
     with metrics_dir(settings.workers):
         if settings.workers == 1:
             from .app import create_app

@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import shm as shared_memory
-from .batching import Feeds
+from .batching import Feeds, timestamps
 from .errors import BadRequest, InferenceFailed
+from .metrics import protocol
 from .outputs import OutputOptions, finish, output_options
 from .protocol import DATATYPE_OF
 from .shm import BYTE_SIZE, REGION, Regions, Slice, no_shared_memory
 from .signature import Signature, TensorSpec
+from .state import request_id, serving_model, trace_id
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -302,12 +304,44 @@ async def infer(
     name: str,
     version: str | None,
     parse: Callable[[Signature], WireRequest],
+    traceparent: str | None = None,
 ) -> InferResult:
     """One inference, whatever the protocol: ``parse`` reads the wire
     request once the version serving ``name`` is known (its signature);
-    the version is held until every output is encoded."""
+    the version is held until every output is encoded. Traced (request,
+    queue and compute spans) when tracing is on and samples it; the
+    client's W3C ``traceparent`` is then the request span's parent."""
+    spans = state.spans
+    if spans is None or not state.tracing.sample(name):
+        return await _infer(state, name, version, parse)
+    attributes = {"bnfold.model": name, "bnfold.protocol": protocol.get()}
+    attributes["bnfold.request_id"] = request_id.get()
+    span = spans.request(traceparent, attributes)
+    trace_id.set(spans.trace_id(span))
+    stamps: list[float] = []
+    marks = timestamps.set(stamps)
+    error: BaseException | None = None
+    try:
+        result = await _infer(state, name, version, parse)
+        span.set_attribute("bnfold.version", result.model_version)
+        return result
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        timestamps.reset(marks)
+        spans.finish(span, stamps, error)
+
+
+async def _infer(
+    state: ServerState,
+    name: str,
+    version: str | None,
+    parse: Callable[[Signature], WireRequest],
+) -> InferResult:
     settings = state.settings
     async with state.serving_repository().serving(name, version) as served:
+        serving_model.set((served.name, served.version_str))
         # The regions a request names stay open until its outputs are written,
         # whatever unregisters them meanwhile (Triton's lifetime rule).
         with shared_memory.using(state.shm, served.name) as regions:

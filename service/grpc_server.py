@@ -27,6 +27,7 @@ that pipelines requests on one stream gets them batched.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -50,7 +51,7 @@ from .errors import (
     as_service_error,
 )
 from .grpc_codec import encode_result, parameter_value, parse_request
-from .metrics import LATENCY_BUCKETS
+from .metrics import LATENCY_BUCKETS, protocol
 from .proto import grpc_service_pb2 as pb
 from .proto import model_config_pb2 as mc
 from .protocol import SERVER_NAME, SERVER_VERSION
@@ -64,7 +65,7 @@ access = logging.getLogger("bnfold.access")
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_WINDOW = 64  # requests of one stream in the batcher at once
-# The repository and shared-memory RPCs need the bearer token, when one is set.
+# The repository, shared-memory and trace-setting RPCs need the bearer token, when one is set.
 PROTECTED = frozenset(
     {
         "RepositoryIndex",
@@ -76,12 +77,12 @@ PROTECTED = frozenset(
         "CudaSharedMemoryStatus",
         "CudaSharedMemoryRegister",
         "CudaSharedMemoryUnregister",
+        "TraceSetting",
     }
 )
 UNSUPPORTED = {
     # Status and unregister answer (nothing is registered): clients call them to clean up.
     "CudaSharedMemoryRegister": "CUDA shared memory is not supported; use system shared memory",
-    "TraceSetting": "tracing is not supported",
     "LogSettings": "log settings are set at startup (--log-level, BNFOLD_LOG_LEVEL)",
 }
 # Where each RPC names a model and version (failure metrics' labels).
@@ -96,6 +97,10 @@ MODEL_FIELDS: dict[str, tuple[str, str | None]] = {
     "RepositoryModelUnload": ("model_name", None),
 }
 _IDS = RequestIds("g")
+# The call's W3C ``traceparent`` metadata, for the inference it makes.
+_traceparent: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bnfold_traceparent", default=None
+)
 
 
 def status_code(error: ServiceError) -> grpc.StatusCode:
@@ -237,6 +242,24 @@ class InferenceServicer:
         ]
         return pb.ModelStatisticsResponse(model_stats=stats)
 
+    # --- Triton's trace extension (service/tracing.py)
+    async def TraceSetting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
+        model = request.model_name or None
+        if model is not None:
+            self.repository().get(model)  # 404 for a model the repository does not know
+        tracing = self.state.tracing
+        if request.settings:
+            values = {k: list(v.value) or None for k, v in request.settings.items()}
+            settings = tracing.update(values, model)
+        else:
+            settings = tracing.get(model)
+        value = pb.TraceSettingResponse.SettingValue
+        return pb.TraceSettingResponse(
+            settings={
+                k: value(value=v if isinstance(v, list) else [v]) for k, v in settings.items()
+            }
+        )
+
     # --- the repository
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest
@@ -322,6 +345,7 @@ class InferenceServicer:
                 request.model_name,
                 request.model_version or None,
                 lambda _signature: parse_request(request),
+                _traceparent.get(),
             )
         finally:
             self.state.arrivals.leave(arrival)
@@ -412,6 +436,9 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
         metadata = _metadata(context)
         rid = _IDS.pick(metadata.get("x-request-id", ""))
         token = request_id.set(rid)
+        # Each call runs in a task of its own: these stay with it.
+        protocol.set("grpc")
+        _traceparent.set(metadata.get("traceparent"))
         context.set_trailing_metadata((("x-request-id", rid), servicer.worker))
         servicer.restrictions.check(GRPC_CATEGORIES.get(name), metadata.get)  # Triton's first
         if name in PROTECTED:
@@ -462,10 +489,11 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
             except Exception as e:
                 await abort(context, name, request, e, started)
                 raise AssertionError("unreachable: abort raises") from None
+            else:
+                end(name, grpc.StatusCode.OK, started)  # its access line has the request's id
             finally:
                 if token is not None:
                     request_id.reset(token)
-            end(name, grpc.StatusCode.OK, started)
             return response
 
         return handle

@@ -18,6 +18,7 @@ statistics (``/v2/models/{m}/stats``) stay per worker.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -40,6 +41,10 @@ def multiprocess_dir() -> str | None:
     setting: ``service.cli`` sets it before the workers start)."""
     return os.environ.get(MULTIPROC_ENV) or None
 
+
+# The front end answering the current request ("http" or "grpc"): a label of
+# the series counted deep inside the data plane (cancelled requests).
+protocol: contextvars.ContextVar[str] = contextvars.ContextVar("bnfold_protocol", default="http")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -82,6 +87,7 @@ class ModelMetrics:
         self._batch = metrics.batch_size.labels(**labels)
         self._queue_depth = metrics.queue_depth.labels(**labels)
         self._in_flight = metrics.in_flight.labels(**labels)
+        self._cancelled = metrics.cancelled
         self._lock = threading.Lock()
         self.success = _Duration()
         self.fail = _Duration()
@@ -140,6 +146,10 @@ class ModelMetrics:
             self._queue_depth.inc(queued)
         if in_flight:
             self._in_flight.inc(in_flight)
+
+    # --- callers that went away (CancelObserver)
+    def request_cancelled(self, stage: str) -> None:
+        self._cancelled.labels(self.name, str(self.version), protocol.get(), stage).inc()
 
     def triton_stats(self) -> dict[str, Any]:
         """One entry of Triton's ``model_stats`` (statistics extension)."""
@@ -313,6 +323,13 @@ class Metrics:
             model,
             registry=r,
             multiprocess_mode="liveall",
+        )
+        self.cancelled = Counter(
+            "bnfold_requests_cancelled",
+            "Requests whose client went away (HTTP disconnect, gRPC cancel) by protocol and "
+            "stage: queued (never ran) or computing (ran, result dropped).",
+            [*model, "protocol", "stage"],
+            registry=r,
         )
         self.multiprocess_dir = multiprocess_dir()
         self._models: dict[tuple[str, int], ModelMetrics] = {}

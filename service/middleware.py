@@ -30,35 +30,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .batching import Arrivals
 from .errors import Forbidden, PayloadTooLarge
 from .http_errors import render
+from .logs import RequestIdFilter, configure_logging
 from .metrics import Metrics
 from .restricted import Restrictions, http_category
-from .routes.infer import direct, direct_target
+from .routes.infer import GONE, direct, direct_target
 from .state import RequestIds, request_id
 
 __all__ = ["RequestContext", "RequestIdFilter", "configure_logging", "request_id"]
 _IDS = RequestIds()
 access = logging.getLogger("bnfold.access")
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``%(request_id)s`` to every record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
-    for name in ("bnfold.service", "bnfold.access"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
-        logger.propagate = False
 
 
 class RequestContext:
@@ -137,6 +117,8 @@ class RequestContext:
                 await self.app(scope, receive_limited, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            if scope.get(GONE):
+                status = 499  # the client closed the connection before its answer
             route: Any = scope.get("route")
             template = getattr(route, "path", "<unmatched>")
             self.metrics.http_request(scope["method"], template, status, seconds)

@@ -32,6 +32,7 @@ EXTENSIONS = [
     "statistics",
     "classification",
     "system_shared_memory",
+    "trace",
     "bnfold_parity",
     "bnfold_classify",
 ]

@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL
@@ -24,7 +31,9 @@ ENV_PREFIX = "BNFOLD_"
 class Settings(BaseSettings):
     """Server settings; each field is ``BNFOLD_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # --- where and how to listen
     repo: Annotated[Path, Field(description="Model repository folder.")] = Path("models")
@@ -241,6 +250,13 @@ class Settings(BaseSettings):
         Literal["critical", "error", "warning", "info", "debug"],
         Field(description="critical, error, warning, info or debug."),
     ] = "info"
+    log_format: Annotated[
+        Literal["text", "json"],
+        Field(
+            description="text, or json: one JSON object per line (uvicorn's lines too) with "
+            "timestamp, level, logger, message, request id, trace id, model and version.",
+        ),
+    ] = "text"
     access_log: Annotated[
         bool,
         Field(
@@ -248,6 +264,23 @@ class Settings(BaseSettings):
             "per request costs the hot path; errors are logged either way).",
         ),
     ] = False
+    otlp_endpoint: Annotated[
+        str | None,
+        Field(
+            # OpenTelemetry's own variable works too (BNFOLD_OTLP_ENDPOINT wins).
+            validation_alias=AliasChoices("BNFOLD_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            description="OTLP/HTTP collector (http://host:4318; /v1/traces is added): each "
+            "inference is traced (request, queue, compute spans); unset: no tracing.",
+        ),
+    ] = None
+    trace_rate: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Trace one inference in this many (Triton's trace_rate; "
+            "POST /v2/trace/setting changes it while serving).",
+        ),
+    ] = 1
     # --- connections (HTTP, then gRPC)
     max_connections: Annotated[
         int,
@@ -325,9 +358,9 @@ class Settings(BaseSettings):
         float, Field(gt=0, description="Wait for in-flight requests.")
     ] = 30.0
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "otlp_endpoint", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("load_model", "http_restricted_api", "grpc_restricted_protocol", mode="before")

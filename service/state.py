@@ -23,13 +23,21 @@ from .errors import Unauthorized, Unavailable
 from .metrics import Metrics
 from .protocol import EXTENSIONS
 from .settings import Settings
+from .tracing import TraceSettings
 
 if TYPE_CHECKING:
+    from .otel import Spans
     from .repository import Repository
     from .shm import SharedMemory
 
 # The id of the request being answered, on every log line it writes.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# Its trace id (32 hex digits) when it is traced, and the model and version
+# that serve it once known: on its log lines too (service/logs.py).
+trace_id: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
+serving_model: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "serving_model", default=None
+)
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
@@ -59,6 +67,8 @@ class ServerState:
     repository: Repository | None = None
     executor: ThreadPoolExecutor | None = None
     shm: SharedMemory | None = None  # system shared memory regions (HTTP and gRPC)
+    spans: Spans | None = None  # OpenTelemetry, only when an OTLP endpoint is set
+    tracing: TraceSettings = field(default_factory=TraceSettings)  # Triton's trace settings
     started: bool = False
     draining: bool = False
 

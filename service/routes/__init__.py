@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import images, infer, models, parity, repository, server, shm, web
+from . import images, infer, models, parity, repository, server, shm, trace, web
 
 # Inference first: routes are matched in order, and it is the hot path.
 ROUTERS = (
@@ -13,5 +13,6 @@ ROUTERS = (
     parity.router,
     images.router,
     shm.router,
+    trace.router,
     web.router,  # the page at /, its assets, /docs and /redoc
 )

@@ -10,10 +10,17 @@ plain ASGI endpoint that ``middleware.RequestContext`` calls before
 FastAPI's exception middleware, routing and dependency solving (measured:
 most of a request's event-loop time went there); the FastAPI routes below
 stay registered for the OpenAPI description, and answer the same way.
+
+A client that disconnects while its request waits in a batcher's queue
+cancels it: ``direct`` watches for ``http.disconnect`` once the request is
+queued, and the request then leaves the queue without running
+(service/batching.py); nothing is sent, and the HTTP metrics count it with
+status 499 (``GONE``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +29,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .. import dataplane
+from ..batching import on_queue
 from ..binary import HEADER_LENGTH
 from ..codec import decode_v1, decompress, encode_result, encode_v1, parse_infer
 from ..deps import RepositoryDep, StateDep, VersionDep
@@ -110,7 +118,7 @@ async def answer(
         wire.append(parse_infer(raw, headers.get(_LENGTH), signature, name))
         return wire[0]
 
-    result = await dataplane.infer(state, name, version, parse)
+    result = await dataplane.infer(state, name, version, parse, headers.get("traceparent"))
     return encode_result(result, wire[0].parameters.get("binary_data_output") is True)
 
 
@@ -127,7 +135,8 @@ class _Template:
 PLAIN = _Template("/v2/models/{name}/infer")
 VERSIONED = _Template("/v2/models/{name}/versions/{version}/infer")
 _LENGTH = HEADER_LENGTH.lower()  # header names as ASGI gives them (Headers ignores case)
-_WANTED = (b"content-encoding", _LENGTH.encode())
+_WANTED = (b"content-encoding", _LENGTH.encode(), b"traceparent")
+GONE = "bnfold.client_gone"  # set in the scope of a request whose client went away
 
 
 def direct_target(scope: Scope) -> tuple[str, str | None] | None:
@@ -167,7 +176,11 @@ async def direct(
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        content, out_headers = await answer(state, name, version, headers, body)
+        answered = await _unless_gone(answer(state, name, version, headers, body), receive)
+        if answered is None:
+            scope[GONE] = True
+            return
+        content, out_headers = answered
     except Exception as e:
         params: dict[str, Any] = {"name": name, "version": version}
         await render(state, "POST", scope["path"], params, e)(scope, receive, send)
@@ -176,6 +189,49 @@ async def direct(
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers.items()]
     await send({"type": "http.response.start", "status": 200, "headers": raw})
     await send({"type": "http.response.body", "body": content})
+
+
+async def _disconnected(receive: Receive) -> bool:
+    """Whether the client went away (the body was read: uvicorn's next
+    message is ``http.disconnect``, when it comes)."""
+    return (await receive())["type"] == "http.disconnect"
+
+
+async def _unless_gone(answering: Any, receive: Receive) -> tuple[bytes, dict[str, str]] | None:
+    """``answering``'s result, or None when the client disconnects first.
+    Once the request enters a batcher's queue (``batching.on_queue``) a task
+    watches ``receive``; a disconnect then cancels this task where it waits,
+    and the request leaves the queue. A request that never queues (run
+    inline on an idle model) costs no task."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"answering": True, "gone": False}
+    watches: list[asyncio.Task[bool]] = []
+
+    def on_watch(done: asyncio.Task[bool]) -> None:
+        gone = not done.cancelled() and done.exception() is None and done.result()
+        if gone and state["answering"]:
+            state["gone"] = True
+            task.cancel()
+
+    def watch() -> None:
+        if not watches:
+            watches.append(asyncio.get_running_loop().create_task(_disconnected(receive)))
+            watches[0].add_done_callback(on_watch)
+
+    hook = on_queue.set(watch)
+    try:
+        return await answering
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        on_queue.reset(hook)
+        state["answering"] = False
+        for watching in watches:
+            watching.cancel()
 
 
 @router.post(

@@ -412,10 +412,13 @@ def test_every_error_class_names_its_status_and_code() -> None:
 def test_unimplemented_rpc_is_unimplemented(
     stub: service_pb2_grpc.GRPCInferenceServiceStub,
 ) -> None:
+    # (TraceSetting answers since issue 21: tests/service/test_service_observability.py)
     with pytest.raises(grpc.RpcError) as caught:
-        stub.TraceSetting(service_pb2.TraceSettingRequest(), timeout=30)
+        stub.LogSettings(service_pb2.LogSettingsRequest(), timeout=30)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert caught.value.details() == "tracing is not supported"
+    assert caught.value.details() == (
+        "log settings are set at startup (--log-level, BNFOLD_LOG_LEVEL)"
+    )
 
 
 # ----- the direct inference endpoint (past FastAPI's routing)

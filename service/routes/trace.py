@@ -1,0 +1,74 @@
+"""Triton's trace extension: ``GET``/``POST /v2[/models/{m}]/trace/setting``.
+
+What is traced and how is service/tracing.py's (OpenTelemetry spans over
+OTLP when ``--otlp-endpoint`` is set); these routes read and change its
+settings, server-wide or for one model. Protected by the bearer token when
+``BNFOLD_API_TOKEN`` is set, as the repository routes are.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import RootModel
+
+from ..deps import AuthDep, RepositoryDep, StateDep, body_schema, json_body
+from .responses import MODEL, errors
+
+router = APIRouter(tags=["trace"])
+
+
+class TraceSettingRequest(RootModel[dict[str, str | list[str] | None]]):
+    """``{$trace_setting, ...}``: each setting a string or a list of strings;
+    null clears it (back to the server-wide value)."""
+
+
+TraceBody = Annotated[TraceSettingRequest | None, Depends(json_body(TraceSettingRequest))]
+Settings = dict[str, str | list[str]]
+COMMON = {401: "Missing or wrong bearer token.", 413: "Body over the size limit."}
+SERVER_ERRORS = errors({400: "An unknown or refused setting, or a bad value.", **COMMON})
+MODEL_ERRORS = errors({400: "An unknown or refused setting, or a bad value.", **COMMON, **MODEL})
+
+
+@router.get("/v2/trace/setting", summary="Trace settings", responses=SERVER_ERRORS)
+async def trace_setting(state: StateDep, _: AuthDep) -> Settings:
+    """trace_level, trace_rate, trace_count (honoured), trace_file,
+    log_frequency and trace_mode (reported) as Triton spells them."""
+    return state.tracing.get()
+
+
+@router.post(
+    "/v2/trace/setting",
+    summary="Change trace settings",
+    responses=SERVER_ERRORS,
+    openapi_extra=body_schema(TraceSettingRequest),
+)
+async def update_trace_setting(state: StateDep, _: AuthDep, body: TraceBody) -> Settings:
+    """Only the settings named change; the settings after the change."""
+    return state.tracing.update(body.root if body is not None else {})
+
+
+@router.get(
+    "/v2/models/{name}/trace/setting", summary="Trace settings of a model", responses=MODEL_ERRORS
+)
+async def model_trace_setting(
+    name: str, repo: RepositoryDep, state: StateDep, _: AuthDep
+) -> Settings:
+    """The model's own settings, the server-wide ones where it has none."""
+    repo.get(name)
+    return state.tracing.get(name)
+
+
+@router.post(
+    "/v2/models/{name}/trace/setting",
+    summary="Change trace settings of a model",
+    responses=MODEL_ERRORS,
+    openapi_extra=body_schema(TraceSettingRequest),
+)
+async def update_model_trace_setting(
+    name: str, repo: RepositoryDep, state: StateDep, _: AuthDep, body: TraceBody
+) -> Settings:
+    """The model's own values (null: back to the server-wide one)."""
+    repo.get(name)
+    return state.tracing.update(body.root if body is not None else {}, name)
