@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev,bench,timm]'
 	touch $@
 
 lint: $(STAMP)

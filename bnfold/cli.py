@@ -13,8 +13,10 @@ image).
 
 Every command exits 0 on success, 2 on a usage or input error, 3 on a
 parity failure and 1 on a bug (with its traceback): see
-:mod:`bnfold.converter.errors`. Expected failures are caught once, in
-:meth:`Group.invoke`, and shown as one line.
+:mod:`bnfold.converter.errors`, whose ``COMMAND_EXIT_CODES`` says which of
+them each command can return (its ``--help`` footer lists those only).
+Expected failures are caught once, in :meth:`Group.invoke`, and shown as
+one line.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from bnfold.converter.errors import (
     EXIT_BUG,
     EXIT_CODES_HELP,
     exit_code,
+    exit_codes_help,
     message,
 )
 
@@ -90,11 +93,45 @@ def _hide_flag_types(params: list[Any]) -> list[Any]:
     return params
 
 
+# The narrowest help column that still reads: typer's option table shrinks every
+# column to fit the terminal and cuts option names (`--no-strict-readine…`).
+MIN_HELP_COLUMN = 30
+
+
+def _rich_help_fits(command: Any, ctx: Context) -> bool:
+    """Whether typer's option table fits the terminal with every option name whole:
+    its name and type columns at full width, and room for the help beside them."""
+    from rich.console import Console
+    from typer import rich_utils
+
+    width = rich_utils.MAX_WIDTH or Console().width
+    columns = [0] * 5  # long names, short names, their negations (both), value type
+    for param in command.get_params(ctx):
+        names = [*param.opts], [*param.secondary_opts]
+        cells = [
+            ",".join(n for n in names[0] if n.startswith("--")),
+            ",".join(n for n in names[0] if not n.startswith("--")),
+            ",".join(n for n in names[1] if n.startswith("--")),
+            ",".join(n for n in names[1] if not n.startswith("--")),
+            str(getattr(param, "display_type_rich", lambda **_: "")(ctx=ctx) or ""),
+        ]
+        columns = [max(c, len(cell)) for c, cell in zip(columns, cells, strict=True)]
+    # each column padded by one on both sides, the panel's two borders and margins
+    return sum(columns) + 2 * 6 + 4 + MIN_HELP_COLUMN <= width
+
+
 class Command(TyperCommand):
-    """A bnfold command: flags (``--help`` too) show no value type in ``--help``."""
+    """A bnfold command: flags (``--help`` too) show no value type in ``--help``,
+    and a terminal too narrow for typer's option table gets click's plain help,
+    which puts a long option name on a line of its own instead of cutting it."""
 
     def get_params(self, ctx: Context) -> list[Any]:
         return _hide_flag_types(super().get_params(ctx))
+
+    def format_help(self, ctx: Context, formatter: Any) -> None:
+        if _rich_help_fits(self, ctx):
+            return super().format_help(ctx, formatter)
+        return super(TyperCommand, self).format_help(ctx, formatter)
 
 
 class LazyCommands(MutableMapping[str, Any]):
@@ -182,7 +219,7 @@ class Group(TyperGroup):
             pretty_exceptions_enable=False,
             rich_markup_mode=self.rich_markup_mode,
         )
-        one.command(name, cls=Command, epilog=EXIT_CODES_HELP)(function)
+        one.command(name, cls=Command, epilog=exit_codes_help(name))(function)
         return typer.main.get_command(one)
 
     def invoke(self, ctx: Context) -> Any:
@@ -211,8 +248,9 @@ app = typer.Typer(
 )
 
 
-def command(**kwargs: Any) -> Any:
-    return app.command(cls=Command, epilog=EXIT_CODES_HELP, **kwargs)
+def command(name: str) -> Any:
+    """A command of the group, whose help ends with the exit codes it can return."""
+    return app.command(name, cls=Command, epilog=exit_codes_help(name))
 
 
 def _print_version(value: bool) -> None:
@@ -246,10 +284,46 @@ DATA_HELP = (
     "fer2013:PATH (CSV)."
 )
 
+TIMM_PREFIX = "timm:"  # bnfold.converter.timm_models.PREFIX, without importing torch
+
+
+def _arch(value: str) -> str:
+    """Refuse an architecture before any command loads torch; a timm name's form is
+    checked here too (a hub reference never reaches timm)."""
+    if value in ARCHITECTURES:
+        return value
+    if value.startswith(TIMM_PREFIX):
+        from bnfold.converter.errors import InputError
+        from bnfold.converter.timm_models import model_name
+
+        try:
+            model_name(value)
+        except InputError as e:
+            raise typer.BadParameter(str(e).removeprefix(f"--arch {value}: ")) from None
+        return value
+    choices = ", ".join(repr(a) for a in ARCHITECTURES)
+    raise typer.BadParameter(f"{value!r} is not one of {choices}, or timm:NAME")
+
+
 Arch = Annotated[
-    ArchName,
+    str,
     typer.Option(
-        "--arch", "-a", metavar="<name>", help="Architecture: mlp, cifar-cnn, fer-cnn or resnet."
+        "--arch",
+        "-a",
+        metavar="<name>",
+        callback=_arch,
+        help="Architecture: mlp, cifar-cnn, fer-cnn, resnet, or timm:NAME (a BatchNorm model "
+        "of timm's registry, e.g. timm:resnet10t: random init or --weights, never downloaded; "
+        "the timm extra).",
+    ),
+]
+Weights = Annotated[
+    Path | None,
+    typer.Option(
+        help="Start training from this local state dict (.safetensors, or a torch file loaded "
+        "with weights_only) instead of random weights; it must fit the model built for the "
+        "data (classes, input channels).",
+        show_default="random init",
     ),
 ]
 Data = Annotated[str, typer.Option("--data", "-d", help=DATA_HELP)]
@@ -257,7 +331,7 @@ Epochs = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Training epochs: mlp 10, cifar-cnn 8, fer-cnn 5, resnet 8 unless given.",
+        help="Training epochs: mlp 10, cifar-cnn 8, fer-cnn 5, resnet 8, timm:NAME 3 unless given.",
         show_default="per architecture",
     ),
 ]
@@ -285,7 +359,8 @@ InputShape = Annotated[
     str | None,
     typer.Option(
         help="Network input shape without the batch axis, e.g. 64 or 1,48,48; the data is "
-        "resized to it. mlp takes 64, cifar-cnn and resnet 3,32,32, fer-cnn 1,48,48 unless given.",
+        "resized to it. mlp takes 64, cifar-cnn, resnet and timm:NAME 3,32,32, fer-cnn 1,48,48 "
+        "unless given.",
         show_default="the architecture's",
     ),
 ]
@@ -389,7 +464,7 @@ def _options(**kw: Any) -> ConvertOptions:
     return ConvertOptions(**kw)
 
 
-@command()
+@command("train")
 def train(
     arch: Arch = "mlp",
     data: Data = "digits",
@@ -423,6 +498,7 @@ def train(
             "torchrun's environment.",
         ),
     ] = 1,
+    weights: Weights = None,
 ) -> None:
     """Train a network; write checkpoint (safetensors), metrics JSON and curves PNG."""
     shape = _shape(input_shape)
@@ -435,7 +511,7 @@ def train(
     require_torch("train")
     from dataclasses import replace
 
-    from bnfold.converter.pipeline import DEFAULT_EPOCHS, train_from_options
+    from bnfold.converter.pipeline import default_epochs, train_from_options
     from bnfold.converter.train import plot_curves, save_run
     from bnfold.converter.train import train as train_arch
 
@@ -450,9 +526,10 @@ def train(
         resize=resize,
         input_shape=shape,
         bn=not no_bn,
+        weights=weights,
     )
-    out = out or Path("runs") / f"{opts.data.split(':', 1)[0]}-{arch}{'-nobn' if no_bn else ''}"
-    n_epochs = epochs or DEFAULT_EPOCHS[arch]
+    out = out or Path("runs") / f"{opts.model_name()}{'-nobn' if no_bn else ''}"
+    n_epochs = epochs or default_epochs(arch)
     if distributed:
         _train_distributed(opts, out, nproc)
         return
@@ -529,7 +606,7 @@ def _print_comparison(
     console.print(table)
 
 
-@command()
+@command("export")
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder written by `bnfold train`.")],
     out: Annotated[Path, typer.Option(help="Where to write the ONNX graph.")] = Path(
@@ -554,7 +631,7 @@ def export(
     )
 
 
-@command()
+@command("convert")
 def convert(
     arch: Arch = "mlp",
     data: Data = "digits",
@@ -599,11 +676,12 @@ def convert(
     ] = False,
     precision: Precision = "fp32",
     calibration: Calibration = "minmax",
+    weights: Weights = None,
 ) -> None:
     """Train, export, fold, verify and write a model version: the one-shot offline pipeline."""
     shape = _shape(input_shape)
     require_torch("convert")
-    from bnfold.converter.pipeline import DEFAULT_EPOCHS, ParityError
+    from bnfold.converter.pipeline import ParityError, default_epochs
     from bnfold.converter.pipeline import convert as run_convert
     from bnfold.converter.quantize import QuantizeOptions
     from bnfold.folding.report import FoldSummary
@@ -625,9 +703,10 @@ def convert(
         run_dir=run_dir,
         normalized_input=normalized_input,
         quantize=None if precision == "fp32" else QuantizeOptions(precision, calibration),
+        weights=weights,
     )
     try:
-        with _TrainingBar(arch, epochs or DEFAULT_EPOCHS[arch]) as bar:
+        with _TrainingBar(arch, epochs or default_epochs(arch)) as bar:
             result = run_convert(opts, log=_log, on_epoch=bar.epoch, on_batch=bar.batch)
     except ParityError as e:
         console.print_json(json.dumps(e.report["comparisons"]))
@@ -646,7 +725,7 @@ def convert(
     )
 
 
-@command()
+@command("demo")
 def demo(
     repo: Annotated[Path, typer.Option(help="Model repository to serve.")] = Path("models"),
     name: Annotated[str, typer.Option(help="Model to build if missing, and to query.")] = (
@@ -668,12 +747,19 @@ def demo(
     raise typer.Exit(code)
 
 
-@command(name="sample-image")
+@command("sample-image")
 def sample_image(
     model: Annotated[str, typer.Option(help="Model whose test split the sample comes from.")] = (
         "digits-mlp"
     ),
-    repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("models"),
+    repo: Annotated[
+        Path,
+        typer.Option(
+            envvar="BNFOLD_REPO",
+            help="Model repository (as for serve, BNFOLD_REPO sets it too); a relative path "
+            "is taken from the current folder.",
+        ),
+    ] = Path("models"),
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("digit.png"),
     index: Annotated[
         int, typer.Option(min=0, help="Which sample of the test split (0: the first).")
@@ -695,9 +781,10 @@ def sample_image(
     from bnfold.converter.demo import render_test_sample
     from bnfold.converter.errors import InputError
 
+    _check_model_folder(repo, model)
     versions = scan_versions(repo / model).valid
     if not versions:
-        raise InputError(f"--model {model}: {repo / model} has no version")
+        raise InputError(f"--model {model}: {repo / model} has no valid version")
     manifest = json.loads((repo / model / str(versions[-1]) / "manifest.json").read_text())
     if not manifest.get("data"):
         raise InputError(
@@ -713,6 +800,24 @@ def sample_image(
         f"(data set index {sample.index}), label {escape(sample.label)}, drawn "
         f"{'dark on white' if sample.background == 'light' else 'light on dark'}"
     )
+
+
+def _check_model_folder(repo: Path, model: str) -> None:
+    """A repository or model that is not there, said with the folder looked in:
+    the default repository is ``models`` in the current folder."""
+    from bnfold.converter.errors import InputError
+
+    where = f"{repo} ({repo.resolve()})" if not repo.is_absolute() else str(repo)
+    if not repo.is_dir():
+        raise InputError(
+            f"no model repository at {where}: run from the folder that holds it, or give "
+            "--repo (or BNFOLD_REPO)"
+        )
+    if not (repo / model).is_dir():
+        names = sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        held = f"it holds {shown}" if names else "it holds no model"
+        raise InputError(f"--model {model}: no such model in repository {where}; {held}")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """The converter's expected failures, and the exit code each kind has.
 
 Every ``bnfold`` command exits with one of these codes, with the same
-meaning in every command:
+meaning in every command (each command's ``--help`` lists the ones it can
+return: :data:`COMMAND_EXIT_CODES`):
 
 - 0: success;
 - 2: a usage or input error: a bad option, a missing or unreadable file,
@@ -28,6 +29,43 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 success; 2 usage or input error; 3 parity failure (nothing written); "
     "1 unexpected failure (a bug: the traceback is shown)."
 )
+
+# What each code means in the footer of a command's --help.
+EXIT_MEANINGS: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_INPUT: "usage or input error",
+    EXIT_PARITY: "parity failure (nothing written)",
+    EXIT_BUG: "unexpected failure (a bug: the traceback is shown)",
+}
+# The codes each command can return, in the order its footer lists them: a
+# command without 3 neither proves parity nor calls code that does.
+COMMAND_EXIT_CODES: dict[str, tuple[int, ...]] = {
+    "train": (EXIT_OK, EXIT_INPUT, EXIT_BUG),
+    "export": (EXIT_OK, EXIT_INPUT, EXIT_PARITY, EXIT_BUG),
+    "fold": (EXIT_OK, EXIT_INPUT, EXIT_BUG),
+    "verify": (EXIT_OK, EXIT_INPUT, EXIT_PARITY, EXIT_BUG),
+    "convert": (EXIT_OK, EXIT_INPUT, EXIT_PARITY, EXIT_BUG),
+    "import": (EXIT_OK, EXIT_INPUT, EXIT_PARITY, EXIT_BUG),
+    "quantize": (EXIT_OK, EXIT_INPUT, EXIT_PARITY, EXIT_BUG),
+    "serve": (EXIT_OK, EXIT_INPUT, EXIT_BUG),
+    "demo": (EXIT_OK, EXIT_INPUT, EXIT_PARITY, EXIT_BUG),
+    "sample-image": (EXIT_OK, EXIT_INPUT, EXIT_BUG),
+}
+# Where a code means something narrower in one command.
+COMMAND_MEANING: dict[tuple[str, int], str] = {
+    ("export", EXIT_PARITY): "the export lost BatchNorm nodes (nothing written)",
+    ("demo", EXIT_PARITY): "the model it builds failed its parity proof (nothing written)",
+    ("serve", EXIT_BUG): "the server failed to start or stopped on an unexpected error "
+    "(its log says why)",
+}
+
+
+def exit_codes_help(command: str) -> str:
+    """The footer of ``bnfold COMMAND --help``: only the codes that command can return."""
+    parts = []
+    for code in COMMAND_EXIT_CODES[command]:
+        parts.append(f"{code} {COMMAND_MEANING.get((command, code), EXIT_MEANINGS[code])}")
+    return "Exit codes: " + "; ".join(parts) + "."
 
 
 class BnfoldError(Exception):

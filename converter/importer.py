@@ -148,6 +148,20 @@ def parity_inputs(model: onnx.ModelProto, opts: ImportOptions) -> dict[str, np.n
     return parts[0]
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def fixed_batch_warning(rows: int) -> str:
+    """What a graph whose batch axis has a fixed size costs the proof, and the remedy."""
+    return (
+        f"the graph's batch axis has a fixed size, so parity is proven on {_rows(rows)} only; "
+        "export with a dynamic batch axis to prove it on more: torch.onnx.export(model, (x,), "
+        "dynamo=True, optimize=False, dynamic_shapes=({0: torch.export.Dim('batch')},)), or "
+        "dynamic_axes={'input': {0: 'batch'}} with the TorchScript exporter"
+    )
+
+
 def _batch_axis_dynamic(model: onnx.ModelProto) -> bool:
     inits = {t.name for t in model.graph.initializer}
     return all(
@@ -299,6 +313,7 @@ def import_model(
     preprocessing: dict[str, Any] | None = None,
     network_bns: int | None = None,
     expected_bns: int | None = None,
+    data_given: str | None = None,
     log: Log = _noop,
 ) -> ImportResult:
     """Fold ``reference``, prove it, write the version. ``feeds`` replaces
@@ -307,7 +322,9 @@ def import_model(
     ``reference`` has an input normalisation in front) adds that comparison
     too; ``preprocessing`` goes into config.json and the manifest.
     ``expected_bns`` (the module's BN layers) is how many BNs the graph
-    should hold, its convolutions when not given: fewer is warned about."""
+    should hold, its convolutions when not given: fewer is warned about.
+    ``data_given`` says what the caller's rows in ``feeds`` were, for the
+    manifest (``opts.data`` when not given)."""
     # the network's BNs (an input normalisation in front is a map, not one of them)
     bn_before = folding.count_bn(reference) if network_bns is None else network_bns
     if bn_before == 0:
@@ -323,9 +340,11 @@ def import_model(
         log(summary.describe())
     feeds = parity_inputs(reference, opts) if feeds is None else feeds
     rows = len(next(iter(feeds.values())))
+    if not _batch_axis_dynamic(reference):
+        log(f"warning: {fixed_batch_warning(rows)}")
     comparisons: dict[str, Any] = {}
     if expected is not None:
-        log(f"verifying {expected_from} vs reference.onnx on {rows} rows")
+        log(f"verifying {expected_from} vs reference.onnx on {_rows(rows)}")
         checks = compare_outputs(expected, run_onnx(reference, feeds), rtol=opts.rtol)
         key = "original_vs_reference" if opts.normalize is not None else "pytorch_vs_reference"
         comparisons[key] = {n: p.to_dict() for n, p in checks.outputs.items()}
@@ -336,7 +355,7 @@ def import_model(
                 f"reference.onnx does not compute what {what} computes (output {output}: "
                 f"max rel error {worst.max_rel_error:.3g}); nothing was written"
             )
-    log(f"verifying reference.onnx vs model.onnx on {rows} rows")
+    log(f"verifying reference.onnx vs model.onnx on {_rows(rows)}")
     parity = prove(reference, folded, feeds, opts.rtol)
     comparisons["reference_vs_folded"] = {n: p.to_dict() for n, p in parity.outputs.items()}
     if not parity.passed:
@@ -368,7 +387,8 @@ def import_model(
         parity=parity,
         parity_extra={
             "comparisons": comparisons,
-            "data": str(opts.data) if opts.data else "generated",
+            "data": data_given or (str(opts.data) if opts.data else "generated"),
+            "rows": rows,
         },
     )
     if opts.quantize is not None:  # issue 22: the version is the quantized graph

@@ -13,16 +13,22 @@ builds the same network with its BatchNorm layers deleted (the twin that
   padding.
 - ``resnet``: a small residual network (Conv-BN-ReLU, BN in the projection
   shortcut).
+- ``timm:NAME``: a BatchNorm model of timm's registry, random init
+  (:mod:`bnfold.converter.timm_models`; no no-BN twin).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from bnfold.converter import timm_models
+from bnfold.converter.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -203,16 +209,67 @@ DEFAULT_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 
+def default_input_shape(arch: str) -> tuple[int, ...]:
+    """The input shape ``arch`` trains at unless told otherwise."""
+    if timm_models.is_timm(arch):
+        return timm_models.INPUT_SHAPE
+    try:
+        return DEFAULT_INPUT_SHAPES[arch]
+    except KeyError:
+        raise InputError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(DEFAULT_INPUT_SHAPES)} "
+            "or timm:NAME"
+        ) from None
+
+
 def build_model(config: ArchConfig) -> nn.Module:
+    if config.num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {config.num_classes}")
+    if timm_models.is_timm(config.name):
+        model: nn.Module = timm_models.build(
+            config.name, config.input_shape, config.num_classes, config.bn
+        )
+        return model
     try:
         builder = ARCHITECTURES[config.name]
     except KeyError:
         raise ValueError(
             f"unknown architecture {config.name!r}; choose one of {', '.join(ARCHITECTURES)}"
         ) from None
-    if config.num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {config.num_classes}")
     return builder(config.input_shape, config.num_classes, config.bn)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a state dict from a local file into ``model`` (strict: every key
+    and shape must match).
+
+    ``.safetensors`` files are read with safetensors, anything else with
+    ``torch.load(weights_only=True)``: tensors only, never pickled code. A
+    checkpoint dict holding ``state_dict`` or ``model`` is unwrapped."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # a corrupt or pickled-code file: the user's input
+        raise InputError(f"--weights {path}: not a state dict torch can load safely ({e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise InputError(f"--weights {path}: holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise InputError(
+            f"--weights {path} does not fit the model built for this data (classes and input "
+            f"channels come from the data set): {' '.join(line.strip() for line in first[:3])}"
+        ) from None
 
 
 def bn_modules(model: nn.Module) -> list[str]:

@@ -45,7 +45,8 @@ def convert_module(
     ``example_input`` fixes the shape after the batch axis; ``data`` (rows
     of that shape) is what parity is proven on, beside ``n_random``
     generated rows. Raises ParityFailure (nothing written) when any
-    comparison fails.
+    comparison fails. ``module`` is given back in the mode it came in
+    (each layer's training flag as it was).
     """
     opts = ImportOptions(
         model=Path(f"{type(module).__name__}.onnx"),
@@ -60,7 +61,24 @@ def convert_module(
     )
     check_target(opts.repo, opts.name, opts.version)
     example = torch.as_tensor(example_input, dtype=torch.float32)
-    module = module.eval()
+    # The caller's module keeps its mode: export and PyTorch eval need eval mode,
+    # and a module in training is given back in training, layer by layer.
+    modes = {m: m.training for m in module.modules()}
+    try:
+        return _convert(module, example, data, opts, log)
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def _convert(
+    module: nn.Module,
+    example: torch.Tensor,
+    data: np.ndarray | None,
+    opts: ImportOptions,
+    log: Log,
+) -> ImportResult:
+    module.eval()
     layers = len(bn_modules(module))
     log(f"exporting {type(module).__name__} ({layers} BN layers kept)")
     reference = export_module(
@@ -68,6 +86,7 @@ def convert_module(
     )
     row_shape = tuple(example.shape[1:])
     parts = []
+    given_rows = 0
     if data is not None:
         given = np.asarray(data, dtype=np.float32)
         if given.shape[1:] != row_shape:
@@ -75,14 +94,17 @@ def convert_module(
                 f"data rows have shape {given.shape[1:]}; the module takes {row_shape}"
             )
         parts.append(given)
-    if n_random > 0:
-        rng = np.random.default_rng(seed)
-        parts.append(rng.standard_normal((n_random, *row_shape)).astype(np.float32))
+        given_rows = len(given)
+    if opts.n_random > 0:
+        rng = np.random.default_rng(opts.seed)
+        parts.append(rng.standard_normal((opts.n_random, *row_shape)).astype(np.float32))
     if not parts:
         raise InputError("no inputs to prove parity on: give data or n_random above 0")
     x = np.concatenate(parts)
     expected = {OUTPUT_NAME: torch_logits(module, x)}
     source = {"module": f"{type(module).__module__}.{type(module).__qualname__}"}
+    # What the proof ran on, as import records its --data.
+    described = f"data= ({given_rows} rows)" if data is not None else None
     return import_model(
         reference,
         opts,
@@ -90,5 +112,6 @@ def convert_module(
         feeds={INPUT_NAME: x},
         expected=expected,
         expected_bns=layers,
+        data_given=described,
         log=log,
     )

@@ -12,6 +12,7 @@ models that compute what the trained network computes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+import torch
 
 from bnfold import folding
 from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, DEFAULT_RTOL, ParityReport, compare
+from bnfold.converter import timm_models
 from bnfold.converter.bn_health import bn_health
 from bnfold.converter.data import Splits, load, prepare
 from bnfold.converter.distributed import World
@@ -33,7 +36,7 @@ from bnfold.converter.input_map import (
     fold_outcome,
     prepend_normalization,
 )
-from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, bn_modules, build_model
+from bnfold.converter.models import ArchConfig, bn_modules, build_model, default_input_shape
 from bnfold.converter.repository import Written, check_target, write
 from bnfold.converter.train import (
     BatchCallback,
@@ -92,9 +95,12 @@ class ConvertOptions:
     normalized_input: bool = False
     # int8 or fp16: the version is the folded graph quantized, behind its gate (issue 22).
     quantize: QuantizeOptions | None = None
+    # A local state dict to start training from (random initialisation without).
+    weights: Path | None = None
 
     def model_name(self) -> str:
-        return self.name or f"{self.data.split(':', 1)[0]}-{self.arch}"
+        arch = self.arch.removeprefix(timm_models.PREFIX)  # ':' is not allowed in a name
+        return self.name or f"{self.data.split(':', 1)[0]}-{arch}"
 
 
 @dataclass
@@ -136,29 +142,44 @@ def train_from_options(
         f"split {info['n_train']} train / {info['n_val']} val / {info['n_test']} test, "
         f"{len(splits.labels)} classes, input {list(shape)}"
     )
-    arch = ArchConfig(opts.arch, tuple(shape), len(splits.labels), bn=opts.bn)
+    extra: dict[str, Any] = {}
+    if timm_models.is_timm(opts.arch):
+        extra["timm"] = timm_models.version()
+    if opts.weights is not None:
+        digest = hashlib.sha256(opts.weights.read_bytes()).hexdigest()
+        extra["init"] = {"weights": opts.weights.name, "sha256": digest}
+    arch = ArchConfig(opts.arch, tuple(shape), len(splits.labels), bn=opts.bn, extra=extra)
     cfg = TrainConfig(
-        epochs=opts.epochs or DEFAULT_EPOCHS[opts.arch],
+        epochs=opts.epochs or default_epochs(opts.arch),
         batch_size=opts.batch_size,
         lr=opts.lr,
         seed=opts.seed,
     )
-    result = train(arch, splits, cfg, on_epoch=on_epoch, on_batch=on_batch, world=world)
+    result = train(
+        arch, splits, cfg, on_epoch=on_epoch, on_batch=on_batch, world=world, weights=opts.weights
+    )
     return result, splits, cfg
+
+
+def default_epochs(arch: str) -> int:
+    return timm_models.EPOCHS if timm_models.is_timm(arch) else DEFAULT_EPOCHS[arch]
 
 
 def check_arch(opts: ConvertOptions) -> tuple[int, ...]:
     """The input shape to train at; an unknown architecture, or one that cannot take
     that shape, is refused here, before any data is loaded."""
-    if opts.arch not in DEFAULT_INPUT_SHAPES:
-        raise InputError(
-            f"unknown architecture {opts.arch!r}; choose one of {', '.join(DEFAULT_INPUT_SHAPES)}"
-        )
-    shape = tuple(opts.input_shape or DEFAULT_INPUT_SHAPES[opts.arch])
+    shape = tuple(opts.input_shape or default_input_shape(opts.arch))
     try:  # the class count is not known yet; any count builds the same layers
-        build_model(ArchConfig(opts.arch, shape, 2, bn=opts.bn))
+        model = build_model(ArchConfig(opts.arch, shape, 2, bn=opts.bn))
+        if timm_models.is_timm(opts.arch):  # timm's layers take any size until they run
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, *shape))
+    except InputError:
+        raise
     except (ValueError, RuntimeError) as e:  # RuntimeError: too small for its convolutions
         raise InputError(f"--arch {opts.arch} cannot take input shape {list(shape)}: {e}") from None
+    if opts.weights is not None and not opts.weights.is_file():
+        raise InputError(f"--weights {opts.weights}: no such file")
     return shape
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from bnfold.converter.data import Splits
 from bnfold.converter.distributed import World
 from bnfold.converter.errors import InputError
-from bnfold.converter.models import ArchConfig, build_model
+from bnfold.converter.models import ArchConfig, build_model, load_weights
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,11 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_batch: BatchCallback | None = None,
     world: World | None = None,
+    weights: Path | None = None,
 ) -> TrainResult:
     """Train ``arch`` on ``splits``; same seed and data give bit-identical weights.
+
+    ``weights`` (a local state dict file) replaces the random initialisation.
 
     With ``world`` (one process of a data-parallel group) every global batch
     is split across the ranks, BN layers become SyncBatchNorm so their
@@ -100,6 +103,8 @@ def train(
     """
     seed_everything(config.seed)
     model = build_model(arch)
+    if weights is not None:
+        load_weights(model, weights)
     net: nn.Module = model
     rank, size = (world.rank, world.size) if world is not None else (0, 1)
     if world is not None:

@@ -27,6 +27,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
+from uvicorn.config import STARTUP_FAILURE
 
 from .connections import uvicorn_options
 from .logs import configure_format
@@ -82,9 +83,9 @@ def _option(field: str, info: FieldInfo) -> inspect.Parameter:
 FLAGS = [_option(f, info) for f, info in Settings.model_fields.items() if f not in NOT_FLAGS]
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
     """A port another process holds is a usage error (exit 2) named here,
-    not a traceback from inside uvicorn."""
+    not a traceback from inside uvicorn or gRPC."""
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,7 +96,7 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as e:
             raise typer.BadParameter(
                 f"cannot listen on {host}:{port}: {e.strerror} (another server there? "
-                "choose --port)"
+                f"choose {flag})"
             ) from None
 
 
@@ -126,6 +127,18 @@ def metrics_dir(workers: int) -> Iterator[Path | None]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def _startup_failure_is_not_parity() -> Iterator[None]:
+    """uvicorn exits 3 when the server does not start (its log says why);
+    3 is bnfold's parity failure, so serve exits 1 instead."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code == STARTUP_FAILURE:
+            raise SystemExit(1) from None
+        raise
+
+
 def serve(**flags: Any) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2).
 
@@ -141,6 +154,9 @@ def serve(**flags: Any) -> None:
     if not settings.repo.is_dir():
         raise typer.BadParameter(f"model repository {settings.repo} is not a folder")
     _check_port_free(settings.host, settings.port)
+    if settings.grpc_port != 0 and settings.grpc_port == settings.port:
+        raise typer.BadParameter(f"--grpc-port {settings.grpc_port} is the HTTP --port too")
+    _check_port_free(settings.host, settings.grpc_port, "--grpc-port, or 0 to turn gRPC off")
     # Worker processes build their own Settings from the environment.
     os.environ.update(settings_env(settings))
     configure_logging(settings.log_level)
@@ -155,7 +171,7 @@ def serve(**flags: Any) -> None:
     }
     if settings.log_format == "json":
         common["log_config"] = None  # uvicorn's loggers go through ours (service/logs.py)
-    with metrics_dir(settings.workers):
+    with metrics_dir(settings.workers), _startup_failure_is_not_parity():
         if settings.workers == 1:
             from .app import create_app
 

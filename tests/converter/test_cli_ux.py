@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
 import typing
@@ -148,9 +150,11 @@ def test_version(tmp_path: Path) -> None:
             "train",
             [
                 "Run folder to write. [default: (runs/<data>-<arch>)]",
-                "Training epochs: mlp 10, cifar-cnn 8, fer-cnn 5, resnet 8 unless given.",
+                "Training epochs: mlp 10, cifar-cnn 8, fer-cnn 5, resnet 8, timm:NAME 3 unless "
+                "given.",
                 "[default: (per architecture)]",
-                "Architecture: mlp, cifar-cnn, fer-cnn or resnet. [default: mlp]",
+                "Architecture: mlp, cifar-cnn, fer-cnn, resnet, or timm:NAME",
+                "never downloaded; the timm extra). [default: mlp]",
             ],
         ),
         (
@@ -185,10 +189,77 @@ def test_help_shows_the_real_defaults(tmp_path: Path, command: str, shown: list[
 
 
 def test_epoch_defaults_in_help_match_the_pipeline() -> None:
+    from bnfold.converter import timm_models
     from bnfold.converter.pipeline import DEFAULT_EPOCHS
 
-    listed = "mlp 10, cifar-cnn 8, fer-cnn 5, resnet 8"
-    assert listed == ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
+    listed = "mlp 10, cifar-cnn 8, fer-cnn 5, resnet 8, timm:NAME 3"
+    epochs = {**DEFAULT_EPOCHS, "timm:NAME": timm_models.EPOCHS}
+    assert listed == ", ".join(f"{k} {v}" for k, v in epochs.items())
+
+
+def option_names(command: str) -> list[str]:
+    """Every flag of ``bnfold COMMAND`` (both spellings of a boolean pair)."""
+    import typer.main
+
+    from bnfold.cli import app
+
+    group = typer.main.get_command(app)
+    return [
+        name
+        for param in group.commands[command].params
+        for name in (*param.opts, *param.secondary_opts)
+        if name.startswith("-")
+    ]
+
+
+@pytest.mark.parametrize("command", errors.COMMAND_EXIT_CODES)
+def test_help_is_readable_at_80_columns(tmp_path: Path, command: str) -> None:
+    """Issue 20: at 80 columns the option column cut names (``--no-strict-readine…``)."""
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    env.pop("TERMINAL_WIDTH", None)
+    r = bnfold(command, "--help", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "…" not in r.stdout
+    words = set(re.findall(r"(?<![\w-])-{1,2}[\w][\w-]*", r.stdout))
+    names = [*option_names(command), "--help"]
+    assert [n for n in names if n not in words] == []
+
+
+@pytest.mark.parametrize("command", errors.COMMAND_EXIT_CODES)
+def test_each_help_lists_the_exit_codes_its_command_can_return(
+    tmp_path: Path, command: str
+) -> None:
+    r = bnfold(command, "--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.replace("│", " ").split())
+    footer = errors.exit_codes_help(command)
+    assert footer in text
+    codes = [int(c) for c in re.findall(r"(?:: |; )(\d) ", footer)]
+    assert codes == list(errors.COMMAND_EXIT_CODES[command])
+    # serve, demo and the rest said "3 parity failure" before issue 20
+    proves_parity = command in ("export", "verify", "convert", "import", "quantize", "demo")
+    assert ("3 " in footer) == proves_parity
+    if command in ("serve", "train", "fold", "sample-image"):
+        assert "parity" not in footer
+
+
+def test_every_command_has_its_exit_codes() -> None:
+    from bnfold.cli import COMMAND_ORDER
+
+    assert set(COMMAND_ORDER) == set(errors.COMMAND_EXIT_CODES)
+
+
+def test_the_readme_table_holds_every_command_and_only_commands() -> None:
+    """Issue 20: the table had no ``import``."""
+    from bnfold.cli import COMMAND_ORDER
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The command line", 1)[1].split("\nArchitectures", 1)[0]
+    named = re.findall(r"^\| `bnfold ([a-z-]+)[ `]", section, re.M)
+    assert named, "the README's command table was not found"
+    assert set(named) <= set(COMMAND_ORDER), set(named) - set(COMMAND_ORDER)
+    assert set(COMMAND_ORDER) <= set(named), set(COMMAND_ORDER) - set(named)
 
 
 # --------------------------------------------------------------------------- output
@@ -278,6 +349,56 @@ def test_serve_and_demo_usage_errors_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "model repository no-such-repo is not a folder" in r.stderr
     r = bnfold("demo", "--port", "0", cwd=tmp_path)
     assert r.returncode == 2 and "--port" in r.stderr
+
+
+def test_a_busy_grpc_port_exits_2_naming_it(tmp_path: Path) -> None:
+    """Issue 20: a 40-line traceback and exit 3 before."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            http = free.getsockname()[1]
+        r = bnfold(
+            "serve", "--repo", str(tmp_path), "--port", str(http), "--grpc-port", str(port),
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "--grpc-port" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 10
+    r = bnfold(
+        "serve", "--repo", str(tmp_path), "--port", str(http), "--grpc-port", str(http),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2 and f"--grpc-port {http} is the HTTP --port too" in r.stderr
+
+
+def test_a_server_that_fails_to_start_exits_1_not_3(tmp_path: Path) -> None:
+    """uvicorn exits 3 when the lifespan fails; 3 is bnfold's parity failure.
+    The failure here is a bug put into the app's startup, as
+    test_a_bug_exits_1_with_its_traceback puts one into the fold."""
+    code = """
+import sys
+from contextlib import asynccontextmanager
+from fastapi import FastAPI
+import bnfold.service.app as service_app
+
+@asynccontextmanager
+async def broken(app):
+    raise RuntimeError("an invariant of the startup broke")
+    yield
+
+service_app.create_app = lambda settings: FastAPI(lifespan=broken)
+sys.argv = ["bnfold", "serve", "--repo", ".", "--port", "0", "--grpc-port", "0"]
+from bnfold.cli import main
+main()
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 1, r.stderr
+    assert "an invariant of the startup broke" in r.stderr
 
 
 def test_an_unwritable_output_is_an_input_error(tmp_path: Path) -> None:

@@ -124,12 +124,28 @@ def lines(stream: Any) -> Iterator[str]:
         yield line
 
 
+@pytest.fixture
+def python_signal_defaults() -> Iterator[None]:
+    """SIGINT and SIGTERM as Python sets them up in a fresh interpreter, whatever
+    this process inherited (``nohup make test &`` starts it with SIGINT ignored),
+    and as they were again afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_either_signal_stops_the_demo(signum: int) -> None:
+def test_either_signal_stops_the_demo(signum: int, python_signal_defaults: None) -> None:
     with pytest.raises(Stopped, match=signal.Signals(signum).name), stop_on_signals():
         os.kill(os.getpid(), signum)
         signal.sigtimedwait([], 0)  # a signal handler runs between bytecodes; this is one
-    assert signal.getsignal(signum) is not None  # the previous handlers are back
+    # the previous handlers are back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -185,4 +201,21 @@ def test_sample_image_renders_a_test_split_digit(repo: Path, tmp_path: Path) -> 
     assert image.getpixel((0, 0)) == 255 - round(counts[0, 0] / 16 * 255)
     assert image.getpixel((127, 70)) == 255 - round(counts[4, 7] / 16 * 255)
     r = bnfold("sample-image", "--repo", str(repo), "--model", "nope", cwd=tmp_path)
-    assert r.returncode == EXIT_INPUT and "has no version" in r.stderr
+    assert r.returncode == EXIT_INPUT
+    assert f"--model nope: no such model in repository {repo}; it holds digits-mlp" in r.stderr
+
+
+def test_sample_image_outside_the_repository_folder_says_where_it_looked(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Run from a folder without models/: the message names the folder looked
+    in (issue 20: it said the model "has no version"); BNFOLD_REPO, as for
+    serve, points it at the repository from anywhere."""
+    r = bnfold("sample-image", cwd=tmp_path)
+    assert r.returncode == EXIT_INPUT, r.stderr
+    assert f"no model repository at models ({tmp_path / 'models'})" in r.stderr
+    assert "--repo (or BNFOLD_REPO)" in r.stderr and "has no version" not in r.stderr
+    env = {**os.environ, "BNFOLD_REPO": str(repo), "COLUMNS": "200"}
+    r = bnfold("sample-image", "--out", "d.png", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ import tritonclient.http as triton
 from torch import nn
 
 import bnfold
-from bnfold.converter.errors import EXIT_INPUT, EXIT_OK
+from bnfold.converter.errors import EXIT_INPUT, EXIT_OK, ParityFailure
 from bnfold.converter.importer import NO_BN_HINT, ImportOptions, import_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,3 +184,73 @@ def test_convert_module_proves_pytorch_vs_both_graphs(tmp_path: Path) -> None:
     assert comparisons["reference_vs_folded"]["logits"]["max_rel_error"] <= 1e-5
     assert result.manifest["source"]["module"].endswith("PoolNet")
     assert (tmp_path / "mine" / "1" / "model.onnx").is_file()
+
+
+def test_convert_module_gives_the_module_back_in_its_mode(tmp_path: Path) -> None:
+    """Issue 20: the caller's module was left in eval mode. A module in
+    training with one frozen layer comes back so, also after a failed proof,
+    and its BN statistics are untouched (exported and run in eval mode)."""
+    module = trained_like(PoolNet(), seed=5).train()
+    module.bn2.eval()  # a frozen layer inside a module in training
+    modes = {name: m.training for name, m in module.named_modules()}
+    stats = {k: v.clone() for k, v in module.state_dict().items()}
+    result = bnfold.convert_module(
+        module, torch.zeros(1, 1, 8, 8), repo=tmp_path, name="m", log=lambda _: None
+    )
+    assert result.parity.passed
+    assert {name: m.training for name, m in module.named_modules()} == modes
+    assert module.training and module.bn1.training and not module.bn2.training
+    assert all(torch.equal(v, stats[k]) for k, v in module.state_dict().items())
+    with pytest.raises(ParityFailure):  # rtol 0: float32 rounding alone fails it
+        bnfold.convert_module(
+            module, torch.zeros(1, 1, 8, 8), repo=tmp_path, name="m0", rtol=0.0,
+            log=lambda _: None,
+        )  # fmt: skip
+    assert {name: m.training for name, m in module.named_modules()} == modes
+
+
+def test_convert_module_records_the_data_it_was_given(tmp_path: Path) -> None:
+    """Issue 20: ``"data": "generated"`` was recorded when ``data=`` was given."""
+    module = trained_like(PoolNet(), seed=6)
+    data = np.random.default_rng(7).standard_normal((9, 1, 8, 8)).astype(np.float32)
+    given = bnfold.convert_module(
+        module, torch.zeros(1, 1, 8, 8), repo=tmp_path, name="given", data=data, n_random=5,
+        log=lambda _: None,
+    )  # fmt: skip
+    assert given.manifest["parity"]["data"] == "data= (9 rows)"
+    assert given.manifest["parity"]["rows"] == 9 + 5
+    alone = bnfold.convert_module(
+        module, torch.zeros(1, 1, 8, 8), repo=tmp_path, name="alone", log=lambda _: None
+    )
+    assert alone.manifest["parity"]["data"] == "generated"
+    assert alone.manifest["parity"]["rows"] == 64
+
+
+def test_a_fixed_batch_of_one_is_warned_about(exported: Path, tmp_path: Path) -> None:
+    """Issue 20: an export traced with one example and no dynamic batch was
+    "proven on 1 rows" without a word; now the log says so and how to fix it."""
+    fixed = tmp_path / "fixed.onnx"
+    program = torch.onnx.export(
+        trained_like(PoolNet(), seed=8), (torch.randn(1, 1, 8, 8),), dynamo=True,
+        optimize=False, input_names=["image"], output_names=["logits"],
+    )  # fmt: skip
+    assert program is not None
+    program.save(str(fixed))
+    dims = onnx.load(str(fixed)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1  # the batch axis is fixed at 1
+    said: list[str] = []
+    result = import_onnx(ImportOptions(fixed, tmp_path / "models", "fixed"), log=said.append)
+    warning = [line for line in said if line.startswith("warning: the graph's batch axis")]
+    assert warning == [
+        "warning: the graph's batch axis has a fixed size, so parity is proven on 1 row only; "
+        "export with a dynamic batch axis to prove it on more: torch.onnx.export(model, (x,), "
+        "dynamo=True, optimize=False, dynamic_shapes=({0: torch.export.Dim('batch')},)), or "
+        "dynamic_axes={'input': {0: 'batch'}} with the TorchScript exporter"
+    ]
+    assert "verifying reference.onnx vs model.onnx on 1 row" in said
+    assert result.manifest["parity"]["rows"] == 1
+
+    said.clear()  # a dynamic batch axis: no warning, the 64 generated rows
+    import_onnx(ImportOptions(exported, tmp_path / "models", "dynamic"), log=said.append)
+    assert not [line for line in said if "batch axis" in line]
+    assert "verifying reference.onnx vs model.onnx on 64 rows" in said
