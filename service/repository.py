@@ -528,6 +528,12 @@ class Repository:
         """Load the versions of ``name`` its version_policy selects and swap
         them in atomically; returns the highest. ``config`` (a load request's
         override) replaces the model folder's configuration."""
+        if not name.strip():  # Triton's words
+            raise BadRequest("Model name cannot be empty. Please enter a valid name to deploy.")
+        if "/" in name or "\\" in name or name.strip() == "..":
+            raise BadRequest(
+                f"failed to load {name!r}, model name must not contain path traversal characters"
+            )
         if not valid_name(name) or not (self.root / name).is_dir():  # Triton's words
             raise NotFound(f"failed to load {name!r}, no model folder {name!r} in the repository")
         entry = self._entry(name)

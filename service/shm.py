@@ -211,6 +211,9 @@ class Slice:
         return len(data)
 
 
+SIZE_MAX = 2**64 - 1  # Triton's size_t: an offset and byte size past it overflow there
+
+
 @dataclass
 class Regions:
     """The regions one request uses, held (reference-counted) until it ends;
@@ -233,6 +236,11 @@ class Regions:
         self.held.append(region)
         if offset >= region.byte_size:
             raise BadRequest(f"Invalid offset for shared memory region: '{name}'")
+        if size > SIZE_MAX - offset:  # Triton's check (and words) before the bounds
+            raise BadRequest(
+                f"Integer overflow detected: byte_size ({size}) + offset ({offset}) exceeds "
+                f"maximum value ({SIZE_MAX}) for region '{name}'"
+            )
         if offset + size > region.byte_size:
             raise BadRequest(f"Invalid offset + byte size for shared memory region: '{name}'")
         return Slice(region, offset, size, self.model)

@@ -30,6 +30,9 @@ from bnfold.contract import ONNX_DATATYPES, GraphTensor, ModelConfig, TensorConf
 from .errors import BadRequest
 from .protocol import DATATYPES
 
+# Triton counts elements in int64 and bytes in uint64 (size_t).
+INT64_MAX, UINT64_MAX = 2**63 - 1, 2**64 - 1
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -107,6 +110,16 @@ class Signature:
         dims = tuple(shape)
         if any(d < 0 for d in dims):
             raise BadRequest(f"input {name!r}: shape {list(dims)} has a negative dimension")
+        count = math.prod(dims)  # Triton's overflow checks, in its words, come first
+        if count > INT64_MAX:
+            raise BadRequest(
+                f"input {name!r}: shape {list(dims)} causes total element count to exceed "
+                f"maximum size of {INT64_MAX}"
+            )
+        if spec.datatype != "BYTES" and count * spec.dtype.itemsize > UINT64_MAX:
+            raise BadRequest(
+                f"byte size overflow for input {name!r}: {count} elements of {spec.datatype}"
+            )
         if len(dims) != len(spec.shape) or any(
             want != -1 and got != want for got, want in zip(dims, spec.shape, strict=True)
         ):

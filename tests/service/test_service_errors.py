@@ -75,6 +75,13 @@ def test_malformed_requests(http: httpx.Client, body: bytes, message: str) -> No
         ({"shape": [1, -64]}, "negative dimension"),
         ({"shape": [65, 64], "data": [0.5] * 64 * 65}, "batch size 65 is outside 1..64"),
         ({"shape": [0, 64], "data": []}, "batch size 0 is outside 1..64"),
+        # Triton's overflow checks and words, before the batch size (issue 18)
+        (
+            {"shape": [16, 2**60 + 2]},
+            "shape [16, 1152921504606846978] causes total element count to exceed maximum "
+            "size of 9223372036854775807",
+        ),
+        ({"shape": [4, 2**60 + 2]}, "byte size overflow for input 'input'"),
         ({"shape": "1x64"}, "shape must be a list of integers"),
         ({"shape": [1.0, 64]}, "shape must be a list of integers"),
         ({"data": [0.5] * 63}, "63 values given, shape [1, 64] needs 64"),

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE_MD = (ROOT / "docs" / "service.md").read_text()
 REPOSITORY_MD = (ROOT / "docs" / "repository.md").read_text()
 # Flags of other tools that the docs name (bnfold convert / import, perf_analyzer).
-OTHER_TOOLS = {"--normalize", "--normalized-input", "--shape", "--input-tensor-format"}
+# flags of other tools the docs name (perf_analyzer, the converter, Triton's QA generators)
+OTHER_TOOLS = {"--normalize", "--normalized-input", "--shape", "--input-tensor-format", "--onnx"}
 ROW = re.compile(r"^\| `(BNFOLD_[A-Z0-9_]+)` \| (`--[a-z0-9-]+`|none) \| `([^`]*)` \| (.+) \|$")
 
 

@@ -207,6 +207,29 @@ def test_triton_error_texts(client: httpclient.InferenceServerClient) -> None:
     assert message.startswith("failed to load 'mlp', parameters.config is not valid JSON")
 
 
+def test_load_names_refused_in_tritons_words(server: GrpcRunning) -> None:
+    """Triton's L0_input_validation texts: an empty or blank name, a name
+    that leaves the repository (issue 18); each an INVALID_ARGUMENT."""
+    c = grpcclient.InferenceServerClient(server.grpc)
+    headers = {"authorization": f"Bearer {TOKEN}"}
+
+    def refused(name: str) -> tuple[str, str]:
+        with pytest.raises(InferenceServerException) as info:
+            c.load_model(name, headers=headers)
+        return str(info.value.status()), info.value.message()
+
+    empty = "Model name cannot be empty. Please enter a valid name to deploy."
+    for name in ("", " ", "\t", " \n "):
+        assert refused(name) == ("StatusCode.INVALID_ARGUMENT", empty), name
+    for name in ("../etc", "a/b", "model/", "..", " ..", "a\\b"):
+        traversal = (
+            f"failed to load {name!r}, model name must not contain path traversal characters"
+        )
+        assert refused(name) == ("StatusCode.INVALID_ARGUMENT", traversal), name
+    assert c.is_model_ready("mlp")
+    c.close()
+
+
 def test_config_fields(client: httpclient.InferenceServerClient) -> None:
     cnn = client.get_model_config("cnn")
     assert cnn["input"][0]["format"] == "FORMAT_NCHW"
@@ -340,6 +363,14 @@ def test_shared_memory_errors(shm_client: Any, regions: Any) -> None:
     inputs = _simple_shm_inputs(module, "big")
     inputs[1].set_shared_memory("big", 64, offset=128)
     assert "Invalid offset for shared memory region: 'big'" in infer_error(inputs)
+    if module is httpclient:  # gRPC's int64 parameters cannot carry 2**64 - 32
+        asked = [module.InferRequestedOutput("OUTPUT0")]
+        asked[0].set_shared_memory("big", 2**64 - 32, offset=32)
+        message = infer_error(_simple_shm_inputs(module, "big"), asked)
+        assert (  # Triton's check, before the region's bounds
+            f"Integer overflow detected: byte_size ({2**64 - 32}) + offset (32) exceeds "
+            f"maximum value ({2**64 - 1}) for region 'big'"
+        ) in message
     inputs = _simple_shm_inputs(module, "big")
     inputs[0].set_shared_memory("nowhere", 64)
     assert "Unable to find shared memory region: 'nowhere'" in infer_error(inputs)
