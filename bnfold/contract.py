@@ -334,9 +334,10 @@ class DynamicBatching:
     max_queue_size: int | None = None
     # Triton's default_queue_policy: a request still queued after this long is
     # refused (timeout_action REJECT; None: never), and a request's own
-    # parameters.timeout may shorten it (allow_timeout_override).
+    # parameters.timeout may shorten it (allow_timeout_override; None: no, and
+    # left out of a written config.json, as every unset key is).
     queue_timeout_ms: float | None = None
-    allow_timeout_override: bool = False
+    allow_timeout_override: bool | None = None
     # bnfold's own: leave at once when no other request is on its way
     # (None: the server's BNFOLD_EAGER_BATCHING); Triton ignores the key.
     eager: bool | None = None

@@ -48,7 +48,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("grpc-models")
     write_simple_models(path)
     write_mlp(path, "mlp")
-    write_cnn(path, "cnn")
+    (path / "mlp" / "labels.txt").write_text("\n".join(LABELS) + "\n")  # a file clients read
+    write_cnn(path, "cnn")  # labels in config.json only: no file to name
     write_mlp(path, "reloaded", seed=5)
     both, outs = ["INPUT0", "INPUT1"], ["OUTPUT0", "OUTPUT1"]
     config = pbtxt("tunable", TensorProto.INT32, both, outs, [16])
@@ -136,10 +137,11 @@ def test_model_metadata_and_config(client: grpcclient.InferenceServerClient) -> 
 
 def test_config_fields_clients_read(client: grpcclient.InferenceServerClient) -> None:
     """Input format (Triton's image client picks its layout from it), the
-    label file of a classifier, the instance kind actually used."""
+    label file of a classifier (named only where the file is there), the
+    instance kind actually used."""
     cnn = _config(client, "cnn")
     assert cnn["input"][0]["format"] == "FORMAT_NCHW"  # the model's preprocessing layout
-    assert cnn["output"][0]["label_filename"] == "labels.txt"
+    assert not cnn["output"][0].get("label_filename")  # labels in config.json, no file
     assert cnn["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
     provider = client.get_model_metadata("cnn")  # bnfold's metadata names the provider
     assert provider.name == "cnn"
@@ -797,7 +799,8 @@ def test_classification_without_labels(client: grpcclient.InferenceServerClient)
             outputs=[grpcclient.InferRequestedOutput("OUTPUT0", class_count=1)],
         )
     )
-    assert code == "StatusCode.INVALID_ARGUMENT" and "cannot be classified" in message
+    assert code == "StatusCode.INVALID_ARGUMENT"
+    assert "class result not available for output due to unsupported type 'BYTES'" in message
 
 
 def _bytes_input() -> grpcclient.InferInput:

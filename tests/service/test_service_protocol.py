@@ -93,7 +93,8 @@ def test_model_config_is_what_perf_analyzer_reads(triton: Any, repo: Repo) -> No
     }
     assert config["input"][0]["dims"] == list(repo["cnn"].row_shape)  # without the batch axis
     assert config["output"][0]["dims"] == [10]
-    assert config["output"][0]["label_filename"] == "labels.txt"  # the model has labels
+    # the model has labels, in config.json only: no file for a client to read
+    assert config["output"][0]["label_filename"] == ""
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
     assert config["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
     assert_no_null(config)
