@@ -14,7 +14,7 @@ is an input error (exit 2) that says how to find a name.
 
 The registry's torchvision wheel (which timm imports) is built against the
 CUDA torch and fails to import beside the CPU build with "operator
-torchvision::nms does not exist"; :func:`import_timm` defines the two
+torchvision::nms does not exist"; :func:`import_torchvision` defines the two
 operator schemas it looks up first, which the classification models never
 call. This module imports torch and timm only inside its functions, so the
 CLI can check a name's form without either.
@@ -61,9 +61,34 @@ def model_name(arch: str) -> str:
     return name
 
 
-def import_timm() -> ModuleType:
-    """timm, with torchvision importable beside the CPU torch (see the module docstring)."""
+def import_torchvision() -> ModuleType:
+    """torchvision, importable beside the CPU torch (see the module docstring):
+    the two operator schemas its Python side looks up are defined first when
+    the plain import fails for want of them. bench/zoo uses it too."""
     global _LIBRARY
+    import torch
+
+    try:
+        import torchvision
+
+        return torchvision
+    except RuntimeError as exc:
+        if "torchvision::nms" not in str(exc):
+            raise
+    import sys
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    _LIBRARY = torch.library.Library("torchvision", "DEF")
+    _LIBRARY.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _LIBRARY.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision
+
+    return torchvision
+
+
+def import_timm() -> ModuleType:
+    """timm, with torchvision importable beside the CPU torch."""
     import importlib.util
 
     missing = [m for m in ("timm", "torchvision") if importlib.util.find_spec(m) is None]
@@ -71,20 +96,7 @@ def import_timm() -> ModuleType:
         raise InputError(
             f"--arch timm:NAME needs {' and '.join(missing)}, not installed here; {INSTALL}"
         )
-    import torch
-
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise
-        import sys
-
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        _LIBRARY = torch.library.Library("torchvision", "DEF")
-        _LIBRARY.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _LIBRARY.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import_torchvision()
     import timm
 
     return timm
