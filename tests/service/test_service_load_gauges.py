@@ -10,7 +10,6 @@ and ``/metrics`` shows them, then 0 again.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_text import metric
 from served_models import ModelInfo, write_mlp
 from service_harness import base_settings, rows, run_server, wait_until
 
@@ -212,16 +212,6 @@ def v2(x: np.ndarray) -> dict[str, Any]:
             }
         ]
     }
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """One sample of the Prometheus text exposition; None when absent."""
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
-            if found == labels:
-                return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 WINDOW = "window"  # holds every request for its batch window until 4 rows wait

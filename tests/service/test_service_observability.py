@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from grpc_harness import run_grpc_server
+from prometheus_text import metric
 from served_models import ModelInfo, write_mlp
 from server_process import free_port, spawn
 from service_harness import TOKEN, base_settings, rows, wait_until
@@ -46,16 +46,6 @@ WINDOW = "window"  # holds requests for its batch window until 4 rows wait
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}  # gRPC metadata keys are lowercase
 INFO = ModelInfo(WINDOW, "input", (64,))
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """One sample of the Prometheus text exposition; None when absent."""
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
-            if found == labels:
-                return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def v2(x: np.ndarray) -> dict[str, Any]:
