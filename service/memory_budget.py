@@ -204,11 +204,17 @@ def _wait(pid: int, stop: Any) -> None:
     except ProcessLookupError:
         return  # already over
     try:
-        while not select.select([pidfd], [], [], POLL_S)[0]:
+        # The flag is read before each wait, so that one set before the
+        # child ends (or before it began) stops the load whatever the
+        # child's own outcome was.
+        while True:
             if stop is not None and stop.terminate:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 select.select([pidfd], [], [])
                 raise ValueError("loading stopped")
+            if select.select([pidfd], [], [], POLL_S)[0]:
+                break
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
