@@ -68,6 +68,17 @@ def test_table_and_reading_come_from_the_numbers(measured):
     }
     text = bp.markdown(result)
     assert "Rehearsal" not in text
+    # The run's own threads load the machine at its end; the reading after
+    # the rest decides, and a shared machine before or after makes a rehearsal.
+    own = {"before": [0.5], "after": [1.7], "after_rest": [0.4], "rest_seconds": 90}
+    assert "Rehearsal" not in bp.markdown({**result, "load_average": own})
+    assert "0.50 before the run, 1.70 at its end (its own threads), 0.40 after a 90 s rest" in (
+        bp.markdown({**result, "load_average": own})
+    )
+    shared = {**own, "after_rest": [1.5]}
+    assert "(load average 0.50 before, 1.50 after, on 2 CPUs)" in bp.markdown(
+        {**result, "load_average": shared}
+    )
     row = next(
         line
         for line in text.splitlines()
