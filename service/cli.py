@@ -153,13 +153,17 @@ def serve(**flags: Any) -> None:
         raise typer.BadParameter(f"{where}: {first['msg']}") from None
     if not settings.repo.is_dir():
         raise typer.BadParameter(f"model repository {settings.repo} is not a folder")
+    if settings.log_file is not None and not settings.log_file.parent.is_dir():
+        raise typer.BadParameter(
+            f"--log-file {settings.log_file}: no folder {settings.log_file.parent}"
+        )
     _check_port_free(settings.host, settings.port)
     if settings.grpc_port != 0 and settings.grpc_port == settings.port:
         raise typer.BadParameter(f"--grpc-port {settings.grpc_port} is the HTTP --port too")
     _check_port_free(settings.host, settings.grpc_port, "--grpc-port, or 0 to turn gRPC off")
     # Worker processes build their own Settings from the environment.
     os.environ.update(settings_env(settings))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_file)
     configure_format(settings.log_format)
     common = {
         "host": settings.host,

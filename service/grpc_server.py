@@ -40,7 +40,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from . import config_override, dataplane
+from . import config_override, dataplane, logs
 from .connections import grpc_max_rpcs, grpc_options
 from .errors import (
     BadRequest,
@@ -78,12 +78,12 @@ PROTECTED = frozenset(
         "CudaSharedMemoryRegister",
         "CudaSharedMemoryUnregister",
         "TraceSetting",
+        "LogSettings",
     }
 )
 UNSUPPORTED = {
     # Status and unregister answer (nothing is registered): clients call them to clean up.
     "CudaSharedMemoryRegister": "CUDA shared memory is not supported; use system shared memory",
-    "LogSettings": "log settings are set at startup (--log-level, BNFOLD_LOG_LEVEL)",
 }
 # Where each RPC names a model and version (failure metrics' labels).
 MODEL_FIELDS: dict[str, tuple[str, str | None]] = {
@@ -259,6 +259,19 @@ class InferenceServicer:
                 k: value(value=v if isinstance(v, list) else [v]) for k, v in settings.items()
             }
         )
+
+    # --- Triton's logging extension (service/logs.py)
+    async def LogSettings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
+        values: dict[str, object] = {}
+        for key, setting in request.settings.items():
+            field = setting.WhichOneof("parameter_choice")
+            value = getattr(setting, field) if field else None
+            values[key] = logs.grpc_setting(key, field, value)
+        settings = logs.update_log_settings(values) if values else logs.log_settings()
+        response = pb.LogSettingsResponse()
+        for key, v in settings.items():
+            setattr(response.settings[key], logs.GRPC_FIELDS[logs.KINDS[key]][0], v)
+        return response
 
     # --- the repository
     async def RepositoryIndex(

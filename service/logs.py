@@ -9,15 +9,35 @@ it: a filter reads them from the request's context (service/state.py).
     json: {"timestamp": "2026-12-07T21:00:00.123Z", "level": "INFO",
            "logger": "bnfold.access", "message": "POST ... 200",
            "request_id": "a1b2...", "trace_id": "4bf9...", "model": "mlp", "version": "1"}
+
+Triton's logging extension (``GET``/``POST /v2/logging``, gRPC
+``LogSettings``) reads and changes them while serving, with Triton's fields:
+
+- ``log_info``, ``log_warning``, ``log_error``: each level on or off on its
+  own (a filter on the handler); ``log_verbose_level``: above 0, the debug
+  lines too. At start they follow ``--log-level`` (``info``: info, warning
+  and error on, verbose 0; ``debug``: verbose 1 as well).
+- ``log_format``: ``default`` (local time, ``2026-12-07 21:00:00,123``) or
+  ``ISO8601`` (UTC, ``2026-12-07T21:00:00Z``), the text lines' timestamps;
+  JSON lines keep their ISO 8601 UTC timestamp.
+- ``log_file``: where the lines go, ``--log-file`` (``""``: stderr). Set at
+  start only: as in Triton, a client that names one is refused, so no
+  request can make the server write a file.
+
+Settings of one process (with ``--workers N`` each worker has its own).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import orjson
 
+from .errors import BadRequest, Unimplemented
 from .state import request_id, serving_model, trace_id
 
 OURS = ("bnfold.service", "bnfold.access")
@@ -67,22 +87,112 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-_formatter: logging.Formatter = logging.Formatter(TEXT)
+class TextFormatter(logging.Formatter):
+    """The text line; its timestamp in Triton's ``default`` or ``ISO8601`` form."""
+
+    iso = False
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if self.iso:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        return super().formatTime(record, datefmt)
+
+
+# ----------------------------------------------------------------- Triton's logging extension
+
+FORMATS = ("default", "ISO8601")
+FILE_REFUSED = "log file location can not be updated through network protocol"
+# Each field's type, and Triton's words when a value is not of it: over HTTP
+# (TritonJson's, src/http_server.cc) and over gRPC (src/grpc/grpc_server.cc,
+# with the LogSettingsRequest.SettingValue field it reads).
+KINDS: dict[str, type] = {
+    "log_file": str,
+    "log_info": bool,
+    "log_warning": bool,
+    "log_error": bool,
+    "log_verbose_level": int,
+    "log_format": str,
+}
+JSON_WORDS = {
+    bool: "attempt to access JSON non-boolean as boolean",
+    int: "attempt to access JSON non-unsigned-integer as unsigned-integer",
+    str: "attempt to access JSON non-string as string",
+}
+GRPC_FIELDS = {
+    bool: ("bool_param", "boolean"),
+    int: ("uint32_param", "int32"),
+    str: ("string_param", "string"),
+}
+UINT32_MAX = 2**32 - 1
+
+
+@dataclass
+class LogSettings:
+    """The logging extension's fields, as Triton names them."""
+
+    log_file: str = ""
+    log_info: bool = True
+    log_warning: bool = True
+    log_error: bool = True
+    log_verbose_level: int = 0
+    log_format: str = "default"
+
+    def passes(self, levelno: int) -> bool:
+        if levelno >= logging.ERROR:
+            return self.log_error
+        if levelno >= logging.WARNING:
+            return self.log_warning
+        if levelno >= logging.INFO:
+            return self.log_info
+        return self.log_verbose_level > 0
+
+    def lowest(self) -> int:
+        """The lowest level a logger must let through (records below it are
+        never made)."""
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+            if self.passes(level):
+                return level
+        return logging.CRITICAL + 1
+
+
+class LevelSwitch(logging.Filter):
+    """Drops the records of the levels the settings turn off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _settings.passes(record.levelno)
+
+
+_settings = LogSettings()
+_formatter: logging.Formatter = TextFormatter(TEXT)
 _handler: logging.Handler | None = None
 
 
-def configure_logging(level: str) -> None:
-    """bnfold's loggers at ``level``, through one handler on stderr."""
-    global _handler
-    handler = logging.StreamHandler()
+def configure_logging(level: str, log_file: Path | None = None) -> None:
+    """bnfold's loggers at ``level``, through one handler on stderr (or
+    appending to ``log_file``); the logging extension's settings from them."""
+    global _handler, _settings
+    if isinstance(_handler, logging.FileHandler):
+        _handler.close()
+    handler: logging.Handler = (
+        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler()
+    )
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(LevelSwitch())
     handler.setFormatter(_formatter)
     _handler = handler
+    threshold = logging.getLevelName(level.upper())
+    _settings = LogSettings(
+        log_file=str(log_file) if log_file else "",
+        log_info=threshold <= logging.INFO,
+        log_warning=threshold <= logging.WARNING,
+        log_error=threshold <= logging.ERROR,
+        log_verbose_level=int(threshold <= logging.DEBUG),
+    )
     for name in OURS:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(level.upper())
         logger.propagate = False
+    _apply()
 
 
 def configure_format(log_format: str) -> None:
@@ -90,7 +200,8 @@ def configure_format(log_format: str) -> None:
     takes uvicorn's loggers (its errors, and its access lines when they are
     on) through the same handler."""
     global _formatter
-    _formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT)
+    _formatter = JsonFormatter() if log_format == "json" else TextFormatter(TEXT)
+    _apply()
     if _handler is None:
         return
     _handler.setFormatter(_formatter)
@@ -99,3 +210,61 @@ def configure_format(log_format: str) -> None:
             logger = logging.getLogger(name)
             logger.handlers[:] = [] if name == "uvicorn.error" else [_handler]
             logger.propagate = name == "uvicorn.error"  # to "uvicorn", once
+
+
+def _apply() -> None:
+    for name in OURS:
+        logging.getLogger(name).setLevel(_settings.lowest())
+    if isinstance(_formatter, TextFormatter):
+        _formatter.iso = _settings.log_format == "ISO8601"
+
+
+def log_settings() -> dict[str, str | bool | int]:
+    """The logging extension's answer: every field, as Triton names it."""
+    return asdict(_settings)
+
+
+def json_settings(body: Mapping[str, object]) -> dict[str, object]:
+    """A ``POST /v2/logging`` body's settings, checked as Triton's HTTP front
+    checks them (``null``: left as it is)."""
+    values: dict[str, object] = {}
+    for key, value in body.items():
+        kind = _kind(key)
+        if value is None:
+            continue
+        if key == "log_file":
+            raise Unimplemented(FILE_REFUSED)
+        if type(value) is not kind or (isinstance(value, int) and not 0 <= value <= UINT32_MAX):
+            raise BadRequest(JSON_WORDS[kind])
+        values[key] = value
+    return values
+
+
+def grpc_setting(key: str, field: str | None, value: object) -> object:
+    """One ``LogSettingsRequest`` setting (``field``: the oneof set, if
+    any), checked as Triton's gRPC front checks it."""
+    kind = _kind(key)
+    if key == "log_file":
+        raise Unimplemented(FILE_REFUSED)
+    expected, words = GRPC_FIELDS[kind]
+    if field != expected:
+        raise BadRequest(f"expect {words} for '{key}'")
+    return value
+
+
+def update_log_settings(values: Mapping[str, object]) -> dict[str, str | bool | int]:
+    """Apply checked ``values`` (all or none); the settings after."""
+    fmt = values.get("log_format")
+    if fmt is not None and fmt not in FORMATS:
+        raise BadRequest(f"invalid argument for log_format, got: {fmt}")
+    for key, value in values.items():
+        setattr(_settings, key, value)
+    _apply()
+    return log_settings()
+
+
+def _kind(key: str) -> type:
+    kind = KINDS.get(key)
+    if kind is None:
+        raise BadRequest(f"unknown log setting '{key}'; the settings are {list(KINDS)}")
+    return kind

@@ -33,6 +33,7 @@ EXTENSIONS = [
     "classification",
     "system_shared_memory",
     "trace",
+    "logging",
     "bnfold_parity",
     "bnfold_classify",
 ]

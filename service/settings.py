@@ -257,6 +257,13 @@ class Settings(BaseSettings):
             "timestamp, level, logger, message, request id, trace id, model and version.",
         ),
     ] = "text"
+    log_file: Annotated[
+        Path | None,
+        Field(
+            description="Append the log lines to this file instead of stderr (Triton's "
+            "--log-file; set at start only: the logging extension refuses to change it).",
+        ),
+    ] = None
     access_log: Annotated[
         bool,
         Field(
@@ -358,7 +365,7 @@ class Settings(BaseSettings):
         float, Field(gt=0, description="Wait for in-flight requests.")
     ] = 30.0
 
-    @field_validator("api_token", "otlp_endpoint", mode="before")
+    @field_validator("api_token", "otlp_endpoint", "log_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import images, infer, models, parity, repository, server, shm, trace, web
+from . import images, infer, logs, models, parity, repository, server, shm, trace, web
 
 # Inference first: routes are matched in order, and it is the hot path.
 ROUTERS = (
@@ -14,5 +14,6 @@ ROUTERS = (
     images.router,
     shm.router,
     trace.router,
+    logs.router,
     web.router,  # the page at /, its assets, /docs and /redoc
 )

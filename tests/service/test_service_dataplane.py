@@ -25,7 +25,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from grpc_harness import GrpcRunning, run_grpc_server
-from service_harness import base_settings
+from service_harness import TOKEN, base_settings
 from triton_models import write_simple_models
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -412,13 +412,15 @@ def test_every_error_class_names_its_status_and_code() -> None:
 def test_unimplemented_rpc_is_unimplemented(
     stub: service_pb2_grpc.GRPCInferenceServiceStub,
 ) -> None:
-    # (TraceSetting answers since issue 21: tests/service/test_service_observability.py)
+    # (TraceSetting answers since issue 21: tests/service/test_service_observability.py;
+    # LogSettings since issue 18: tests/service/test_service_logging.py)
+    request = service_pb2.CudaSharedMemoryRegisterRequest(name="r", byte_size=8)
     with pytest.raises(grpc.RpcError) as caught:
-        stub.LogSettings(service_pb2.LogSettingsRequest(), timeout=30)
+        stub.CudaSharedMemoryRegister(
+            request, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30
+        )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert caught.value.details() == (
-        "log settings are set at startup (--log-level, BNFOLD_LOG_LEVEL)"
-    )
+    assert caught.value.details() == "CUDA shared memory is not supported; use system shared memory"
 
 
 # ----- the direct inference endpoint (past FastAPI's routing)

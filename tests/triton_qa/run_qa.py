@@ -440,6 +440,38 @@ SUITES = (
 )
 
 
+# L0_logging's and L0_trace's test.sh: ``simple`` is onnx_int32_int32_int32
+# renamed, its version 1 alone (L0_trace's other models are ensembles, python
+# and identity-backend models; of them only ``global_simple`` is ONNX).
+def simple_v1(name: str) -> Recipe:
+    def fill(models: Path, repo: Path) -> None:
+        renamed("qa_model_repository", "onnx_int32_int32_int32", name)(models, repo)
+        for version in ("2", "3"):
+            shutil.rmtree(repo / name / version)
+
+    return fill
+
+
+SUITES += (
+    Suite(
+        "L0_logging",
+        "L0_logging",
+        "logging_endpoint_test",
+        (),
+        (simple_v1("simple"),),
+        # Triton's defaults: info, warning and error on, verbose 0.
+        server_env={"BNFOLD_LOG_LEVEL": "info"},
+    ),
+    Suite(
+        "L0_trace",
+        "L0_trace",
+        "trace_endpoint_test",
+        (),
+        (simple_v1("simple"), simple_v1("global_simple")),
+    ),
+)
+
+
 # ----------------------------------------------------------------- running
 
 
