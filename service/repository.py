@@ -65,8 +65,9 @@ from .files import inside
 from .fingerprints import config_fingerprint, fingerprint, model_fingerprint
 from .load_plan import LoadPlan, OnDisk
 from .load_thread import LoadTimedOut, in_thread
+from .loading import LoadOptions, open_version, runtime_options
 from .metrics import Metrics
-from .model import LoadOptions, ServedModel, open_version, runtime_options
+from .model import ServedModel
 from .model_config import read_model_config
 from .model_entry import (
     LOADING,
