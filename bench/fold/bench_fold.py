@@ -25,10 +25,8 @@ import copy
 import functools
 import io
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -39,13 +37,20 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.parser
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import timing  # noqa: E402
+from bench.graph_tools import (  # noqa: E402
+    copy_model,
+    t_bnfold,
+    t_onnxoptimizer,
+    t_onnxruntime,
+    t_onnxscript,
+    t_onnxsim,
+)
 from bench.timing import cpu_session, interleaved  # noqa: E402
 from bnfold.converter.verify import random_inputs, verify_onnx  # noqa: E402
 from bnfold.folding import fold  # noqa: E402
@@ -362,50 +367,8 @@ def quiet():
 # ---- tools ----------------------------------------------------------------------------------
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.ModelProto.FromString(model.SerializeToString())
-
-
-def t_bnfold(model: onnx.ModelProto) -> onnx.ModelProto:
-    return fold(model)[0]
-
-
-def t_onnxoptimizer(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxoptimizer
-
-    return onnxoptimizer.optimize(_copy(model), onnxoptimizer.get_fuse_and_elimination_passes())
-
-
-def t_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
-    simplified, ok = onnxsim.simplify(_copy(model))
-    if not ok:
-        raise RuntimeError("onnxsim check failed")
-    return simplified
-
-
-def t_onnxscript(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxscript.optimizer
-    import onnxscript.rewriter
-
-    optimized = onnxscript.optimizer.optimize(_copy(model))
-    return onnxscript.rewriter.rewrite(optimized)  # default rules, fuse_batchnorm among them
-
-
-def t_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "opt.onnx")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        so.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(path)
-
-
 TOOLS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
-    "none": _copy,
+    "none": copy_model,
     "bnfold": t_bnfold,
     "onnxoptimizer": t_onnxoptimizer,
     "onnxsim": t_onnxsim,

@@ -52,6 +52,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import timing  # noqa: E402
+from bench.graph_tools import (  # noqa: E402
+    copy_model,
+    t_bnfold,
+    t_onnxoptimizer,
+    t_onnxruntime,
+    t_onnxscript,
+    t_onnxsim,
+    t_onnxslim,
+)
 from bench.timing import cpu_session, interleaved  # noqa: E402
 from bench.zoo.blocks import BLOCKS  # noqa: E402
 from bench.zoo.compat import import_torchvision  # noqa: E402
@@ -219,56 +228,8 @@ def networks(names: list[str], cache: Path, twins: bool = True) -> Iterator[dict
 # ---- tools ------------------------------------------------------------------------------
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.ModelProto.FromString(model.SerializeToString())
-
-
-def t_bnfold(model: onnx.ModelProto) -> onnx.ModelProto:
-    return fold(model)[0]
-
-
-def t_onnxscript(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxscript.optimizer
-    import onnxscript.rewriter
-
-    optimized = onnxscript.optimizer.optimize(_copy(model))
-    return onnxscript.rewriter.rewrite(optimized)  # default rules, fuse_batchnorm among them
-
-
-def t_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
-    simplified, ok = onnxsim.simplify(_copy(model))
-    if not ok:
-        raise RuntimeError("onnxsim check failed")
-    return simplified
-
-
-def t_onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-
-    return onnxslim.slim(_copy(model))
-
-
-def t_onnxoptimizer(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxoptimizer
-
-    return onnxoptimizer.optimize(_copy(model), onnxoptimizer.get_fuse_and_elimination_passes())
-
-
-def t_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "opt.onnx")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        so.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(path)
-
-
 TOOLS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
-    "none": _copy,
+    "none": copy_model,
     "bnfold": t_bnfold,
     "onnxscript": t_onnxscript,
     "onnxsim": t_onnxsim,
