@@ -32,7 +32,7 @@ from bnfold.contract import (
 
 from . import memory_budget, model_limits
 from .batching import Arrivals, Batcher, Feeds
-from .errors import InferenceFailed, NotFound, first_line, map_errors
+from .errors import InferenceFailed, first_line, map_errors
 from .files import MAX_JSON_BYTES, embed_external_data, inside, present, read_file
 from .fold_on_load import FoldOutcome, fold_on_load
 from .images import preprocessing_problem
@@ -387,19 +387,9 @@ class ServedModel:
         return "none"
 
     def _open_reference(self) -> Runtime:
-        if self.manifest is None or REFERENCE_FILE not in self.manifest.files:
-            raise NotFound(
-                f"no {REFERENCE_FILE} is stored for model {self.name!r} version "
-                f"{self.version}: nothing to compare with (bnfold import or "
-                "--fold-on-load gives it one)"
-            )
-        options = device_options(runtime_options(self._settings), self.config)
-        data = read_reference(
-            self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
-        )
-        reference = Runtime(data, options, label=f"{self.name}/{self.version}/reference")
-        reference.adopt(self.signature)  # fed the same wire shapes as the served graph
-        return reference
+        from .reference import open_reference  # under a load's checks and limits
+
+        return open_reference(self, self._settings)
 
     # --- descriptions
     def metadata(self) -> dict[str, Any]:
