@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from bnfold.contract import REFERENCE_FILE
 
 from .batching import Arrivals, Batcher, Feeds
-from .errors import InferenceFailed, NotFound, map_errors
-from .loading import OpenedVersion, device_options, read_reference, runtime_options
+from .errors import InferenceFailed, map_errors
+from .loading import OpenedVersion
 from .metrics import ModelMetrics
 from .model_config import triton_config
 from .runtime import Runtime
@@ -150,19 +150,9 @@ class ServedModel:
         return "none"
 
     def _open_reference(self) -> Runtime:
-        if self.manifest is None or REFERENCE_FILE not in self.manifest.files:
-            raise NotFound(
-                f"no {REFERENCE_FILE} is stored for model {self.name!r} version "
-                f"{self.version}: nothing to compare with (bnfold import or "
-                "--fold-on-load gives it one)"
-            )
-        options = device_options(runtime_options(self._settings), self.config)
-        data = read_reference(
-            self.path, self.manifest, options.max_model_bytes, self.path.parents[1]
-        )
-        reference = Runtime(data, options, label=f"{self.name}/{self.version}/reference")
-        reference.adopt(self.signature)  # fed the same wire shapes as the served graph
-        return reference
+        from .reference import open_reference  # under a load's checks and limits
+
+        return open_reference(self, self._settings)
 
     # --- descriptions
     def metadata(self) -> dict[str, Any]:
