@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bnfold.contract import REFERENCE_FILE
+from bnfold.contract import DEFAULT_MAX_BATCH_SIZE, REFERENCE_FILE
 
 from . import memory_budget, model_limits
 from .errors import LoadFailed, NotFound, first_line
@@ -31,6 +31,7 @@ from .runtime import Runtime, external_data_files
 
 if TYPE_CHECKING:
     from .model import ServedModel
+    from .runtime import RuntimeOptions
     from .settings import Settings
 
 
@@ -55,7 +56,7 @@ def open_reference(served: ServedModel, settings: Settings) -> Runtime:
 
 
 def _open(served: ServedModel, settings: Settings) -> Runtime:
-    from .loading import BuildPlan, LoadOptions, device_options, read_reference, runtime_options
+    from .loading import device_options, read_reference, runtime_options
 
     assert served.manifest is not None
     version_dir = served.path
@@ -67,18 +68,14 @@ def _open(served: ServedModel, settings: Settings) -> Runtime:
     model_limits.check(data, limit)  # sparse and computed constants too
     source = embed_external_data(data, version_dir, root) if external else data
     label = f"{served.name}/{served.version}/reference"
-    if settings.model_memory_limit:  # built first where it cannot take more
-        load = LoadOptions(
-            runtime=options,
-            warmup=settings.warmup,
-            fold_on_load=False,
-            default_max_batch_size=settings.default_max_batch_size,
-            memory_limit=settings.model_memory_limit,
-        )
-        plan = BuildPlan(
-            options, load, label, version_dir.parent, served.config, served.config_source
-        )
-        memory_budget.trial(source, plan, settings.model_memory_limit)
+    trial(
+        served,
+        source,
+        options,
+        settings.model_memory_limit,
+        warmup=settings.warmup,
+        default_max_batch_size=settings.default_max_batch_size,
+    )
     try:
         reference = Runtime(source, options, label=label)
     except Exception as e:
@@ -86,6 +83,34 @@ def _open(served: ServedModel, settings: Settings) -> Runtime:
     _check_signature(reference, served)
     reference.adopt(served.signature)  # fed the same wire shapes as the served graph
     return reference
+
+
+def trial(
+    served: ServedModel,
+    source: bytes,
+    options: RuntimeOptions,
+    memory_limit: int,
+    *,
+    warmup: bool = True,
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> None:
+    """Build ``source`` (``served``'s reference graph) first in a child
+    process held to ``memory_limit`` bytes, as a version load is; raises
+    ``ValueError`` when it needs more. No limit (0): nothing."""
+    from .loading import BuildPlan, LoadOptions
+
+    if not memory_limit:
+        return
+    label = f"{served.name}/{served.version}/reference"
+    load = LoadOptions(
+        runtime=options,
+        warmup=warmup,
+        fold_on_load=False,
+        default_max_batch_size=default_max_batch_size,
+        memory_limit=memory_limit,
+    )
+    plan = BuildPlan(options, load, label, served.path.parent, served.config, served.config_source)
+    memory_budget.trial(source, plan, memory_limit)
 
 
 def _check_signature(reference: Runtime, served: ServedModel) -> None:

@@ -154,7 +154,10 @@ class Repository:
         self.shadow: Shadow | None = None
         if settings.shadow_parity > 0:
             self.shadow = Shadow(
-                settings.shadow_parity, metrics, max_model_bytes=settings.max_model_bytes
+                settings.shadow_parity,
+                metrics,
+                max_model_bytes=settings.max_model_bytes,
+                memory_limit=settings.model_memory_limit,
             )
             self.shadow.start()
 

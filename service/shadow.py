@@ -65,7 +65,7 @@ from bnfold.contract import (
     compare_outputs,
 )
 
-from . import model_limits
+from . import model_limits, reference
 from .errors import first_line
 from .metrics import Metrics
 from .runtime import Runtime, RuntimeOptions, external_data_files
@@ -115,16 +115,23 @@ def live_gate(manifest: Manifest | None, fold_rtol: float) -> Gate:
 
 
 def reference_source(
-    served: ServedModel, max_bytes: int, original: bytes | None = None
+    served: ServedModel,
+    options: RuntimeOptions,
+    original: bytes | None = None,
+    memory_limit: int = 0,
 ) -> ReferenceSource | None:
     """How to read the graph ``served``'s live samples are compared with
-    (``original``: the graph fold on load folded); None when it has none."""
+    (``original``: the graph fold on load folded); None when it has none.
+    A stored reference is held to the load's limits: ``options``'
+    ``max_model_bytes`` and, when set, ``memory_limit`` bytes for a trial
+    build in a child process."""
     if original is not None:
         return lambda: (original, FOLD_ON_LOAD_REFERENCE)
     manifest = served.manifest
     if manifest is None or REFERENCE_FILE not in manifest.files:
         return None
     version_dir = served.path
+    max_bytes = options.max_model_bytes
 
     def stored() -> tuple[bytes, str]:
         from .loading import read_reference
@@ -132,6 +139,7 @@ def reference_source(
         data = read_reference(version_dir, manifest, max_bytes, version_dir.parents[1])
         external_data_files(data, version_dir, max_bytes)  # what a served graph is refused for
         model_limits.check(data, max_bytes)
+        reference.trial(served, data, options, memory_limit)  # in a child first, as a load
         if manifest.precision in QUANTIZED:
             return float32_folded(data, manifest)
         return data, REFERENCE_FILE
@@ -368,11 +376,13 @@ class Shadow:
         metrics: Metrics,
         *,
         max_model_bytes: int = 2 << 30,
+        memory_limit: int = 0,
         queue_size: int = QUEUE_SIZE,
     ) -> None:
         self.rate = rate
         self.metrics = metrics
         self.max_model_bytes = max_model_bytes
+        self.memory_limit = memory_limit  # a stored reference's trial build, as a load's
         # CPU, one ONNX Runtime thread (the caller's: no pool), no spinning
         self.options = RuntimeOptions(
             device="cpu",
@@ -389,7 +399,7 @@ class Shadow:
         self, served: ServedModel, fold_rtol: float, original: bytes | None = None
     ) -> LiveParity | None:
         """``served``'s live parity; None when it has no reference."""
-        source = reference_source(served, self.max_model_bytes, original)
+        source = reference_source(served, self.options, original, self.memory_limit)
         if source is None:
             return None
         gate = live_gate(served.manifest, fold_rtol)

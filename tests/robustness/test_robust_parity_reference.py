@@ -184,3 +184,35 @@ def test_a_reference_swapped_after_the_load_is_a_400(
 def test_the_graphs_are_what_they_claim() -> None:
     onnx.checker.check_model(onnx.ModelProto.FromString(GOOD))
     assert len(outer_sum_bomb(16384, 16384)) < 200 << 10
+
+
+def test_shadow_parity_holds_a_stored_reference_to_the_memory_limit(tmp_path: Path) -> None:
+    """Live parity opens the same reference.onnx off the request's path: a
+    memory bomb there is built first in a trial child held to the model
+    memory limit, refused, and its samples dropped; the version serves on."""
+    from service_harness import wait_until
+
+    repo = tmp_path / "models"
+    repo.mkdir()
+    put(repo, "memory-bomb", HOSTILE["memory-bomb"][0])
+    settings = base_settings(
+        repo, max_model_bytes=LIMIT, model_memory_limit=BUDGET, shadow_parity=1.0
+    )
+    with run_server(settings) as server, httpx.Client(base_url=server.url, timeout=WAIT_S) as c:
+        ones = np.ones((2, 10), np.float32)
+        body = {
+            "inputs": [
+                {"name": "input", "shape": [2, 10], "datatype": "FP32", "data": ones.tolist()}
+            ]
+        }
+
+        def problem() -> str | None:
+            live: dict[str, object] = c.get("/v2/models/memory-bomb/parity").json()["live"]
+            return live.get("reference_problem")  # type: ignore[return-value]
+
+        r = c.post("/v2/models/memory-bomb/infer", json=body)
+        assert r.status_code == 200, r.text
+        wait_until(lambda: problem() is not None, "the shadow's reference refused")
+        assert f"loading takes more than the {BUDGET}-byte model memory limit" in str(problem())
+        r = c.post("/v2/models/memory-bomb/infer", json=body)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == ones.ravel().tolist()
