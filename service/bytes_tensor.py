@@ -31,6 +31,24 @@ _LENGTH = LENGTH
 MAX_JSON_DEPTH = 100
 
 
+class StringCount(BadRequest):
+    """Length-prefixed BYTES elements that are not the count the shape
+    gives: Triton's words, which name the model (``for_model``)."""
+
+    def __init__(self, name: str, expected: int, got: int) -> None:
+        self.input, self.expected, self.got = name, expected, got
+        super().__init__(self.for_model(""))
+
+    def for_model(self, model: str) -> str:
+        where = f"inference input {self.input!r}" + (f" for model {model!r}" if model else "")
+        if self.got > self.expected:  # Triton stops at the first element too many
+            return (
+                f"unexpected number of string elements {self.got} for {where}, "
+                f"expecting {self.expected}"
+            )
+        return f"expected {self.expected} string elements for {where}, got {self.got}"
+
+
 def is_bytes(dtype: np.dtype[Any]) -> bool:
     return dtype == OBJECT
 
@@ -96,6 +114,8 @@ def deserialize(name: str, chunk: bytes | memoryview, shape: Sequence[int]) -> n
     offset = 0
     end = len(view)
     while offset < end:
+        if len(elements) == count and end - offset >= 4:
+            raise StringCount(name, count, count + 1)
         if len(elements) == count:
             raise BadRequest(
                 f"input {name!r}: {end - offset} bytes follow the {count} elements of "
@@ -112,6 +132,8 @@ def deserialize(name: str, chunk: bytes | memoryview, shape: Sequence[int]) -> n
             )
         elements.append(_text(name, view[offset : offset + length], len(elements)))
         offset += length
+    if len(elements) != count:
+        raise StringCount(name, count, len(elements))
     return from_elements(name, elements, shape)
 
 

@@ -36,6 +36,8 @@ from .middleware import configure_logging
 from .settings import ENV_PREFIX, Settings, settings_env
 
 NOT_FLAGS = {"api_token"}  # BNFOLD_API_TOKEN only
+# Triton's name of a setting, taken beside bnfold's (Triton's error messages name it).
+TRITON_FLAGS = {"max_body_bytes": "--http-max-input-size"}
 
 
 def flag_name(field: str) -> str:
@@ -62,6 +64,8 @@ def _option(field: str, info: FieldInfo) -> inspect.Parameter:
         choices = ""
     flag = flag_name(field)
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    if field in TRITON_FLAGS:
+        decls.append(TRITON_FLAGS[field])
     described = str(info.description)
     if choices and choices not in described:
         described += f" ({choices})"

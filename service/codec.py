@@ -46,7 +46,7 @@ from .dataplane import (
     validate,
     validate_inputs,
 )
-from .errors import BadRequest, PayloadTooLarge
+from .errors import MAX_INPUT_HINT, BadRequest, InputTooLarge
 from .protocol import DATATYPE_OF
 from .shm import Regions
 from .signature import Signature, TensorSpec
@@ -54,7 +54,7 @@ from .signature import Signature, TensorSpec
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     """Undo ``Content-Encoding: gzip|deflate`` (tritonclient can send either),
-    refusing anything that inflates past ``limit``."""
+    refusing anything that inflates past ``limit`` (Triton's words and 400)."""
     if not encoding or encoding == "identity":
         return body
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
@@ -66,7 +66,10 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     except zlib.error as e:
         raise BadRequest(f"body is not valid {encoding}: {e}") from None
     if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body is over {limit} bytes")
+        raise InputTooLarge(
+            f"Decompressed data size exceeds the maximum allowed value of {limit} bytes. "
+            f"{MAX_INPUT_HINT}"
+        )
     return out
 
 

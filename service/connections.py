@@ -16,7 +16,12 @@ anyone. So each connection here
   is none;
 - answers with ``Connection: close`` once the server drains (SIGTERM), so
   that a keep-alive client opens its next connection elsewhere instead of
-  sending on one the shutdown is about to close.
+  sending on one the shutdown is about to close;
+- takes a request with both ``Transfer-Encoding: chunked`` and
+  ``Content-Length`` as Triton does (``requests`` sends both when told to
+  chunk a body it has whole; llhttp refuses them by default): the body is
+  read chunked, ``Content-Length`` is dropped from the request, and the
+  connection closes after the answer (RFC 9112, 6.3).
 
 The server state reaches the protocol through the lifespan's state (the
 key ``CONNECTIONS_STATE``); without it (another app) the protocol is
@@ -85,6 +90,10 @@ class BoundedHttp(HttpToolsProtocol):
     _bounds: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # uvicorn's own leniency, and Transfer-Encoding over Content-Length
+        self.parser.set_dangerous_leniencies(
+            lenient_data_after_close=True, lenient_chunked_length=True
+        )
         super().connection_made(transport)
         state = self.app_state.get(CONNECTIONS_STATE)
         if state is None:
@@ -118,6 +127,16 @@ class BoundedHttp(HttpToolsProtocol):
         if not self.transport.is_closing():
             log.debug("closing a connection from %s: %s", self.client, why)
             self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        framed_twice = any(name == b"transfer-encoding" for name, _ in self.headers) and any(
+            name == b"content-length" for name, _ in self.headers
+        )
+        if framed_twice:  # the chunks are the body; the scope shares this list
+            self.headers[:] = [(k, v) for k, v in self.headers if k != b"content-length"]
+        super().on_headers_complete()
+        if framed_twice and self.cycle is not None:
+            self.cycle.keep_alive = False  # closed after the answer (RFC 9112, 6.3)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import bytes_tensor
 from . import shm as shared_memory
 from .batching import Feeds, timestamps
 from .errors import BadRequest, InferenceFailed
@@ -190,25 +191,36 @@ def validate_inputs(
     allow_nonfinite: bool,
     shm: Regions | None = None,
     finish_wire: Callable[[], None] = _nothing,
+    model: str = "",
 ) -> tuple[Feeds, int]:
     """Each input against ``signature`` (header first, then its data); the
-    feeds and their batch size."""
+    feeds and their batch size. BYTES inputs whose element counts are not
+    their shapes' are refused together, each in Triton's words (which name
+    ``model``): Triton checks them in an order of its own."""
     feeds: Feeds = {}
+    miscounted: list[str] = []
     for wire in inputs:
         name = wire.name
         if name in feeds:
             raise BadRequest(f"input {name!r} is given twice")
         spec, shape = signature.check_input(name, wire.datatype, wire.shape, max_elements)
         where = _region(f"input {name!r}", wire.parameters, shm)
-        if where is not None:
-            if wire.has_data:
-                raise BadRequest(f"input {name!r} has data besides its shared memory region")
-            array = where.read_tensor(name, spec.dtype, shape)
-        else:
-            array = wire.read(spec, shape)
+        try:
+            if where is not None:
+                if wire.has_data:
+                    raise BadRequest(f"input {name!r} has data besides its shared memory region")
+                array = where.read_tensor(name, spec.dtype, shape)
+            else:
+                array = wire.read(spec, shape)
+        except bytes_tensor.StringCount as e:
+            miscounted.append(e.for_model(model))
+            feeds[name] = np.empty(0)  # given, refused below
+            continue
         if not allow_nonfinite:
             check_finite(name, array)
         feeds[name] = array
+    if miscounted:
+        raise BadRequest("; ".join(miscounted))
     finish_wire()
 
     missing = signature.missing_inputs(feeds)
@@ -256,9 +268,10 @@ def validate(
     max_elements: int,
     allow_nonfinite: bool,
     shm: Regions | None = None,
+    model: str = "",
 ) -> InferRequest:
-    """A parsed request checked against ``signature``: the one validation
-    every protocol goes through."""
+    """A parsed request checked against ``signature`` (of ``model``): the
+    one validation every protocol goes through."""
     seconds = check_parameters(wire.parameters)
     if not wire.inputs:
         raise BadRequest("inputs must be a non-empty list")
@@ -269,6 +282,7 @@ def validate(
         allow_nonfinite=allow_nonfinite,
         shm=shm,
         finish_wire=wire.finish,
+        model=model,
     )
     outputs = validate_outputs(wire.outputs, signature, shm)
     return InferRequest(wire.id, feeds, rows, outputs, wire.parameters, seconds, signature.batched)
@@ -371,6 +385,7 @@ async def _infer(
                 max_elements=settings.max_body_bytes,
                 allow_nonfinite=settings.allow_nonfinite,
                 shm=regions,
+                model=served.name,
             )
             seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
             outputs = await run(served, request.feeds, request.rows, seconds, request.timeout_s)

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from .errors import BadRequest, describe_validation
+from .json_depth import cut_deep
 from .metrics import Metrics
 from .repository import Repository
 from .settings import Settings
@@ -75,7 +76,9 @@ M = TypeVar("M", bound=BaseModel)
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M | None]]:
     """Parse the body as JSON into ``model`` whatever the Content-Type (curl's
-    default form type and tritonclient's none included); empty is ``None``."""
+    default form type and tritonclient's none included); empty is ``None``.
+    JSON nested past the parser's depth is read cut (service/json_depth.py),
+    so its fields are refused for what they are, as Triton refuses them."""
 
     async def parse(request: Request) -> M | None:
         raw = await request.body()
@@ -84,7 +87,13 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M | None]]:
         try:
             return model.model_validate_json(raw)
         except ValidationError as e:
-            raise BadRequest(describe_validation(e.errors())) from None
+            errors = e.errors()
+        if any("recursion limit" in str(err.get("msg", "")) for err in errors):
+            try:
+                return model.model_validate_json(cut_deep(raw))
+            except ValidationError as e:
+                errors = e.errors()
+        raise BadRequest(describe_validation(errors))
 
     return parse
 

@@ -2,6 +2,7 @@
 
     ServiceError (500 INTERNAL)
     ├── BadRequest (400 INVALID_ARGUMENT)    malformed JSON, wrong name/shape/dtype, NaN
+    │   ├── InputTooLarge (400)              a body over --max-body-bytes (Triton's 400)
     │   └── LoadFailed (400)                 a model version that cannot be served
     │       └── FilesRefused (400 INTERNAL)  ``file:`` overrides on a load request
     ├── Unauthorized (401 UNAUTHENTICATED)   missing or wrong bearer token
@@ -9,7 +10,7 @@
     ├── NotFound (404 NOT_FOUND)             unknown model, version or route
     ├── MethodNotAllowed (405 UNIMPLEMENTED) a route asked with the wrong method
     ├── Unimplemented (501 UNIMPLEMENTED)    an RPC or feature bnfold does not serve
-    ├── PayloadTooLarge (413 RESOURCE_EXHAUSTED)  body, image or tensor over a limit
+    ├── PayloadTooLarge (413 RESOURCE_EXHAUSTED)  an image over a limit
     ├── Unavailable (503 UNAVAILABLE)        model unloaded or broken, server not ready
     │   ├── Overloaded (503)                 the model's queue is full
     │   └── RequestTimeout (503 DEADLINE_EXCEEDED)  no result within the request timeout
@@ -76,6 +77,19 @@ class BadRequest(ServiceError):
     reason = "bad_request"
 
 
+# Triton's advice in each of its size refusals; ``bnfold serve`` takes
+# Triton's flag as another name of --max-body-bytes (service/cli.py).
+MAX_INPUT_HINT = "Use --http-max-input-size to increase the limit."
+
+
+class InputTooLarge(BadRequest):
+    """A request body (or what it decompresses to) over ``--max-body-bytes``,
+    Triton's ``--http-max-input-size``: Triton answers it 400 with its own
+    words (service/middleware.py ``body_too_large``), and so does bnfold."""
+
+    reason = "too_large"
+
+
 class LoadFailed(BadRequest):
     """A model version failed to load; the message carries the reason."""
 
@@ -125,6 +139,9 @@ class Unimplemented(ServiceError):
 
 
 class PayloadTooLarge(ServiceError):
+    """An uploaded image over ``--max-image-pixels`` or ``--max-image-bytes``
+    (bnfold's own routes; a body over the size limit is ``InputTooLarge``)."""
+
     status = 413
     grpc_code = "RESOURCE_EXHAUSTED"
     reason = "too_large"

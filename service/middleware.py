@@ -10,7 +10,7 @@ which costs a task and a body copy per request):
   before anything else, as Triton answers it;
 - body limit: ``Content-Length`` over the limit is refused before reading
   (and counted as a failure here), and a chunked body is counted as it
-  streams; both are 413;
+  streams; both are 400 in Triton's words (``body_too_large``);
 - HTTP metrics by route template, and one access-log line per request;
 - ``Arrivals``: the request counts as on its way to a batcher until it is
   queued or ends (the batcher does not wait for requests that are not coming);
@@ -28,7 +28,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import Arrivals
-from .errors import Forbidden, PayloadTooLarge
+from .errors import MAX_INPUT_HINT, Forbidden, InputTooLarge
 from .http_errors import render
 from .logs import RequestIdFilter, configure_logging
 from .metrics import Metrics
@@ -39,6 +39,37 @@ from .state import RequestIds, request_id
 __all__ = ["RequestContext", "RequestIdFilter", "configure_logging", "request_id"]
 _IDS = RequestIds()
 access = logging.getLogger("bnfold.access")
+
+
+def body_too_large(scope: Scope, size: int, limit: int, *, so_far: bool = False) -> InputTooLarge:
+    """A body of ``size`` bytes (``so_far``: at least) over ``limit``, refused
+    as Triton refuses it (400): on an inference route, a raw binary request
+    (``Inference-Header-Content-Length: 0``) is its input's byte size and a
+    JSON header longer than the limit is the JSON's; any other body Triton
+    reads is JSON. A compressed body, a multipart upload or the binary part
+    after a JSON header within the limit (which Triton does not bound) is
+    named as the request."""
+    headers = dict(scope["headers"])
+    amount = f"at least {size}" if so_far else str(size)
+    header = headers.get(b"inference-header-content-length", b"").strip()
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    kind = headers.get(b"content-type", b"").lower()
+    plain = encoding == b"identity" and not kind.startswith((b"multipart/", b"application/octet"))
+    if direct_target(scope) is not None and header:
+        if header == b"0" and encoding == b"identity":
+            return InputTooLarge(
+                f"Raw input has a byte_size ({amount} bytes) that exceeds the maximum allowed "
+                f"value of {limit} bytes. {MAX_INPUT_HINT}"
+            )
+        if header.isdigit() and int(header) > limit:
+            amount, plain = header.decode(), True
+        else:
+            plain = False
+    what = "request JSON size" if plain else "request size"
+    return InputTooLarge(
+        f"{what} of {amount} bytes exceeds the maximum allowed input size of {limit} bytes. "
+        f"{MAX_INPUT_HINT}"
+    )
 
 
 class RequestContext:
@@ -94,7 +125,7 @@ class RequestContext:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise PayloadTooLarge(f"body is over the {self.max_body}-byte limit")
+                    raise body_too_large(scope, received, self.max_body, so_far=True)
             return message
 
         try:
@@ -104,9 +135,7 @@ class RequestContext:
                     scope, receive, send_with_id
                 )
             elif length > self.max_body:  # refused before routing: no model named
-                error = PayloadTooLarge(
-                    f"body of {length} bytes is over the {self.max_body}-byte limit"
-                )
+                error = body_too_large(scope, length, self.max_body)
                 state = scope["app"].state.bnfold  # Starlette's app, set before middleware
                 await render(state, scope["method"], scope["path"], {}, error)(
                     scope, receive, send_with_id

@@ -12,8 +12,9 @@ from importlib import metadata
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from bnfold.contract import DATATYPES
 
@@ -162,6 +163,13 @@ class RepositoryIndexRequest(_Model):
     """``{"ready": $boolean}``: only models ready for inference when true."""
 
     ready: bool = False
+
+    @field_validator("ready", mode="before")
+    @classmethod
+    def _a_json_boolean(cls, value: object) -> object:
+        if not isinstance(value, bool):  # Triton's words; pydantic would take "yes" or 1
+            raise PydanticCustomError("bool", "Invalid value for 'ready': expected a boolean")
+        return value
 
 
 class RepositoryModel(_Model):

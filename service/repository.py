@@ -366,12 +366,16 @@ class Repository:
         override) replaces the model folder's configuration."""
         if not name.strip():  # Triton's words
             raise BadRequest("Model name cannot be empty. Please enter a valid name to deploy.")
-        if "/" in name or "\\" in name or name.strip() == "..":
+        if "/" in name or "\\" in name or name.strip() == "..":  # Triton's words
             raise BadRequest(
-                f"failed to load {name!r}, model name must not contain path traversal characters"
+                f"invalid model name {name!r}, model name must not contain path traversal "
+                "characters"
             )
-        if not valid_name(name) or not (self.root / name).is_dir():  # Triton's words
-            raise NotFound(f"failed to load {name!r}, no model folder {name!r} in the repository")
+        if not valid_name(name) or not (self.root / name).is_dir():  # Triton's words, then ours
+            raise NotFound(
+                f"failed to load {name!r}, failed to poll from model repository: "
+                f"no model folder {name!r} in the repository"
+            )
         entry = self._entry(name)
         entry.expected = True
         entry.loads += 1

@@ -203,7 +203,10 @@ class Settings(BaseSettings):
     ] = 1
 
     # --- input policy
-    max_body_bytes: Annotated[int, Field(ge=1024, description="Larger bodies get 413.")] = 64 << 20
+    max_body_bytes: Annotated[
+        int,
+        Field(ge=1024, description="Larger bodies get 400 (Triton's --http-max-input-size)."),
+    ] = 64 << 20
     allow_nonfinite: Annotated[bool, Field(description="Accept NaN/Inf in float inputs.")] = False
     max_image_pixels: Annotated[int, Field(ge=1, description="Larger uploads get 413.")] = (
         32_000_000

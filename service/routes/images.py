@@ -22,8 +22,9 @@ router = APIRouter(tags=["inference"])
 
 ERRORS = errors(
     {
-        400: "Not an image, no preprocessing for the model, a bad top_k (or version).",
-        413: "Image or body over the limit.",
+        400: "Not an image, no preprocessing for the model, a bad top_k (or version), "
+        "a body over the size limit.",
+        413: "Image over the pixel or decoded-size limit.",
         404: MODEL[404],
         500: "ONNX Runtime failed on input that passed every check.",
         503: "Not ready, overloaded or timed out (Retry-After).",

@@ -51,9 +51,8 @@ T = TypeVar("T")
 
 ERRORS = errors(
     {
-        400: "Bad input: JSON, name, shape, datatype, NaN (or version).",
+        400: "Bad input: JSON, name, shape, datatype, NaN (or version); body over the size limit.",
         404: MODEL[404],
-        413: "Body over the size limit.",
         500: "ONNX Runtime failed on input that passed every check.",
         503: "Not ready, overloaded or timed out (Retry-After).",
     }

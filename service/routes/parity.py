@@ -18,8 +18,6 @@ router = APIRouter(tags=["parity"])
 ParityBody = Annotated[ParityRequest | None, Depends(json_body(ParityRequest))]
 PARITY_BODY = body_schema(ParityRequest)
 
-TOO_LARGE = {413: "Body over the size limit."}
-
 
 @router.get(
     "/v2/models/{name}/versions/{version}/parity",
@@ -38,7 +36,10 @@ async def stored(name: str, version: VersionDep, repo: RepositoryDep) -> dict[st
     name="measure_version",
     summary="Measure parity of a version now",
     responses=errors(
-        {400: "Bad inputs, sample count or version; reference.onnx refused.", **TOO_LARGE, **MODEL}
+        {
+            400: "Bad inputs, sample count or version, a body too large; reference.onnx refused.",
+            **MODEL,
+        }
     ),
     openapi_extra=PARITY_BODY,
 )
@@ -46,7 +47,7 @@ async def stored(name: str, version: VersionDep, repo: RepositoryDep) -> dict[st
     "/v2/models/{name}/parity",
     summary="Measure parity now",
     responses=errors(
-        {400: "Bad inputs or sample count; reference.onnx refused.", **TOO_LARGE, **MODEL}
+        {400: "Bad inputs or sample count, a body too large; reference.onnx refused.", **MODEL}
     ),
     openapi_extra=PARITY_BODY,
 )

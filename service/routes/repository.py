@@ -21,18 +21,18 @@ LoadBody = Annotated[LoadRequest | None, Depends(json_body(LoadRequest))]
 COMMON = {
     401: "Missing or wrong bearer token.",
     403: "A restricted API category without its header (--http-restricted-api).",
-    413: "Body over the size limit.",
     503: "The server is starting, or model control mode none or poll refuses the request.",
 }
-INDEX_ERRORS = errors({400: "A body that is not the request.", **COMMON})
+NOT_THE_BODY = "A body that is not the request, or over the size limit."
+INDEX_ERRORS = errors({400: NOT_THE_BODY, **COMMON})
 LOAD_ERRORS = errors(
     {
-        400: "The version failed to load (reason given), or a bad body.",
+        400: "The version failed to load (reason given), a bad body or one too large.",
         404: "No such model folder.",
         **COMMON,
     }
 )
-UNLOAD_ERRORS = errors({400: "A body that is not the request.", 404: "No such model.", **COMMON})
+UNLOAD_ERRORS = errors({400: NOT_THE_BODY, 404: "No such model.", **COMMON})
 
 
 @router.post(

@@ -40,8 +40,8 @@ RegisterBody = Annotated[RegisterRequest | None, Depends(json_body(RegisterReque
 COMMON = {401: "Missing or wrong bearer token.", 503: "The server is starting."}
 REGISTER_ERRORS = errors(
     {
-        400: "No such shared memory object, a range outside it, a name already in manager.",
-        413: "Body over the size limit.",
+        400: "No such shared memory object, a range outside it, a name already in manager, "
+        "a body over the size limit.",
         **COMMON,
     }
 )

@@ -26,9 +26,10 @@ class TraceSettingRequest(RootModel[dict[str, str | list[str] | None]]):
 
 TraceBody = Annotated[TraceSettingRequest | None, Depends(json_body(TraceSettingRequest))]
 Settings = dict[str, str | list[str]]
-COMMON = {401: "Missing or wrong bearer token.", 413: "Body over the size limit."}
-SERVER_ERRORS = errors({400: "An unknown or refused setting, or a bad value.", **COMMON})
-MODEL_ERRORS = errors({400: "An unknown or refused setting, or a bad value.", **COMMON, **MODEL})
+COMMON = {401: "Missing or wrong bearer token."}
+REFUSED = "An unknown or refused setting, a bad value or body."
+SERVER_ERRORS = errors({400: REFUSED, **COMMON})
+MODEL_ERRORS = errors({400: REFUSED, **COMMON, **MODEL})
 
 
 @router.get("/v2/trace/setting", summary="Trace settings", responses=SERVER_ERRORS)

@@ -141,7 +141,8 @@ def test_string_lengths_that_lie(stub: Any) -> None:
     request.raw_input_contents.append(b"\xff\xff\xff\xff" + b"a" * 10)  # claims 4 GiB
     assert "claims 4294967295 bytes" in refused(stub.ModelInfer, request).details()
     request.raw_input_contents[0] = b"\x01\x00\x00\x00a" * 10_000  # more elements than shape
-    assert "bytes follow the 2 elements" in refused(stub.ModelInfer, request).details()
+    details = refused(stub.ModelInfer, request).details()  # Triton's words (issue 18)
+    assert "unexpected number of string elements 3 for inference input 'INPUT0'" in details
     still_serving(stub)
 
 

@@ -8,6 +8,7 @@ answer says ``Connection: close``. The server runs as a process of its own."""
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import threading
@@ -17,7 +18,7 @@ import httpx
 from graphs import write_bare
 from served_models import mlp
 from server_process import spawn
-from service_harness import WAIT_S, wait_until
+from service_harness import TOKEN, WAIT_S, wait_until
 
 SLOW = 200  # slow connections opened (the suite's share; docs/service.md has 1,000)
 LIMIT = 50  # --max-connections, well under SLOW
@@ -133,3 +134,30 @@ def test_sigterm_under_keep_alive_load_resets_nothing(tmp_path: Path) -> None:
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503  # draining
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
+
+
+def test_a_chunked_body_with_a_content_length_is_read_chunked(tmp_path: Path) -> None:
+    """``requests`` with ``Transfer-Encoding: chunked`` and a whole body sends
+    a Content-Length too (Triton's test_content_encoding_chunked_manually):
+    the chunks are the body (RFC 9112, 6.3) and the connection closes after
+    the answer; uvicorn's parser alone answers such a request 400."""
+    body = b'{"ready": true}'
+    chunked = b"%X\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = (
+        "POST /v2/repository/index HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: chunked\r\nContent-Length: {len(chunked)}\r\n\r\n"
+    )
+    with spawn(good_repo(tmp_path), tmp_path) as server:
+        wait_until(lambda: httpx.get(f"{server.url}/v2/health/ready").status_code == 200, "ready")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+            sock.sendall(head.encode() + chunked)
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 200 OK", answer
+        headers, _, content = rest.partition(b"\r\n\r\n")
+        assert b"connection: close" in headers.lower()
+        index = json.loads(content)  # the chunks, not the chunked bytes, were read as JSON
+        assert [(m["name"], m["state"]) for m in index] == [("good", "READY")]

@@ -1,5 +1,6 @@
 """Every error path answers ``{"error": "..."}`` with the right status:
-400 bad input, 404 unknown, 405, 413 too large, 503 not ready; never
+400 bad input (a body over the size limit too, as Triton), 404 unknown,
+405, 503 not ready; never
 FastAPI's 422 body."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_harness import MAX_BODY, Repo, rows
+from service_harness import MAX_BODY, TOKEN, Repo, rows
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -192,9 +193,22 @@ def test_unsupported_content_encoding(http: httpx.Client) -> None:
     assert "unsupported Content-Encoding" in error_of(r, 400)
 
 
-def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
+def test_body_over_the_limit_is_400_in_tritons_words(http: httpx.Client) -> None:
+    """Triton answers a body over --http-max-input-size with 400 (issue 18;
+    it was 413): a JSON body as JSON, a raw binary request as its input."""
+    hint = f"the maximum allowed input size of {MAX_BODY} bytes. Use --http-max-input-size"
     big = b"x" * (MAX_BODY + 1)
-    assert "limit" in error_of(http.post("/v2/models/mlp/infer", content=big), 413)
+    r = http.post("/v2/models/mlp/infer", content=big)
+    assert error_of(r, 400).startswith(f"request JSON size of {MAX_BODY + 1} bytes exceeds {hint}")
+    r = http.post("/v2/models/mlp/infer", content=big, headers={HEADER: "0"})
+    assert error_of(r, 400) == (
+        f"Raw input has a byte_size ({MAX_BODY + 1} bytes) that exceeds the maximum allowed "
+        f"value of {MAX_BODY} bytes. Use --http-max-input-size to increase the limit."
+    )
+    r = http.post("/v2/models/mlp/infer", content=big, headers={HEADER: "10"})
+    assert error_of(r, 400).startswith(f"request size of {MAX_BODY + 1} bytes exceeds {hint}")
+    r = http.post("/v2/repository/index", content=big)  # refused before the token check
+    assert error_of(r, 400).startswith(f"request JSON size of {MAX_BODY + 1} bytes exceeds")
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
         for _ in range(MAX_BODY // 65536 + 2):
@@ -202,16 +216,35 @@ def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
 
     r = http.post("/v2/models/mlp/infer", content=chunks())
     assert "transfer-encoding" in r.request.headers
-    assert "limit" in error_of(r, 413)
+    assert error_of(r, 400).startswith("request JSON size of at least ")
+    assert hint in r.json()["error"]
     assert http.get("/v2/health/live").status_code == 200  # the server is fine
 
 
-def test_gzip_bomb_is_413(http: httpx.Client) -> None:
+def test_gzip_bomb_is_400(http: httpx.Client) -> None:
     import gzip
 
     bomb = gzip.compress(b"\0" * (MAX_BODY * 4))
     r = http.post("/v2/models/mlp/infer", content=bomb, headers={"Content-Encoding": "gzip"})
-    assert "decompressed body" in error_of(r, 413)
+    assert error_of(r, 400) == (
+        f"Decompressed data size exceeds the maximum allowed value of {MAX_BODY} bytes. "
+        "Use --http-max-input-size to increase the limit."
+    )
+
+
+def test_repository_index_ready_in_tritons_words(http: httpx.Client) -> None:
+    """``ready`` must be a JSON boolean, however deep the value nests
+    (Triton's test_repository_index_deeply_nested_json; issue 18)."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    words = "Invalid value for 'ready': expected a boolean"
+    depth = 250_000
+    deep = '{"ready":' + "[" * depth + "true" + "]" * depth + "}"
+    for body in (deep, '{"ready": "yes"}', '{"ready": 1}', '{"ready": {"a": [[["]"]]]}}'):
+        r = http.post("/v2/repository/index", content=body, headers=auth)
+        assert words in error_of(r, 400), body[:40]
+    r = http.post("/v2/repository/index", content='{"ready": false, "x": [[[1]]]}', headers=auth)
+    assert r.status_code == 200
+    assert http.get("/v2/health/live").status_code == 200
 
 
 @pytest.mark.parametrize(

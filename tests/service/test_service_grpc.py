@@ -543,7 +543,11 @@ def test_strings_refused(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> Non
 
     one = b"\x01\x00\x00\x00a"
     assert "element 0 is not valid UTF-8" in _invalid(stub, identity(b"\x01\x00\x00\x00\xff" + one))
-    assert "1 elements given, shape [1, 2] needs 2" in _invalid(stub, identity(one))
+    # Triton's words (issue 18; they were "1 elements given, shape [1, 2] needs 2")
+    expected = "expected 2 string elements for inference input 'INPUT0' for model 'simple_identity'"
+    assert f"{expected}, got 1" in _invalid(stub, identity(one))
+    unexpected = "unexpected number of string elements 3 for inference input 'INPUT0'"
+    assert unexpected in _invalid(stub, identity(one * 3))
     assert "bytes follow the 2 elements" in _invalid(stub, identity(one + one + b"x"))
     assert "claims 4294967295 bytes" in _invalid(stub, identity(b"\xff\xff\xff\xff" + one))
     assert "truncated length" in _invalid(stub, identity(one + b"\x01\x00"))

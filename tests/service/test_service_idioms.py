@@ -36,6 +36,7 @@ from bnfold.service.errors import (
     ERROR_MAP,
     BadRequest,
     InferenceFailed,
+    InputTooLarge,
     LoadFailed,
     MethodNotAllowed,
     NotFound,
@@ -183,7 +184,7 @@ REFUSED: list[tuple[str, str, dict[str, Any], int, Labels, str | None]] = [
         "POST",
         "/v2/models/mlp/infer",  # refused by Content-Length, before any route
         {"content": b"x" * (MAX_BODY + 1)},
-        413,
+        400,  # Triton's status (issue 18; it was 413)
         ("", "", "too_large"),
         "infer",
     ),
@@ -191,7 +192,7 @@ REFUSED: list[tuple[str, str, dict[str, Any], int, Labels, str | None]] = [
         "POST",
         "/v2/models/mlp/infer",
         {"content": oversized_chunks},
-        413,
+        400,
         ("mlp", "1", "too_large"),
         "infer",
     ),
@@ -341,6 +342,7 @@ def test_every_service_error_names_its_http_and_grpc_status() -> None:
         NotFound: (404, "NOT_FOUND"),
         MethodNotAllowed: (405, "UNIMPLEMENTED"),
         PayloadTooLarge: (413, "RESOURCE_EXHAUSTED"),
+        InputTooLarge: (400, "INVALID_ARGUMENT"),
         Unavailable: (503, "UNAVAILABLE"),
         Overloaded: (503, "UNAVAILABLE"),
         RequestTimeout: (503, "DEADLINE_EXCEEDED"),

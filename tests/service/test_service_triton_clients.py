@@ -202,7 +202,10 @@ def test_triton_error_texts(client: httpclient.InferenceServerClient) -> None:
     message = error_of(lambda: client.get_model_metadata("mlp", model_version="x"))
     assert "failed to get model version from specified version string 'x'" in message
     message = error_of(lambda: client.load_model("nope", headers=AUTH))
-    assert message == "failed to load 'nope', no model folder 'nope' in the repository"
+    assert message == (  # Triton's words first (issue 18: they were bnfold's alone)
+        "failed to load 'nope', failed to poll from model repository: "
+        "no model folder 'nope' in the repository"
+    )
     message = error_of(lambda: client.load_model("mlp", headers=AUTH, config="{oops"))
     assert message.startswith("failed to load 'mlp', parameters.config is not valid JSON")
 
@@ -222,8 +225,8 @@ def test_load_names_refused_in_tritons_words(server: GrpcRunning) -> None:
     for name in ("", " ", "\t", " \n "):
         assert refused(name) == ("StatusCode.INVALID_ARGUMENT", empty), name
     for name in ("../etc", "a/b", "model/", "..", " ..", "a\\b"):
-        traversal = (
-            f"failed to load {name!r}, model name must not contain path traversal characters"
+        traversal = (  # Triton's words (issue 18: it began "failed to load")
+            f"invalid model name {name!r}, model name must not contain path traversal characters"
         )
         assert refused(name) == ("StatusCode.INVALID_ARGUMENT", traversal), name
     assert c.is_model_ready("mlp")

@@ -17,7 +17,7 @@ from served_models import write_mlp
 from bnfold.contract import ONNX_DATATYPES, ModelConfig
 from bnfold.service.binary import encode_body, split_body
 from bnfold.service.codec import decode_infer, decompress, encode_infer, numbers
-from bnfold.service.errors import BadRequest, PayloadTooLarge
+from bnfold.service.errors import BadRequest, InputTooLarge
 from bnfold.service.loading import LoadOptions, open_version
 from bnfold.service.model_config import read_config
 from bnfold.service.protocol import DATATYPE_OF, DATATYPES
@@ -141,7 +141,7 @@ def test_decompress_limits() -> None:
 
     data = b"x" * 100
     assert decompress(zlib.compress(data), "deflate", 1000) == data
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(InputTooLarge, match="Decompressed data size exceeds"):
         decompress(zlib.compress(data), "deflate", 50)
     with pytest.raises(BadRequest, match="not valid gzip"):
         decompress(b"not gzip", "gzip", 1000)
@@ -312,3 +312,16 @@ def test_cuda_required_without_a_gpu_is_a_load_failure(tmp_path: Path) -> None:
     else:  # a machine with a working GPU
         assert "CUDAExecutionProvider" in ort.get_available_providers()
         assert opened.runtime.provider == "CUDAExecutionProvider"
+
+
+def test_cut_deep_keeps_what_is_shallow() -> None:
+    import json
+
+    from bnfold.service.json_depth import cut_deep
+
+    deep = "[" * 300 + "1" + "]" * 300
+    text = '{"a": "[[\\"]]", "b": ' + deep + ', "c": [1, {"d": 2}], "e": "\\\\"}'
+    cut = json.loads(cut_deep(text.encode(), depth=3))
+    assert cut == {"a": '[["]]', "b": [[None]], "c": [1, {"d": 2}], "e": "\\"}
+    assert json.loads(cut_deep(b'{"x": [[[[1]]]]}', depth=10)) == {"x": [[[[1]]]]}
+    assert cut_deep(b'{"x": [[[', depth=1) == b'{"x": [[['  # unbalanced: left to the parser

@@ -9,10 +9,7 @@ from __future__ import annotations
 REASONS = {
     "ensemble": "also calls the ensembles of the identity models (`simple_zero_*`); ensembles are not served",
     "libtorch": "also calls the LibTorch or TensorRT models of the same test; the file has no switch to leave them out",
-    "status_413": "a body over the size limit is a 413 in bnfold (Errors), a 400 in Triton",
     "status_500": "Triton answers this client mistake with a 500 and the test requires it; bnfold answers 400",
-    "chunked": "a raw binary request (`Inference-Header-Content-Length: 0`) sent chunked is refused",
-    "wording": "same refusal, different wording (or a different check first)",
     "sleep": "its verdict hangs on a fixed sleep (a request assumed queued or answered after 0.5 s or 1 s), so a busy machine decides it, not the server",
 }
 
@@ -68,21 +65,8 @@ OUT_OF_SCOPE = {
 
 # Counted methods that do not pass, each with its reason.
 KNOWN_FAILURES = {
-    "L0_http::HttpTest.test_content_encoding_chunked_manually": "chunked",
     "L0_http::HttpTest.test_load_oversized_file_parameter": "status_500",
-    "L0_http::HttpTest.test_loading_large_invalid_model": "wording",
     "L0_http::HttpTest.test_negative_dimensions": "status_500",
-    "L0_http::HttpTest.test_repository_index_deeply_nested_json": "wording",
-    "L0_http[size_limit]::InferSizeLimitTest.test_default_limit_compressed": "status_413",
-    "L0_http[size_limit]::InferSizeLimitTest.test_default_limit_json": "status_413",
-    "L0_http[size_limit]::InferSizeLimitTest.test_default_limit_raw_binary": "status_413",
-    "L0_http[size_limit]::InferSizeLimitTest.test_json_dtype_size_expansion_exceeds_limit_error": "status_413",
-    "L0_http[size_limit]::InferSizeLimitTest.test_large_string_in_json": "status_413",
-    "L0_http[size_limit_2^27]::InferSizeLimitTest.test_large_input_compressed": "status_413",
-    "L0_http[size_limit_2^27]::InferSizeLimitTest.test_large_input_json": "status_413",
-    "L0_http[size_limit_2^27]::InferSizeLimitTest.test_large_input_raw_binary": "status_413",
-    "L0_input_validation::InputShapeTest.test_input_string_shape_validation": "wording",
-    "L0_input_validation[model_name]::ModelNameValidationTest.test_model_name_valid": "wording",
 }
 
 PASSING = (
@@ -95,19 +79,30 @@ PASSING = (
     "L0_http::HttpTest.test_buffer_size_overflow",
     "L0_http::HttpTest.test_byte",
     "L0_http::HttpTest.test_byte_too_many_elements",
+    "L0_http::HttpTest.test_content_encoding_chunked_manually",
     "L0_http::HttpTest.test_content_encoding_unsupported_client",
     "L0_http::HttpTest.test_duplicate_output_names",
     "L0_http::HttpTest.test_inference_header_content_length_out_of_range",
     "L0_http::HttpTest.test_json_recursion_depth_limit",
+    "L0_http::HttpTest.test_loading_large_invalid_model",
     "L0_http::HttpTest.test_multi_inputs",
     "L0_http::HttpTest.test_multi_variable_dimensions",
     "L0_http::HttpTest.test_raw_binary",
     "L0_http::HttpTest.test_raw_binary_longer",
+    "L0_http::HttpTest.test_repository_index_deeply_nested_json",
     "L0_http[restricted_api]::RestrictedAPITest.test_infer",
     "L0_http[restricted_api]::RestrictedAPITest.test_metadata",
     "L0_http[restricted_api]::RestrictedAPITest.test_model_repository",
     "L0_http[restricted_api]::RestrictedAPITest.test_sanity",
+    "L0_http[size_limit]::InferSizeLimitTest.test_default_limit_compressed",
+    "L0_http[size_limit]::InferSizeLimitTest.test_default_limit_json",
+    "L0_http[size_limit]::InferSizeLimitTest.test_default_limit_raw_binary",
+    "L0_http[size_limit]::InferSizeLimitTest.test_json_dtype_size_expansion_exceeds_limit_error",
+    "L0_http[size_limit]::InferSizeLimitTest.test_large_string_in_json",
     "L0_http[size_limit]::InferSizeLimitTest.test_no_leak_on_invalid_inference_header_length",
+    "L0_http[size_limit_2^27]::InferSizeLimitTest.test_large_input_compressed",
+    "L0_http[size_limit_2^27]::InferSizeLimitTest.test_large_input_json",
+    "L0_http[size_limit_2^27]::InferSizeLimitTest.test_large_input_raw_binary",
     "L0_infer::InferTest.test_class_bbb",
     "L0_infer::InferTest.test_class_fff",
     "L0_infer::InferTest.test_class_iff",
@@ -192,9 +187,11 @@ PASSING = (
     "L0_infer_zero::InferZeroTest.test_oo3_3",
     "L0_infer_zero::InferZeroTest.test_oo3_4",
     "L0_infer_zero::InferZeroTest.test_oo3_sanity",
+    "L0_input_validation::InputShapeTest.test_input_string_shape_validation",
     "L0_input_validation[model_name]::ModelNameValidationTest.test_model_name_empty_load",
     "L0_input_validation[model_name]::ModelNameValidationTest.test_model_name_invalid_load",
     "L0_input_validation[model_name]::ModelNameValidationTest.test_model_name_invalid_unload",
+    "L0_input_validation[model_name]::ModelNameValidationTest.test_model_name_valid",
     "L0_input_validation[model_name]::ModelNameValidationTest.test_model_name_whitespace_only_load",
     "L0_parameters[grpc]::ClassificationParameterTest.test_classification_output_tensor_too_large",
     "L0_parameters[grpc]::ClassificationParameterTest.test_classificattion",
@@ -240,7 +237,7 @@ PASSING = (
     "L0_shared_memory[http]::SharedMemoryTest.test_valid_create_set_register",
 )
 
-MIN_PASSING = 152
+MIN_PASSING = 165
 
 # ----- Triton's logging and trace extensions (L0_logging, L0_trace), a block of its own
 REASONS |= {

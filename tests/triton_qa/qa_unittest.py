@@ -1,7 +1,8 @@
 """Run test methods of one of Triton's QA modules with unittest, as Triton's
 ``test.sh`` scripts do (``python infer_test.py InferTest.test_x``), and write
 one JSON line per method to ``--out`` as it finishes: its id, ``pass``,
-``fail``, ``error`` or ``skip``, and the first lines of the reason.
+``fail``, ``error`` or ``skip``, the first lines of the reason, and the
+seconds it took.
 
     python qa_unittest.py --out results.jsonl [--reset URL] MODULE [Class.method ...]
 
@@ -19,6 +20,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 import unittest
 import urllib.request
 from pathlib import Path
@@ -30,8 +32,10 @@ class Recorder(unittest.TextTestResult):
 
     out: Path
     reset: str | None = None
+    started = 0.0
 
     def startTest(self, test: unittest.TestCase) -> None:
+        self.started = time.perf_counter()
         if self.reset:
             with urllib.request.urlopen(
                 urllib.request.Request(f"{self.reset}/v2/systemsharedmemory/unregister", b""),
@@ -41,7 +45,12 @@ class Recorder(unittest.TextTestResult):
         super().startTest(test)
 
     def _write(self, test: unittest.TestCase, outcome: str, detail: str = "") -> None:
-        record = {"id": test.id().split(".", 1)[1], "outcome": outcome, "detail": detail[-4000:]}
+        record = {
+            "id": test.id().split(".", 1)[1],
+            "outcome": outcome,
+            "detail": detail[-4000:],
+            "seconds": round(time.perf_counter() - self.started, 3),  # for profiling the run
+        }
         with self.out.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

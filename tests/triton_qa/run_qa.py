@@ -4,21 +4,30 @@ Runs inside a network namespace of its own (``unshare -rn``, see
 test_triton_qa.py): Triton's tests call ``localhost:8000`` and
 ``localhost:8001`` by name, and there those ports are this run's alone.
 
-    python run_qa.py --work DIR --out results.json
+    python run_qa.py --work DIR --out results.json [--jobs N]
 
 1. builds Triton's QA model repositories with Triton's own generators
    (``gen_qa_models.py``, ``gen_qa_identity_models.py``,
-   ``gen_qa_reshape_models.py``, ``--onnx`` only) into DIR/models;
-2. for each suite (an L0 test file, the configuration Triton's ``test.sh``
-   gives it): lays out the model repository ``test.sh`` lays out, starts
-   ``python -m bnfold.service`` on ports 8000 (HTTP) and 8001 (gRPC), runs
-   the vendored test file unchanged with Triton's environment variables
-   (qa_unittest.py), stops the server;
+   ``gen_qa_reshape_models.py``, ``--onnx`` only, the four at once) into
+   DIR/models;
+2. ``SUITES`` is the table of suites: each an L0 test file (or some of its
+   methods) with the recipe of the model repository Triton's ``test.sh``
+   lays out for it, the environment variables it exports and the server
+   settings it starts with. Consecutive suites with the same models and
+   settings share a server (a server group). For each group: lays out the
+   repository, starts ``python -m bnfold.service`` on ports 8000 (HTTP) and
+   8001 (gRPC), runs the vendored test files unchanged with Triton's
+   environment variables (qa_unittest.py), stops the server. Where nested
+   namespaces work, each group runs in a network namespace and a /dev/shm
+   of its own (``unshare --net --mount``), ``--jobs`` groups at once;
+   elsewhere one after another;
 3. writes every method's outcome to ``--out``: ``{"suite::Class.method":
-   {"outcome": ..., "detail": ...}}``.
+   {"outcome": ..., "detail": ..., "seconds": ...}}``, and prints how long
+   each group's server took to be up and each test file to run.
 
-The vendored files are copied into DIR first: Triton's tests write
-``test_results.txt`` and shared-memory files into their working directory.
+Each group works in a folder of its own (DIR/groups/N) with a copy of the
+vendored files: Triton's tests write ``test_results.txt`` and shared-memory
+files into their working directory.
 """
 
 from __future__ import annotations
@@ -33,11 +42,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -67,7 +79,7 @@ OPSET, IR_VERSION = 17, 8
 
 def generate(work: Path) -> Path:
     """Triton's QA repositories, ONNX only, as gen_qa_model_repository builds
-    them (its ``--onnx`` lines)."""
+    them (its ``--onnx`` lines); the four generators run at once."""
     import onnx
 
     common = work / "qa" / "common"
@@ -78,26 +90,20 @@ def generate(work: Path) -> Path:
         "qa_identity_model_repository": ["gen_qa_identity_models.py"],
         "qa_reshape_model_repository": ["gen_qa_reshape_models.py", "--variable"],
     }
+    running: dict[Path, subprocess.Popen[bytes]] = {}
     for name, (script, *flags) in runs.items():
         out = models / name
         if (out / ".done").exists():
             continue
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        subprocess.run(
-            [
-                sys.executable,
-                script,
-                "--onnx",
-                f"--onnx_opset={OPSET}",
-                *flags,
-                "--models_dir",
-                str(out),
-            ],
-            cwd=common,
-            check=True,
-            stdout=subprocess.DEVNULL,
+        command = [sys.executable, script, "--onnx", f"--onnx_opset={OPSET}", *flags]
+        running[out] = subprocess.Popen(
+            [*command, "--models_dir", str(out)], cwd=common, stdout=subprocess.DEVNULL
         )
+    for out, generator in running.items():
+        if generator.wait() != 0:
+            raise subprocess.CalledProcessError(generator.returncode, generator.args)
         for path in out.glob("*/*/model.onnx"):
             model = onnx.load(path)
             model.ir_version = IR_VERSION
@@ -510,6 +516,13 @@ def loaded(url: str, headers: dict[str, str]) -> list[str]:
         time.sleep(0.2)
 
 
+# bnfold's own per-model work that Triton does not do, off in these runs
+# (README.md): the trial load in a forked child that --model-memory-limit
+# asks of each version, and the warm-up run (Triton warms a model up only
+# when its configuration asks for it).
+QA_SERVER_ENV = {"BNFOLD_MODEL_MEMORY_LIMIT": "0", "BNFOLD_WARMUP": "false"}
+
+
 @contextmanager
 def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, list[str]]]:
     """The repository ``suite`` needs and a server on it; the server and the
@@ -524,6 +537,7 @@ def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, lis
         "BNFOLD_GRPC_PORT": str(GRPC_PORT),
         "BNFOLD_API_TOKEN": "",  # Triton's tests send no token
         "BNFOLD_LOG_LEVEL": "warning",
+        **QA_SERVER_ENV,
         **suite.server_env,
     }
     with launch(repo, work, (), server_env, port=HTTP_PORT) as server:
@@ -535,7 +549,7 @@ def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, lis
 
 def run_suite(
     suite: Suite, work: Path, server: Spawned, failed: list[str]
-) -> dict[str, dict[str, str]]:
+) -> dict[str, dict[str, Any]]:
     name = re.sub(r"\W", "_", suite.name)
     out = work / "results" / f"{name}.jsonl"
     out.unlink(missing_ok=True)
@@ -560,16 +574,152 @@ def run_suite(
             timeout=SUITE_TIMEOUT_S,
             check=False,
         )
-    results: dict[str, dict[str, str]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for line in out.read_text().splitlines() if out.exists() else []:
         record = json.loads(line)
         key = f"{suite.name}::{record['id']}"
         if results.get(key, {}).get("outcome") in ("fail", "error"):
             continue  # a failed subtest stays failed
-        results[key] = {"outcome": record["outcome"], "detail": record["detail"]}
+        results[key] = {
+            "outcome": record["outcome"],
+            "detail": record["detail"],
+            "seconds": record.get("seconds", 0.0),
+        }
     for key in results:
         if failed and results[key]["outcome"] != "pass":
             results[key]["detail"] += f"\nmodels that did not load: {failed}"
+    return results
+
+
+def server_groups(names: list[str] | None) -> list[list[Suite]]:
+    """The suites to run (``names``, or all) as groups of consecutive suites
+    with the same models and settings: one server each."""
+    groups: list[list[Suite]] = []
+    for suite in SUITES:
+        if names and suite.name not in names:
+            continue
+        setup = (suite.recipes, sorted(suite.server_env.items()))
+        if groups and (groups[-1][0].recipes, sorted(groups[-1][0].server_env.items())) == setup:
+            groups[-1].append(suite)
+        else:
+            groups.append([suite])
+    return groups
+
+
+def run_group(group: list[Suite], work: Path, models: Path) -> dict[str, dict[str, Any]]:
+    """One server for ``group`` and its test files one after another, in a
+    folder of its own (``work``: Triton's tests write files where they run)."""
+    shutil.copytree(HERE / "qa", work / "qa", dirs_exist_ok=True)
+    (work / "results").mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    began = time.monotonic()
+    with serve(group[0], work, models) as (server, failed):
+        up = time.monotonic() - began
+        for suite in group:
+            began = time.monotonic()
+            mine = run_suite(suite, work, server, failed)
+            results |= mine
+            passed = sum(r["outcome"] == "pass" for r in mine.values())
+            print(
+                f"{suite.name}: {passed} of {len(mine)} passed "
+                f"(server up in {up:.1f} s, test file {time.monotonic() - began:.1f} s)",
+                flush=True,
+            )
+            up = 0.0
+    return results
+
+
+# In a namespace of the run's own (test_triton_qa.py), each server group gets
+# a network namespace (ports 8000/8001 of its own) and a /dev/shm of its own
+# (Triton's tests name their shared-memory objects): the groups run at once.
+ISOLATE = ["unshare", "--net", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"']
+# At most this many groups at once by default: L0_http's test files build
+# bodies of gigabytes (2^31 bytes, base64 and JSON, at once), and the others
+# hundreds of megabytes.
+JOBS = min(4, os.cpu_count() or 1)
+# The longest test files start first (measured, README.md); they are also
+# the ones that take gigabytes. L0_http's test_loading_large_invalid_model
+# holds about 13 GB at once (2^31 bytes, base64 and JSON), so its group runs
+# beside light groups only, as the whole run did when groups ran one by one.
+SLOW_FIRST = ("L0_http", "L0_grpc", "L0_http[size_limit_2^27]", "L0_http[size_limit]")
+HEAVY, ALONE = set(SLOW_FIRST), {"L0_http"}
+
+
+def isolation_works() -> bool:
+    try:
+        done = subprocess.run([*ISOLATE, "sh", "true"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def run_isolated(
+    groups: list[list[Suite]], args: argparse.Namespace, models: Path, jobs: int
+) -> dict[str, dict[str, Any]]:
+    """Each group by a ``run_qa.py --group`` of its own in its namespaces,
+    ``jobs`` at a time, the slow ones first."""
+
+    def one(index: int) -> dict[str, dict[str, Any]]:
+        work = args.work / "groups" / str(index)
+        out = work / "results.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--work", str(work)]
+        command += ["--out", str(out), "--models", str(models), "--group", str(index)]
+        command += [f"--suite={name}" for name in args.suite or ()]
+        done = subprocess.run(
+            [*ISOLATE, "sh", *command],
+            capture_output=True,
+            text=True,
+            timeout=SUITE_TIMEOUT_S * len(groups[index]) + LOAD_TIMEOUT_S,
+            check=False,
+        )
+        print(done.stdout, end="", flush=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"group {index} exited {done.returncode}:\n{done.stderr[-5000:]}")
+        results: dict[str, dict[str, Any]] = json.loads(out.read_text())
+        return results
+
+    def rank(index: int) -> int:
+        name = groups[index][0].name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    pending = sorted(range(len(groups)), key=rank)
+    running: set[str] = set()
+    done: dict[int, dict[str, dict[str, Any]]] = {}
+    changed = threading.Condition()
+
+    def may_start(index: int) -> bool:
+        name = groups[index][0].name
+        if name not in HEAVY:
+            return True
+        if name in ALONE:
+            return not running & HEAVY
+        return not running & ALONE
+
+    def worker() -> None:
+        while True:
+            with changed:
+                while True:
+                    if not pending:
+                        return
+                    index = next((i for i in pending if may_start(i)), None)
+                    if index is not None:
+                        break
+                    changed.wait()
+                pending.remove(index)
+                running.add(groups[index][0].name)
+            try:
+                done[index] = one(index)
+            finally:
+                with changed:
+                    running.discard(groups[index][0].name)
+                    changed.notify_all()
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for started in [pool.submit(worker) for _ in range(jobs)]:
+            started.result()  # a group's failure is the run's
+    results: dict[str, dict[str, Any]] = {}
+    for index in sorted(done):
+        results |= done[index]
     return results
 
 
@@ -579,28 +729,29 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--suite", action="append", help="run only these suites")
     parser.add_argument("--no-netns", action="store_true", help="ports 8000/8001 are free here")
+    parser.add_argument("--jobs", type=int, default=JOBS, help="server groups at once")
+    parser.add_argument("--models", type=Path, help="the generated models (with --group)")
+    parser.add_argument("--group", type=int, help="run this server group alone (internal)")
     args = parser.parse_args()
     if not args.no_netns:
         loopback_up()
+    groups = server_groups(args.suite)
+    if args.group is not None:  # one group, in its own namespaces
+        results = run_group(groups[args.group], args.work, args.models)
+        args.out.write_text(json.dumps(results))
+        return 0
     work: Path = args.work
+    began = time.monotonic()
     shutil.copytree(HERE / "qa", work / "qa", dirs_exist_ok=True)
     models = generate(work)
-    (work / "results").mkdir(exist_ok=True)
-    results: dict[str, dict[str, str]] = {}
-    with ExitStack() as stack:
-        running: tuple[object, Spawned, list[str]] | None = None
-        for suite in SUITES:
-            if args.suite and suite.name not in args.suite:
-                continue
-            setup = (suite.recipes, sorted(suite.server_env.items()))
-            if running is None or running[0] != setup:
-                stack.close()  # the previous suite's server
-                server, failed = stack.enter_context(serve(suite, work, models))
-                running = (setup, server, failed)
-            results |= run_suite(suite, work, running[1], running[2])
-            mine = [r for k, r in results.items() if k.split("::")[0] == suite.name]
-            passed = sum(r["outcome"] == "pass" for r in mine)
-            print(f"{suite.name}: {passed} of {len(mine)} passed", flush=True)
+    print(f"models generated in {time.monotonic() - began:.1f} s", flush=True)
+    if not args.no_netns and args.jobs > 1 and len(groups) > 1 and isolation_works():
+        results = run_isolated(groups, args, models, args.jobs)
+    else:  # one server at a time on this namespace's ports
+        results = {}
+        for index, group in enumerate(groups):
+            results |= run_group(group, work / "groups" / str(index), models)
+    print(f"all done in {time.monotonic() - began:.1f} s", flush=True)
     args.out.write_text(json.dumps(results, indent=1, sort_keys=True))
     return 0
 
