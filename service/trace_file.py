@@ -24,13 +24,15 @@ and split (compute). Where they go is Triton's layout:
   ``log_frequency`` of its own gathers its traces apart from the server's.
 
 The file is opened by the operator's setting, never a path a client names.
-Writes happen on the event loop (small, buffered, flushed per trace).
+Writes happen on the event loop (small, buffered, flushed per trace); one
+that fails is logged and the request answered all the same.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +43,8 @@ import numpy as np
 
 from .batching import Feeds
 from .tracing import Sampled
+
+log = logging.getLogger("bnfold.service")
 
 
 def _ns(perf_counter: float) -> int:
@@ -119,7 +123,15 @@ class TraceFile:
         return Trace(next(self._ids), model, sampled)
 
     def write(self, trace: Trace, records: list[dict[str, Any]]) -> None:
-        """One trace's records, where its ``log_frequency`` sends them."""
+        """One trace's records, where its ``log_frequency`` sends them; a
+        trace that cannot be written (a full disk) is logged and dropped,
+        never the answer of the request it traces."""
+        try:
+            self._write(trace, records)
+        except OSError as e:
+            log.warning("trace %d not written to %s: %s", trace.id, self.path, e)
+
+    def _write(self, trace: Trace, records: list[dict[str, Any]]) -> None:
         text = ",".join(json.dumps(r, separators=(",", ":")) for r in records)
         sampled = trace.sampled
         waiting = self._groups.setdefault(sampled.group, [])
@@ -154,8 +166,12 @@ class TraceFile:
         waiting = self._groups.pop(group, [])
         target = self.path.with_name(f"{self.path.name}.{next(self._index)}")
         part = target.with_name(target.name + ".part")
-        part.write_text("[" + ",".join(waiting) + "]", encoding="utf-8")
-        os.replace(part, target)  # whole or absent
+        try:
+            part.write_text("[" + ",".join(waiting) + "]", encoding="utf-8")
+            os.replace(part, target)  # whole or absent
+        except OSError:
+            part.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         """The traces still gathered to their indexed files; ``PATH`` closed

@@ -185,3 +185,16 @@ def test_one_trace_file_one_writer(tmp_path: Path) -> None:
         base_settings(tmp_path, trace_config=["triton,file=t.json"], workers=2)
     from_env = Settings.model_validate({"repo": tmp_path, "trace_config": '["level=OFF"]'})
     assert from_env.trace_config == ["level=OFF"]
+
+
+def test_a_trace_that_cannot_be_written_leaves_the_answer_alone(repo: Path, tmp_path: Path) -> None:
+    path = tmp_path / "trace.json"
+    (tmp_path / "trace.json.0").mkdir()  # where the first trace would go: not a file
+    config = (f"triton,file={path}", "triton,log-frequency=1", "level=TIMESTAMPS")
+    with run_grpc_server(settings(repo, *config)) as server:
+        http = triton_http.InferenceServerClient(server.host_port)
+        infer_http(http, 0)  # answered; its trace is logged and dropped
+        infer_http(http, 1)
+        http.close()
+    assert sorted(traces(tmp_path / "trace.json.1")) == [2]
+    assert not (tmp_path / "trace.json.0.part").exists()
