@@ -101,16 +101,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     if (every_s := watch_interval(settings)) > 0:
         watch = asyncio.get_running_loop().create_task(repository.watch(every_s))
         log.info("watching %s every %g s", settings.repo.resolve(), every_s)
+    grpc_stopping: list[asyncio.Task[None]] = []
+
+    def stop_grpc() -> None:
+        """New calls refused, those in flight finish: from when HTTP stops
+        accepting (the drain's end), not once its requests are done."""
+        if grpc_server is not None and not grpc_stopping:
+            stopping = grpc_server.stop(settings.shutdown_timeout_s)
+            grpc_stopping.append(asyncio.get_running_loop().create_task(stopping))
+
     try:
-        with drain_on_sigterm(state, settings.drain_s):
+        with drain_on_sigterm(state, settings.drain_s, on_close=stop_grpc):
             yield {CONNECTIONS_STATE: state}
     finally:
         state.draining = True
         if watch is not None:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
-        if grpc_server is not None:  # its calls in flight finish, new ones are refused
-            await grpc_server.stop(settings.shutdown_timeout_s)
+        stop_grpc()
+        await asyncio.gather(*grpc_stopping)
         shm.close()  # every region closed
         await state.repository.close()
         state.executor.shutdown(wait=True)

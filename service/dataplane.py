@@ -17,7 +17,9 @@ a reader), and everything after that happens here, once:
   region); the front end only writes it in its wire format.
 - with ``--shadow-parity`` a sampled share of the requests is handed to
   the version's live parity (service/shadow.py), which compares it with the
-  reference off this path: the response never waits for it.
+  reference off this path: the response never waits for it. ``run`` does
+  this and the batcher's part for every route, the V1 predict and classify
+  routes (which decode their own bodies) too.
 
 Shared memory is read and written here only (``_region`` and
 ``encode_outputs``), so a lifetime rule on regions has one place to wrap.
@@ -43,6 +45,7 @@ from .signature import Signature, TensorSpec
 from .state import request_id, serving_model, trace_id
 
 if TYPE_CHECKING:
+    from .model import ServedModel
     from .state import ServerState
     from .trace_file import TraceFile
     from .tracing import Sampled
@@ -301,6 +304,23 @@ def region_parameters(tensor: OutputTensor) -> dict[str, Any]:
     return {REGION: tensor.region, BYTE_SIZE: tensor.written}
 
 
+async def run(
+    served: ServedModel,
+    feeds: Feeds,
+    rows: int,
+    timeout_s: float,
+    requested_s: float | None = None,
+) -> Feeds:
+    """Checked feeds through ``served``'s batcher: every route's one way to
+    run a request (V2 infer over HTTP and gRPC, V1 predict, classify), so
+    that each is cancelled alike when its client goes (``batching.on_queue``)
+    and sampled alike by shadow parity (service/shadow.py)."""
+    outputs = await served.infer(feeds, rows, timeout_s, requested_s)
+    if served.live is not None:  # --shadow-parity: sampled, compared off this path
+        served.live.offer(feeds, outputs, rows)
+    return outputs
+
+
 async def infer(
     state: ServerState,
     name: str,
@@ -384,10 +404,8 @@ async def _infer(
                 shm=regions,
             )
             seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
-            outputs = await served.infer(request.feeds, request.rows, seconds, request.timeout_s)
+            outputs = await run(served, request.feeds, request.rows, seconds, request.timeout_s)
             if seen is not None:  # trace level TENSORS: what went in and came out
                 seen.append((request.feeds, outputs))
-            if served.live is not None:  # --shadow-parity: sampled, compared off this path
-                served.live.offer(request.feeds, outputs, request.rows)
             tensors = encode_outputs(request, outputs, served.config.labels)
         return InferResult(served.name, served.version_str, request.id, tensors)

@@ -223,7 +223,7 @@ def embed_external_data(data: bytes, version_dir: Path, root: Path) -> bytes:
     from onnx import helper
 
     model = onnx.ModelProto.FromString(data)
-    for tensor in _tensors(model.graph):
+    for tensor in tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {e.key: e.value for e in tensor.external_data}
@@ -240,8 +240,9 @@ def embed_external_data(data: bytes, version_dir: Path, root: Path) -> bytes:
     return model.SerializeToString()
 
 
-def _tensors(graph: object) -> Iterator[Any]:
-    """Every tensor stored in ``graph`` and its subgraphs."""
+def tensors(graph: object) -> Iterator[Any]:
+    """Every tensor a graph stores: initializers, sparse ones, node
+    attributes, subgraphs."""
     yield from graph.initializer  # type: ignore[attr-defined]
     for sparse in graph.sparse_initializer:  # type: ignore[attr-defined]
         yield sparse.values
@@ -252,6 +253,6 @@ def _tensors(graph: object) -> Iterator[Any]:
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensors(attr.g)
+                yield from tensors(attr.g)
             for sub in attr.graphs:
-                yield from _tensors(sub)
+                yield from tensors(sub)

@@ -18,7 +18,7 @@ process (forked by a helper, the forker, that has imported the build once:
 a new interpreter a trial would cost seconds; it is started before the
 first load and leaves after ``FORKER_IDLE_S`` unused, and every process
 dies with its parent), which builds the version as the server would
-(``model.build_version``: session, fold on load, warm-up) under
+(``loading.build_version``: session, fold on load, warm-up) under
 ``RLIMIT_AS`` set to its own address space plus the limit: an allocation
 past it fails in the child (``bad_alloc``, ``MemoryError``) or ends it (an
 abort), and the machine never gives the bomb more than the limit. The child
@@ -57,7 +57,7 @@ from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import BuildPlan
+    from .loading import BuildPlan
 
 log = logging.getLogger("bnfold.service")
 
@@ -280,7 +280,7 @@ def forker_main() -> None:
     ``FORKER_IDLE_S`` without a request; its children die with it. (Not
     ``PR_SET_PDEATHSIG``: that follows the thread that started it, a load's
     thread, which ends while other loads still use it.)"""
-    from .model import build_version  # noqa: F401  every import before the first fork
+    from .loading import build_version  # noqa: F401  every import before the first fork
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -310,7 +310,7 @@ def _child(forker: int, request: bytes, source: bytes) -> None:
     """Build under the limit; write ``{"ok", "memory", "error", "peak"}``
     as JSON to the request's report file."""
     from .errors import first_line
-    from .model import build_version
+    from .loading import build_version
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _die_with_parent(forker)

@@ -44,6 +44,13 @@ SIDES = {"float32": "float32 graph", "torch": "PyTorch"}
 HOW = {"as_written": "as written", "as_served": "as served"}
 NUMBERS = ("n_samples", "max_abs_error", "max_rel_error", "top1_agreement")
 
+# A quantized version's gate thresholds (converter/quantize.py), as the page says them.
+GATE_THRESHOLDS = {
+    "max_rel_error": lambda x: f"max rel error ≤ {x:g}",
+    "min_agreement": lambda x: f"top-1 agreement ≥ {x * 100:g}%",
+    "max_accuracy_drop": lambda x: f"accuracy drop ≤ {x:g} pt",
+}
+
 
 def version_kind(manifest: Manifest | None) -> Kind:
     """How the version came to be: ``bnfold convert`` (trained here),
@@ -119,6 +126,37 @@ def parity_notes(parity: Mapping[str, Any] | None) -> list[str]:
     if isinstance(against, str) and against:
         notes.append(f"against {against}")
     return notes
+
+
+def quantization_facts(quantization: Any) -> dict[str, str]:
+    """An int8 or fp16 version's calibration and its gate's thresholds, in
+    words (the manifest's ``quantization``, docs/quantization.md); what is
+    missing or not a number is left out."""
+    if not isinstance(quantization, Mapping):
+        return {}
+    facts: dict[str, str] = {}
+    calibration = quantization.get("calibration")
+    if isinstance(calibration, Mapping) and isinstance(calibration.get("method"), str):
+        words = [calibration["method"]]
+        rows, batch = _number(calibration.get("rows")), _number(calibration.get("batch"))
+        if rows is not None:
+            words.append(f"on {rows:g} rows")
+        if batch is not None:
+            words.append(f"in batches of {batch:g}")
+        if isinstance(calibration.get("data"), str) and calibration["data"]:
+            words.append(f"({calibration['data']})")
+        facts["calibration"] = " ".join(words)
+    gate = quantization.get("gate")
+    thresholds = gate.get("thresholds") if isinstance(gate, Mapping) else None
+    if isinstance(thresholds, Mapping):
+        said = []
+        for key, words_of in GATE_THRESHOLDS.items():
+            number = _number(thresholds.get(key))
+            if number is not None:
+                said.append(words_of(number))
+        if said:
+            facts["gate"] = ", ".join(said)
+    return facts
 
 
 def _is_parity(value: Mapping[str, Any]) -> bool:

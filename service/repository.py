@@ -6,15 +6,16 @@ graph) names its ``version_policy``: the highest version by default, the N
 highest, all, or a list. Every version the policy selects serves at
 ``/v2/models/{m}/versions/{v}/...``; the unversioned routes use the highest.
 
-Each model's state is one record, a ``ModelEntry``: its versions serving,
-each version's state and reason, the configuration and policy it was
-loaded with, and the fingerprints ``--poll`` compares. A load is a plan
-(``_plan``: read the configuration, decide which versions to keep and which
-to open; it changes nothing), the opening of the new versions (session,
-warm-up, batcher; each in a thread of its own, within ``load_timeout_s``),
-then one commit (``_commit``: no await, so requests see the old set or the
-new one). Requests that acquired a version finish on it, and it is freed
-when the last one releases it. A load where any selected version fails
+Each model's state is one record, a ``ModelEntry`` (service/model_entry.py):
+its versions serving, each version's state and reason, the configuration
+and policy it was loaded with, and the fingerprints ``--poll`` compares
+(service/fingerprints.py). A load is a plan (``_plan``, a ``LoadPlan``:
+read the configuration, decide which versions to keep and which to open;
+it changes nothing), the opening of the new versions (session, warm-up,
+batcher; each in a thread of its own, within ``load_timeout_s``:
+service/load_thread.py), then one commit (``_commit``: no await, so
+requests see the old set or the new one). Requests that acquired a version
+finish on it, and it is freed when the last one releases it. A load where any selected version fails
 changes nothing: the versions already serving keep serving, and the index
 shows the reason. Versions whose files and configuration did not change are
 kept as they are, not reloaded. ``index()`` and ``readiness()`` only read.
@@ -38,17 +39,13 @@ and versions are loaded or unloaded the same way, atomically.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import onnxruntime as ort
 
@@ -65,120 +62,35 @@ from . import memory_budget
 from .batching import Arrivals
 from .errors import BadRequest, LoadFailed, NotFound, Unavailable
 from .files import inside
+from .fingerprints import config_fingerprint, fingerprint, model_fingerprint
+from .load_plan import LoadPlan, OnDisk
+from .load_thread import LoadTimedOut, in_thread
+from .loading import LoadOptions, open_version, runtime_options
 from .metrics import Metrics
-from .model import LoadOptions, ServedModel, open_version, runtime_options
+from .model import ServedModel
 from .model_config import read_model_config
+from .model_entry import (
+    LOADING,
+    LOADING_REASON,
+    READY,
+    UNAVAILABLE,
+    ModelEntry,
+    VersionState,
+    failed,
+)
 from .settings import Settings
 from .shadow import Shadow
 
 log = logging.getLogger("bnfold.service")
 
 OUTSIDE = "the model folder is a link out of the repository; refused"
-READY = "READY"
-LOADING = "LOADING"
-UNAVAILABLE = "UNAVAILABLE"
 NOT_LOADED_YET = "not loaded yet: POST /v2/repository/models/{name}/load, or serve with --poll"
-# What a public route says of a version that failed for a reason read from
-# the repository's files (which may name files, paths and hashes).
-FAILED = "failed to load (the repository index gives the reason)"
 NO_VERSION = "no version folder"
 UNLOADED = "unloaded"
-LOADING_REASON = "loading"
 TRITON_POLL_S = 15.0  # Triton's --repository-poll-secs default
 OVERRIDE = "override"  # the configuration source of a load request's override
 # Triton's answer to a load or unload request in model control modes none and poll.
 CONTROL_REFUSED = "explicit model load / unload is not allowed if polling is enabled"
-
-# What identifies the files a model or a version was loaded from: names,
-# sizes and modification times (versions are written once and renamed into
-# place, so a changed version is a replaced one).
-Fingerprint = tuple[tuple[str, int, int], ...]
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class VersionState:
-    """A version's state; ``reason`` in full, ``public`` for token-free routes
-    (None: the reason itself is public, as the repository's own words are)."""
-
-    state: str
-    reason: str = ""
-    public: str | None = None
-
-    def said(self, detailed: bool) -> str:
-        return self.reason if detailed or self.public is None else self.public
-
-
-def failed(reason: str) -> VersionState:
-    """A version refused for a reason read from its files."""
-    return VersionState(UNAVAILABLE, reason, FAILED)
-
-
-@dataclass
-class ModelEntry:
-    """Everything the repository knows of one model (Triton's ``ModelInfo``)."""
-
-    name: str
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    served: dict[int, ServedModel] = field(default_factory=dict)  # ascending
-    versions: dict[int, VersionState] = field(default_factory=dict)  # every version tried
-    loaded_from: dict[int, Fingerprint] = field(default_factory=dict)  # versions serving
-    attempted: dict[int, Fingerprint] = field(default_factory=dict)  # every version tried
-    config_from: Fingerprint | None = None  # the configuration serving
-    config_seen: Fingerprint | None = None  # what --poll last looked at
-    config_source: str = ""  # config.json, config.pbtxt, override, or none
-    # A load request's configuration override, kept by plain loads (and polls)
-    # until the model's files change after it (Triton's rule), and those files.
-    override: ModelConfig | None = None
-    override_print: Fingerprint | None = None
-    policy: VersionPolicy = field(default_factory=VersionPolicy)  # as last read
-    problem: VersionState | None = None  # a model that no version can fix
-    expected: bool = False  # should serve (readiness)
-    loads: int = 0  # loads planned or running (or, at startup, about to be)
-
-    @property
-    def highest(self) -> ServedModel | None:
-        return self.served[next(reversed(self.served))] if self.served else None
-
-    @property
-    def folding(self) -> dict[int, Any]:
-        """Fold on load's outcome of each version serving (those it ran on)."""
-        return {v: m.folding for v, m in self.served.items() if m.folding is not None}
-
-    def latest_state(self) -> VersionState | None:
-        return self.versions[max(self.versions)] if self.versions else None
-
-    def why_not(self) -> VersionState:
-        """Why the model does not serve."""
-        if self.loads and not self.served:
-            return VersionState(LOADING, LOADING_REASON)
-        return self.problem or self.latest_state() or VersionState(UNAVAILABLE, "not loaded")
-
-
-@dataclass(frozen=True)
-class OnDisk:
-    """What one look at a model folder found (``Repository.look``)."""
-
-    versions: list[int]
-    refused: dict[str, str]  # folders that are not versions, and why
-    outside: bool = False  # the model folder is a link out of the repository
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """What a load will do, decided before anything changes."""
-
-    config: ModelConfig | None
-    source: str
-    config_print: Fingerprint
-    policy: VersionPolicy
-    keep: dict[int, ServedModel]  # serving, unchanged
-    open: list[int]  # to open (new, changed, or the configuration changed)
-    model_print: Fingerprint = ()  # the configuration's and every version's files
-
-
-class LoadTimedOut(Exception):
-    pass
 
 
 def unknown_model(name: str, version: str | None = None) -> str:
@@ -202,87 +114,8 @@ def valid_name(name: str) -> bool:
     return name_problem(name) is None
 
 
-def _fingerprint(folder: Path, names: list[str] | None = None) -> Fingerprint:
-    entries = []
-    try:
-        listed = names if names is not None else os.listdir(folder)
-    except OSError:
-        return ()
-    for name in sorted(listed):
-        try:
-            info = os.stat(folder / name)
-        except OSError:
-            continue
-        entries.append((name, info.st_size, info.st_mtime_ns))
-    return tuple(entries)
-
-
 def _unselected(policy: VersionPolicy) -> str:
     return f"not served: the version_policy serves {policy.describe()}"
-
-
-def _model_fingerprint(model_dir: Path, versions: list[int]) -> Fingerprint:
-    """The model folder's own files and every version's (what Triton's
-    timestamps compare to tell a model changed since an override)."""
-    prints = list(_config_fingerprint(model_dir))
-    for v in versions:
-        prints += [
-            (f"{v}/{name}", size, mtime) for name, size, mtime in _fingerprint(model_dir / str(v))
-        ]
-    return tuple(prints)
-
-
-def _config_fingerprint(model_dir: Path) -> Fingerprint:
-    """The model folder's own files (configuration, label files), not its versions."""
-    try:
-        names = [e.name for e in os.scandir(model_dir) if not e.is_dir()]
-    except OSError:
-        return ()
-    return _fingerprint(model_dir, names)
-
-
-async def in_thread(work: Callable[[], T], budget_s: float, on_timeout: Callable[[], None]) -> T:
-    """``work()`` in a daemon thread of its own, awaited for ``budget_s``.
-
-    Past the budget ``on_timeout`` runs (it asks the work to stop) and
-    ``LoadTimedOut`` is raised at once (when cancelled, ``on_timeout`` runs
-    too): ONNX Runtime cannot be interrupted
-    from Python, so a thread that does not stop is left behind (a daemon:
-    it does not hold the process at exit) and whatever it returns later is
-    dropped."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # abandoned: free what it built
-            close = getattr(getattr(result, "runtime", None), "close", None)
-            if close is not None:
-                close()
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result, error = work(), None
-        except BaseException as e:  # handed to the awaiting task
-            result, error = None, e
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(deliver, result, error)
-
-    threading.Thread(target=run, name="bnfold-load", daemon=True).start()
-    try:
-        async with asyncio.timeout(budget_s):
-            return await asyncio.shield(future)
-    except TimeoutError:
-        on_timeout()
-        future.cancel()
-        raise LoadTimedOut from None
-    except asyncio.CancelledError:  # shutdown while loading: stop the work too
-        on_timeout()
-        future.cancel()
-        raise
 
 
 class Repository:
@@ -558,8 +391,8 @@ class Repository:
         disk = self._look(name)
         if disk.outside:
             self._fail_model(entry, [], OUTSIDE)
-        config_print = _config_fingerprint(model_dir)
-        model_print = _model_fingerprint(model_dir, disk.versions)
+        config_print = config_fingerprint(model_dir)
+        model_print = model_fingerprint(model_dir, disk.versions)
         kept = False  # the override serving, kept by a plain load (Triton's rule)
         if override is None and entry.override is not None:
             kept = model_print == entry.override_print
@@ -589,7 +422,7 @@ class Repository:
         to_open: list[int] = []
         for v in wanted:
             old = entry.served.get(v)
-            unchanged = config_same and entry.loaded_from.get(v) == _fingerprint(model_dir / str(v))
+            unchanged = config_same and entry.loaded_from.get(v) == fingerprint(model_dir / str(v))
             if old is not None and unchanged:
                 keep[v] = old
             else:
@@ -638,7 +471,7 @@ class Repository:
         new = dict(sorted((plan.keep | opened).items()))
         for v, served in opened.items():
             served.start()
-            entry.loaded_from[v] = _fingerprint(served.path)
+            entry.loaded_from[v] = fingerprint(served.path)
         entry.served = new
         self._served[name] = new  # the swap: new requests see the new set
         entry.config_from = plan.config_print
@@ -667,7 +500,7 @@ class Repository:
 
     async def _open(self, entry: ModelEntry, version: int, plan: LoadPlan) -> ServedModel:
         model_dir = self.root / entry.name
-        entry.attempted[version] = _fingerprint(model_dir / str(version))
+        entry.attempted[version] = fingerprint(model_dir / str(version))
         stop = ort.RunOptions()  # its terminate flag stops the warm-up past the budget
 
         def work() -> Any:
@@ -780,14 +613,14 @@ class Repository:
         last look, a served version went, or a version the policy selects
         has files other than those it was served or tried from."""
         model_dir = self.root / entry.name
-        config_print = _config_fingerprint(model_dir)
+        config_print = config_fingerprint(model_dir)
         if entry.config_seen != config_print:
             entry.config_seen = config_print  # a broken one is tried once per change
             return True
         if set(entry.served) - set(versions):
             return True
         for v in entry.policy.select(versions):
-            now = _fingerprint(model_dir / str(v))
+            now = fingerprint(model_dir / str(v))
             before = entry.loaded_from.get(v) if v in entry.served else None
             if now != (before or entry.attempted.get(v)):
                 return True

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .files import inside, read_file, regular_size
+from .files import inside, read_file, regular_size, tensors
 from .ort_settings import TENSORRT, OrtSettings, Provider
 from .signature import GraphTensor, Signature
 
@@ -228,24 +227,6 @@ def _int_entry(entries: dict[str, str], key: str, default: int) -> int:
     if not (value.isascii() and value.isdigit()):
         raise ValueError(f"external data {key} {value!r} is not a non-negative integer")
     return int(value)
-
-
-def tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor a graph stores: initializers, sparse ones, node
-    attributes, subgraphs."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from tensors(attr.g)
-            for sub in attr.graphs:
-                yield from tensors(sub)
 
 
 # --- sessions ---------------------------------------------------------------

@@ -127,7 +127,7 @@ def reference_source(
     version_dir = served.path
 
     def stored() -> tuple[bytes, str]:
-        from .model import read_reference
+        from .loading import read_reference
 
         data = read_reference(version_dir, manifest, max_bytes, version_dir.parents[1])
         external_data_files(data, version_dir, max_bytes)  # what a served graph is refused for

@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime as dt
+import functools
 import io
 import json
-import os
-import platform
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -40,17 +37,29 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.parser
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench import timing  # noqa: E402
+from bench.graph_tools import (  # noqa: E402
+    copy_model,
+    t_bnfold,
+    t_onnxoptimizer,
+    t_onnxruntime,
+    t_onnxscript,
+    t_onnxsim,
+)
+from bench.timing import cpu_session, interleaved  # noqa: E402
 from bnfold.converter.verify import random_inputs, verify_onnx  # noqa: E402
 from bnfold.folding import fold  # noqa: E402
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
+# the versions environment() records
+DISTS = ("onnx", "onnxruntime", "onnxruntime-gpu", "onnxoptimizer", "onnxsim", "onnxscript",
+         "numpy", "torch")  # fmt: skip
 
 # ---- networks -----------------------------------------------------------------------------
 
@@ -358,50 +367,8 @@ def quiet():
 # ---- tools ----------------------------------------------------------------------------------
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.ModelProto.FromString(model.SerializeToString())
-
-
-def t_bnfold(model: onnx.ModelProto) -> onnx.ModelProto:
-    return fold(model)[0]
-
-
-def t_onnxoptimizer(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxoptimizer
-
-    return onnxoptimizer.optimize(_copy(model), onnxoptimizer.get_fuse_and_elimination_passes())
-
-
-def t_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
-    simplified, ok = onnxsim.simplify(_copy(model))
-    if not ok:
-        raise RuntimeError("onnxsim check failed")
-    return simplified
-
-
-def t_onnxscript(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxscript.optimizer
-    import onnxscript.rewriter
-
-    optimized = onnxscript.optimizer.optimize(_copy(model))
-    return onnxscript.rewriter.rewrite(optimized)  # default rules, fuse_batchnorm among them
-
-
-def t_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "opt.onnx")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        so.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(path)
-
-
 TOOLS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
-    "none": _copy,
+    "none": copy_model,
     "bnfold": t_bnfold,
     "onnxoptimizer": t_onnxoptimizer,
     "onnxsim": t_onnxsim,
@@ -453,49 +420,19 @@ def op_table(nets: dict[str, tuple[onnx.ModelProto, onnx.ModelProto]]) -> dict[s
 # ---- latency ---------------------------------------------------------------------------------
 
 
-def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def latency(
     models: dict[str, onnx.ModelProto], batch: int, seconds: float, threads: int
 ) -> dict[str, Any]:
-    """Interleaved rounds; each round times a block of runs per model in random order."""
+    """Interleaved rounds (bench/timing.py) against BN-deleted."""
     feeds = random_inputs(next(iter(models.values())), batch, seed=0)
-    sessions = {k: _session(m, threads) for k, m in models.items()}
-    for s in sessions.values():  # warm-up, and size the blocks to ~20 ms
-        for _ in range(5):
-            s.run(None, feeds)
-    t0 = time.perf_counter()
-    sessions["deleted"].run(None, feeds)
-    one = max(time.perf_counter() - t0, 1e-5)
-    block = max(1, int(0.02 / one))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    order = list(models)
-    end = time.perf_counter() + seconds
-    rounds = 0
-    while time.perf_counter() < end or rounds < 5:
-        random.shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            for _ in range(block):
-                sessions[k].run(None, feeds)
-            times[k].append((time.perf_counter() - t) / block)
-        rounds += 1
-    out: dict[str, Any] = {"batch": batch, "rounds": rounds, "runs_per_block": block}
-    for k, ts in times.items():
-        out[f"{k}_ms"] = 1e3 * float(np.median(ts))
+    sessions = {k: cpu_session(m, threads) for k, m in models.items()}
+    runners = {k: functools.partial(s.run, None, feeds) for k, s in sessions.items()}
+    timed = interleaved(runners, "deleted", seconds, warmup=5)
+    out: dict[str, Any] = {"batch": batch, "rounds": timed.rounds, "runs_per_block": timed.block}
+    for k in timed.times:
+        out[f"{k}_ms"] = timed.ms(k)
     for k in ("unfolded", "folded"):
-        ratios = np.array(times[k]) / np.array(times["deleted"])
-        out[f"{k}_vs_deleted"] = float(np.median(ratios))
-        lo, hi = np.percentile(ratios, [25, 75])
-        out[f"{k}_vs_deleted_iqr"] = [float(lo), float(hi)]
+        out[f"{k}_vs_deleted"], out[f"{k}_vs_deleted_iqr"] = timed.versus(k, "deleted")
     return out
 
 
@@ -503,35 +440,7 @@ def latency(
 
 
 def environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in (
-        "onnx",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "onnxoptimizer",
-        "onnxsim",
-        "onnxscript",
-        "numpy",
-        "torch",
-    ):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[dist] = md.version(dist)
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "versions": versions,
-    }
+    return timing.environment(DISTS)
 
 
 def _cell(entry: dict[str, Any]) -> str:
@@ -548,8 +457,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# BN folding benchmark",
         "",
-        f"{env['date']}, {env['machine']}, {env['nproc']} CPUs ({env['cpu'] or 'unknown CPU'}), "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        timing.describe(env),
         "",
         "## Ops the BNs still cost",
         "",

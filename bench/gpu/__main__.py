@@ -27,7 +27,6 @@ import argparse
 import json
 import random
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import onnxruntime as ort
 import torch
 
 from bench.fold.bench_fold import ROOT, environment, quiet, randomise_bn
+from bench.timing import interleaved
 from bnfold.contract import compare
 from bnfold.converter.export import export_reference
 from bnfold.converter.models import DEFAULT_INPUT_SHAPES, ArchConfig, build_model
@@ -126,36 +126,14 @@ def sync(device: str) -> None:
 
 
 def latency(runners: dict[str, Callable], seconds: float, device: str) -> dict[str, Any]:
-    """Interleaved rounds as in bench_fold.latency: blocks of ~20 ms per runner, random order."""
-    for r in runners.values():
-        for _ in range(5):
-            r()
-    sync(device)
-    t0 = time.perf_counter()
-    runners["deleted"]()
-    sync(device)  # size the blocks to ~20 ms
-    block = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-5)))
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    order, rounds = list(runners), 0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or rounds < 5:
-        random.shuffle(order)
-        for k in order:
-            sync(device)
-            t = time.perf_counter()
-            for _ in range(block):
-                runners[k]()
-            sync(device)
-            times[k].append((time.perf_counter() - t) / block)
-        rounds += 1
-    out: dict[str, Any] = {"rounds": rounds, "runs_per_block": block}
-    for k, ts in times.items():
-        out[f"{k}_ms"] = 1e3 * float(np.median(ts))
+    """Interleaved rounds as in bench/fold (bench/timing.py) against BN-deleted, the
+    device synchronised before every clock reading."""
+    timed = interleaved(runners, "deleted", seconds, warmup=5, sync=lambda: sync(device))
+    out: dict[str, Any] = {"rounds": timed.rounds, "runs_per_block": timed.block}
+    for k in timed.times:
+        out[f"{k}_ms"] = timed.ms(k)
         if k != "deleted":
-            ratios = np.array(ts) / np.array(times["deleted"])
-            lo, hi = np.percentile(ratios, [25, 75])
-            out[f"{k}_vs_deleted"] = float(np.median(ratios))
-            out[f"{k}_vs_deleted_iqr"] = [float(lo), float(hi)]
+            out[f"{k}_vs_deleted"], out[f"{k}_vs_deleted_iqr"] = timed.versus(k, "deleted")
     return out
 
 

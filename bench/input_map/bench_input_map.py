@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import random
 import sys
@@ -30,13 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.fold.bench_fold import _session, architectures, environment  # noqa: E402
+from bench.fold.bench_fold import architectures, environment  # noqa: E402
+from bench.timing import cpu_session, describe, interleaved  # noqa: E402
 from bnfold.converter.input_map import fold_outcome, prepend_normalization  # noqa: E402
 from bnfold.converter.verify import random_inputs  # noqa: E402
 from bnfold.folding import fold  # noqa: E402
@@ -56,38 +57,18 @@ def channels(model: onnx.ModelProto) -> int:
 
 
 def timed(models: dict[str, onnx.ModelProto], batch: int, seconds: float) -> dict[str, Any]:
-    """Interleaved rounds, each timing a ~20 ms block of runs per model in random order."""
+    """Interleaved rounds (bench/timing.py) against BN-deleted."""
     feeds = random_inputs(models["deleted"], batch, seed=0)
-    sessions = {k: _session(m, 1) for k, m in models.items()}
-    for s in sessions.values():
-        for _ in range(5):
-            s.run(None, feeds)
-    t0 = time.perf_counter()
-    sessions["deleted"].run(None, feeds)
-    block = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-5)))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    order = list(models)
-    end = time.perf_counter() + seconds
-    rounds = 0
-    while time.perf_counter() < end or rounds < 5:
-        random.shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            for _ in range(block):
-                sessions[k].run(None, feeds)
-            times[k].append((time.perf_counter() - t) / block)
-        rounds += 1
-    out: dict[str, Any] = {"batch": batch, "rounds": rounds}
+    sessions = {k: cpu_session(m, 1) for k, m in models.items()}
+    runners = {k: functools.partial(s.run, None, feeds) for k, s in sessions.items()}
+    rounds = interleaved(runners, "deleted", seconds, warmup=5)
+    out: dict[str, Any] = {"batch": batch, "rounds": rounds.rounds}
     for k in models:
-        out[f"{k}_ms"] = 1e3 * float(np.median(times[k]))
+        out[f"{k}_ms"] = rounds.ms(k)
     for k in ("folded", "folded_raw"):
-        ratios = np.array(times[k]) / np.array(times["deleted"])
-        out[f"{k}_vs_deleted"] = float(np.median(ratios))
-        out[f"{k}_vs_deleted_iqr"] = [float(v) for v in np.percentile(ratios, [25, 75])]
-    if "without_left" in times:  # what the op the map leaves costs inside the graph
-        ratios = np.array(times["folded_raw"]) / np.array(times["without_left"])
-        out["left_cost"] = float(np.median(ratios))
-        out["left_cost_iqr"] = [float(v) for v in np.percentile(ratios, [25, 75])]
+        out[f"{k}_vs_deleted"], out[f"{k}_vs_deleted_iqr"] = rounds.versus(k, "deleted")
+    if "without_left" in rounds.times:  # what the op the map leaves costs inside the graph
+        out["left_cost"], out["left_cost_iqr"] = rounds.versus("folded_raw", "without_left")
     return out
 
 
@@ -118,8 +99,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Input normalisation folded: the converter's models on raw data",
         "",
-        f"{env['date']}, {env['machine']}, {env['nproc']} CPUs ({env['cpu'] or 'unknown CPU'}), "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        describe(env),
         "",
         "`folded raw` is what `bnfold convert` writes: `(raw / 255 - mean) / std` in front of",
         "the network (random BN statistics, as bench/fold), then folded. `folded` is the same",

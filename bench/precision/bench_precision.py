@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import io
 import json
 import os
@@ -63,7 +64,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.fold.bench_fold import _session, quiet  # noqa: E402
+from bench.fold.bench_fold import quiet  # noqa: E402
+from bench.timing import cpu_session, describe, interleaved  # noqa: E402
 from bench.zoo import run as zoo  # noqa: E402
 from bnfold.converter.quantize import (  # noqa: E402
     HeldOut,
@@ -147,37 +149,15 @@ def counts(model: onnx.ModelProto) -> dict[str, int]:
 def latency(
     models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], seconds: float
 ) -> dict[str, Any]:
-    """Interleaved rounds; each times a ~20 ms block of runs per model, in random order."""
-    sessions = {k: _session(m, 1) for k, m in models.items()}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, feeds)
-    t0 = time.perf_counter()
-    sessions["float32 folded"].run(None, feeds)
-    block = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-5)))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    order, rounds = list(models), 0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or rounds < 5:
-        random.shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            for _ in range(block):
-                sessions[k].run(None, feeds)
-            times[k].append((time.perf_counter() - t) / block)
-        rounds += 1
-    base = np.array(times["float32 folded"])
-    return {
-        "rounds": rounds,
-        **{
-            k: {
-                "ms": 1e3 * float(np.median(v)),
-                "vs_folded": float(np.median(np.array(v) / base)),
-                "vs_folded_iqr": [float(x) for x in np.percentile(np.array(v) / base, [25, 75])],
-            }
-            for k, v in times.items()
-        },
-    }
+    """Interleaved rounds (bench/timing.py) against float32 folded."""
+    sessions = {k: cpu_session(m, 1) for k, m in models.items()}
+    runners = {k: functools.partial(s.run, None, feeds) for k, s in sessions.items()}
+    timed = interleaved(runners, "float32 folded", seconds, warmup=3)
+    out: dict[str, Any] = {"rounds": timed.rounds}
+    for k in models:
+        vs_folded, iqr = timed.versus(k, "float32 folded")
+        out[k] = {"ms": timed.ms(k), "vs_folded": vs_folded, "vs_folded_iqr": iqr}
+    return out
 
 
 def one_network(arch: str, repo: Path, seconds: float) -> dict[str, Any]:
@@ -337,8 +317,7 @@ def markdown(result: dict[str, Any]) -> str:
             if not rehearsal and "after_rest" in load
             else []
         ),
-        f"{env['date']}, {env['machine']}, {env['nproc']} CPUs ({env['cpu'] or 'unknown CPU'}), "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        describe(env),
         "",
         "Every flow quantizes with the same settings (QDQ, int8 symmetric per-channel weights",
         "with reduce_range, int8 activations, MinMax) on the same calibration rows (the",

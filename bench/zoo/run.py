@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime as dt
+import functools
 import hashlib
 import inspect
 import io
 import json
 import logging
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -52,6 +51,17 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench import timing  # noqa: E402
+from bench.graph_tools import (  # noqa: E402
+    copy_model,
+    t_bnfold,
+    t_onnxoptimizer,
+    t_onnxruntime,
+    t_onnxscript,
+    t_onnxsim,
+    t_onnxslim,
+)
+from bench.timing import cpu_session, interleaved  # noqa: E402
 from bench.zoo.blocks import BLOCKS  # noqa: E402
 from bench.zoo.compat import import_torchvision  # noqa: E402
 from bnfold.folding import fold  # noqa: E402
@@ -59,6 +69,9 @@ from bnfold.folding import fold  # noqa: E402
 ELEMENTWISE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
 OPSET = 20
 SIZE = 96
+# the versions environment() records
+DISTS = ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxsim",
+         "onnxslim", "onnxoptimizer", "numpy")  # fmt: skip
 CACHE = Path(tempfile.gettempdir()) / "bnfold-zoo"  # exports, keyed by recipe and versions
 
 # torchvision classification models with BN, exported at SIZE x SIZE (name: constructor kwargs)
@@ -215,56 +228,8 @@ def networks(names: list[str], cache: Path, twins: bool = True) -> Iterator[dict
 # ---- tools ------------------------------------------------------------------------------
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.ModelProto.FromString(model.SerializeToString())
-
-
-def t_bnfold(model: onnx.ModelProto) -> onnx.ModelProto:
-    return fold(model)[0]
-
-
-def t_onnxscript(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxscript.optimizer
-    import onnxscript.rewriter
-
-    optimized = onnxscript.optimizer.optimize(_copy(model))
-    return onnxscript.rewriter.rewrite(optimized)  # default rules, fuse_batchnorm among them
-
-
-def t_onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
-    simplified, ok = onnxsim.simplify(_copy(model))
-    if not ok:
-        raise RuntimeError("onnxsim check failed")
-    return simplified
-
-
-def t_onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-
-    return onnxslim.slim(_copy(model))
-
-
-def t_onnxoptimizer(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxoptimizer
-
-    return onnxoptimizer.optimize(_copy(model), onnxoptimizer.get_fuse_and_elimination_passes())
-
-
-def t_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "opt.onnx")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        so.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(path)
-
-
 TOOLS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
-    "none": _copy,
+    "none": copy_model,
     "bnfold": t_bnfold,
     "onnxscript": t_onnxscript,
     "onnxsim": t_onnxsim,
@@ -317,44 +282,18 @@ def score(net: dict[str, Any], x: np.ndarray, reference: np.ndarray) -> dict[str
 # ---- latency ----------------------------------------------------------------------------
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def latency(models: dict[str, onnx.ModelProto], x: np.ndarray, seconds: float) -> dict[str, Any]:
-    """Interleaved rounds: each round times a ~20 ms block of runs per model, in random order."""
-    sessions = {k: _session(m) for k, m in models.items()}
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(3):
-            s.run(None, feeds[k])
-    t0 = time.perf_counter()
-    sessions["twin"].run(None, feeds["twin"])
-    block = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-5)))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    order, rounds, end = list(models), 0, time.perf_counter() + seconds
-    while time.perf_counter() < end or rounds < 5:
-        random.shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            for _ in range(block):
-                sessions[k].run(None, feeds[k])
-            times[k].append((time.perf_counter() - t) / block)
-        rounds += 1
-    out: dict[str, Any] = {"rounds": rounds, "runs_per_block": block}
-    for k, ts in times.items():
-        out[f"{k}_ms"] = 1e3 * float(np.median(ts))
+    """Interleaved rounds (bench/timing.py) against the BN-deleted twin."""
+    sessions = {k: cpu_session(m) for k, m in models.items()}
+    runners = {
+        k: functools.partial(s.run, None, {s.get_inputs()[0].name: x}) for k, s in sessions.items()
+    }
+    timed = interleaved(runners, "twin", seconds, warmup=3)
+    out: dict[str, Any] = {"rounds": timed.rounds, "runs_per_block": timed.block}
+    for k in timed.times:
+        out[f"{k}_ms"] = timed.ms(k)
     for k in ("unfolded", "folded"):
-        ratios = np.array(times[k]) / np.array(times["twin"])
-        lo, hi = np.percentile(ratios, [25, 75])
-        out[f"{k}_vs_twin"] = float(np.median(ratios))
-        out[f"{k}_vs_twin_iqr"] = [float(lo), float(hi)]
+        out[f"{k}_vs_twin"], out[f"{k}_vs_twin_iqr"] = timed.versus(k, "twin")
     return out
 
 
@@ -407,38 +346,7 @@ def measure(net: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in (
-        "torch",
-        "torchvision",
-        "onnx",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "onnxscript",
-        "onnxsim",
-        "onnxslim",
-        "onnxoptimizer",
-        "numpy",
-    ):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[dist] = md.version(dist)
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "gpu": "none",
-        "python": platform.python_version(),
-        "versions": versions,
-    }
+    return timing.environment(DISTS, gpu="none")
 
 
 def _cell(entry: dict[str, Any], bold: bool = False) -> str:

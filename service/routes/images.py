@@ -9,9 +9,13 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
+from .. import dataplane
 from ..deps import RepositoryDep, SettingsDep, VersionDep
 from ..errors import BadRequest
 from ..images import Fit, Invert, image_input, top_labels
+from ..repository import Repository
+from ..settings import Settings
+from .infer import unless_gone
 from .responses import MODEL, errors
 
 router = APIRouter(tags=["inference"])
@@ -81,6 +85,24 @@ async def classify(
     data = await file.read()
     invert = invert_form or invert_query or "auto"
     fit = fit_form or fit_query
+    answered = await unless_gone(
+        request, _classify(request, repo, settings, name, version, data, top_k, invert, fit)
+    )
+    return {} if answered is None else answered  # {}: never sent, the client is gone
+
+
+async def _classify(
+    request: Request,
+    repo: Repository,
+    settings: Settings,
+    name: str,
+    version: str | None,
+    data: bytes,
+    top_k: int,
+    invert: Invert,
+    fit: Fit | None,
+) -> dict[str, Any]:
+    """``classify``'s answer, once its upload is read."""
     async with repo.serving(name, version) as served:
         prep = served.config.preprocessing
         if prep is None or len(served.signature.inputs) != 1:
@@ -101,7 +123,7 @@ async def classify(
         if not served.signature.batched:
             x = x.reshape([d if d > 0 else -1 for d in spec.shape])
         served.signature.check_input(spec.name, spec.datatype, list(x.shape), x.size)
-        outputs = await served.infer({spec.name: x}, 1, settings.request_timeout_s)
+        outputs = await dataplane.run(served, {spec.name: x}, 1, settings.request_timeout_s)
         scores = outputs[served.signature.outputs[0].name]
         labels = served.config.labels or (served.manifest.labels if served.manifest else [])
         return {

@@ -12,7 +12,8 @@ most of a request's event-loop time went there); the FastAPI routes below
 stay registered for the OpenAPI description, and answer the same way.
 
 A client that disconnects while its request waits in a batcher's queue
-cancels it: ``direct`` watches for ``http.disconnect`` once the request is
+cancels it: ``direct`` (and every FastAPI route that runs a model:
+``unless_gone``) watches for ``http.disconnect`` once the request is
 queued, and the request then leaves the queue without running
 (service/batching.py); nothing is sent, and the HTTP metrics count it with
 status 499 (``GONE``).
@@ -21,8 +22,8 @@ status 499 (``GONE``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -46,6 +47,7 @@ from ..state import ServerState
 from .responses import MODEL, Responses, errors
 
 router = APIRouter(tags=["inference"])
+T = TypeVar("T")
 
 ERRORS = errors(
     {
@@ -102,7 +104,11 @@ async def infer(name: str, request: Request, state: StateDep, version: VersionDe
     selects outputs; ``parameters.binary_data_output`` or per-output
     ``parameters.binary_data`` returns them in binary. A header length of 0
     is Triton's raw binary request: the body is the single input's bytes."""
-    content, headers = await answer(state, name, version, request.headers, await request.body())
+    body = await request.body()
+    answered = await unless_gone(request, answer(state, name, version, request.headers, body))
+    if answered is None:
+        return Response(status_code=GONE_STATUS)  # never sent: the client is gone
+    content, headers = answered
     return Response(content, headers=headers)
 
 
@@ -137,6 +143,7 @@ VERSIONED = _Template("/v2/models/{name}/versions/{version}/infer")
 _LENGTH = HEADER_LENGTH.lower()  # header names as ASGI gives them (Headers ignores case)
 _WANTED = (b"content-encoding", _LENGTH.encode(), b"traceparent")
 GONE = "bnfold.client_gone"  # set in the scope of a request whose client went away
+GONE_STATUS = 499  # what the HTTP metrics count for it
 
 
 def direct_target(scope: Scope) -> tuple[str, str | None] | None:
@@ -197,7 +204,16 @@ async def _disconnected(receive: Receive) -> bool:
     return (await receive())["type"] == "http.disconnect"
 
 
-async def _unless_gone(answering: Any, receive: Receive) -> tuple[bytes, dict[str, str]] | None:
+async def unless_gone(request: Request, answering: Awaitable[T]) -> T | None:
+    """``answering``'s result in a FastAPI route whose body was read, or
+    None when its client went away meanwhile (the scope then says so)."""
+    answered = await _unless_gone(answering, request.receive)
+    if answered is None:
+        request.scope[GONE] = True
+    return answered
+
+
+async def _unless_gone(answering: Awaitable[T], receive: Receive) -> T | None:
     """``answering``'s result, or None when the client disconnects first.
     Once the request enters a batcher's queue (``batching.on_queue``) a task
     watches ``receive``; a disconnect then cancels this task where it waits,
@@ -247,8 +263,15 @@ async def predict_v1(name: str, request: Request, repo: RepositoryDep, state: St
     object keyed by input name."""
     settings = state.settings
     body = await request.body()
-    async with repo.serving(name) as served:
-        feeds, rows = decode_v1(body, served.signature, allow_nonfinite=settings.allow_nonfinite)
-        outputs = await served.infer(feeds, rows, settings.request_timeout_s)
-        content = encode_v1(outputs, served.signature.output_names())
+
+    async def predict() -> bytes:
+        async with repo.serving(name) as served:
+            signature = served.signature
+            feeds, rows = decode_v1(body, signature, allow_nonfinite=settings.allow_nonfinite)
+            outputs = await dataplane.run(served, feeds, rows, settings.request_timeout_s)
+            return encode_v1(outputs, signature.output_names())
+
+    content = await unless_gone(request, predict())
+    if content is None:
+        return Response(status_code=GONE_STATUS)  # never sent: the client is gone
     return Response(content, media_type="application/json")

@@ -37,13 +37,17 @@ async def stored(name: str, version: VersionDep, repo: RepositoryDep) -> dict[st
     "/v2/models/{name}/versions/{version}/parity",
     name="measure_version",
     summary="Measure parity of a version now",
-    responses=errors({400: "Bad inputs, sample count or version.", **TOO_LARGE, **MODEL}),
+    responses=errors(
+        {400: "Bad inputs, sample count or version; reference.onnx refused.", **TOO_LARGE, **MODEL}
+    ),
     openapi_extra=PARITY_BODY,
 )
 @router.post(
     "/v2/models/{name}/parity",
     summary="Measure parity now",
-    responses=errors({400: "Bad inputs or sample count.", **TOO_LARGE, **MODEL}),
+    responses=errors(
+        {400: "Bad inputs or sample count; reference.onnx refused.", **TOO_LARGE, **MODEL}
+    ),
     openapi_extra=PARITY_BODY,
 )
 async def measure_now(

@@ -42,7 +42,7 @@ from bnfold.contract import MODEL_FILE, REFERENCE_FILE
 from ..deps import RepositoryDep, SettingsDep
 from ..errors import NotFound
 from ..model import ServedModel
-from ..page_data import parity_notes, parity_rows, version_kind
+from ..page_data import parity_notes, parity_rows, quantization_facts, version_kind
 from ..parity import drop_none
 from ..runtime import read_model
 from .responses import MODEL, VERSION, errors
@@ -216,6 +216,7 @@ async def version_details(
             "version": served.version_str,
             "kind": version_kind(served.manifest),
             "precision": manifest.get("precision"),
+            "quantization": quantization_facts(manifest.get("quantization")) or None,
             "labels": served.config.labels or manifest.get("labels") or [],
             "preprocessing": config.get("preprocessing"),
             "manifest": {k: manifest[k] for k in PROVENANCE if k in manifest},

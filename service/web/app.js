@@ -850,6 +850,7 @@ function sourceCard(m) {
   const facts = [];
   if (src.normalize) facts.push(["input normalisation", `mean ${JSON.stringify(src.normalize.mean)}, std ${JSON.stringify(src.normalize.std)}, in front of the graph`]);
   if (m.details.precision) facts.push(["precision", `${m.details.precision}, gated against the float32 graph`]);
+  for (const [k, said] of Object.entries(m.details.quantization || {})) facts.push([k, said]); // calibration, gate
   if (man.created) facts.push(["written", man.created]);
   const v = man.versions || {};
   const tools = ["bnfold", "torch", "onnx", "onnxruntime"].filter((k) => v[k]).map((k) => `${k} ${v[k]}`);

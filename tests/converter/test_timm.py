@@ -160,3 +160,78 @@ def test_no_bn_twins_are_for_bnfolds_own_architectures(tmp_path: Path) -> None:
     r = bnfold("train", "--arch", "timm:resnet10t", "--no-bn", cwd=tmp_path)
     assert r.returncode == EXIT_INPUT, r.stderr
     assert "timm's models have no such twin here" in r.stderr
+
+
+# A timm model (registered in the process that runs bnfold) that trains but
+# that torch's exporter cannot translate: its forward calls an operator of
+# its own, which has no ONNX function.
+UNEXPORTABLE = """
+import torch
+from torch import nn
+
+from bnfold.converter.timm_models import import_timm
+
+timm = import_timm()  # with bnfold's torchvision import workaround
+
+
+@torch.library.custom_op("unexportable::double", mutates_args=())
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+double.register_fake(lambda x: torch.empty_like(x))
+double.register_autograd(lambda ctx, grad: grad * 2)
+
+
+class Unexportable(nn.Module):
+    def __init__(self, num_classes=10, in_chans=3, **_):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.fc(double(self.bn(self.conv(x)).relu().mean((2, 3))))
+
+
+@timm.models.register_model
+def unexportable_bn(pretrained=False, **kwargs):
+    return Unexportable(**kwargs)
+"""
+
+
+def test_a_timm_model_the_exporter_cannot_trace_is_one_error_line(tmp_path: Path) -> None:
+    """Trained, then refused at the export with exit 2 (a model that does not
+    fit): one line naming the model, the exporter's failing step and its
+    cause, no traceback, nothing written."""
+    (tmp_path / "unexportable_timm.py").write_text(UNEXPORTABLE)
+    code = (
+        "import sys, unexportable_timm; from bnfold.cli import main; sys.argv[0] = 'bnfold'; main()"
+    )
+    r = subprocess.run(
+        [
+            sys.executable, "-c", code, "convert", "--arch", "timm:unexportable_bn",
+            "--repo", str(tmp_path / "models"), "--epochs", "1", "--limit", "40",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "COLUMNS": "1000",
+            "NO_COLOR": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        },
+    )  # fmt: skip
+    assert r.returncode == EXIT_INPUT, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    assert errors[0].startswith(
+        "error: cannot export timm:unexportable_bn to ONNX: torch.onnx.export (dynamo) "
+        "step 3/3 failed: Failed to convert the exported program to an ONNX model: "
+        "DispatchError: No ONNX function found for <OpOverload(op='unexportable.double'"
+    ), errors[0]
+    assert not (tmp_path / "models").exists()  # nothing written

@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from served_models import config, manifest
+from served_models import config, manifest, nhwc_gemm
 from service_harness import WAIT_S, RunningServer, base_settings, run_server
 
 from bnfold.converter.repository import write_version
@@ -29,27 +28,10 @@ pytestmark = pytest.mark.timeout(600)
 HEALTH = ["/v2/health/live", "/v2/health/ready", "/v2/models/rgb/ready"]
 
 
-def rgb_model() -> bytes:
-    """(N, 8, 8, 3) pixels -> 10 logits: what /classify feeds an RGB NHWC model."""
-    w = np.random.default_rng(0).standard_normal((192, 10)).astype(np.float32) / 255
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["pixels"], ["f"]),
-            helper.make_node("Gemm", ["f", "w"], ["logits"]),
-        ],
-        "rgb",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 8, 8, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return model.SerializeToString()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     repo: Path = tmp_path_factory.mktemp("images")
-    graph = rgb_model()
+    graph = nhwc_gemm(0, "rgb")
     prep = {"layout": "NHWC", "input_shape": [8, 8, 3], "color": "rgb", "normalized": False}
     write_version(
         repo, "rgb", model_onnx=graph, reference_onnx=graph,

@@ -31,7 +31,7 @@ from service_harness import TOKEN, WAIT_S, base_settings, run_server
 
 from bnfold.converter.repository import write_version
 from bnfold.service import memory_budget, model_limits
-from bnfold.service.model import LoadOptions, open_version
+from bnfold.service.loading import LoadOptions, open_version
 from bnfold.service.runtime import RuntimeOptions
 
 pytestmark = pytest.mark.timeout(600)

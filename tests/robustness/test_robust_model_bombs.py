@@ -217,7 +217,7 @@ def test_warmup_runs_at_most_the_configured_batch(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from bnfold.service.model import LoadOptions, open_version\n"
+        "from bnfold.service.loading import LoadOptions, open_version\n"
         "from bnfold.service.runtime import RuntimeOptions\n"
         "opened = open_version(Path(sys.argv[1]) / 'wide', 1,"
         " LoadOptions(RuntimeOptions(device='cpu'), warmup=True))\n"

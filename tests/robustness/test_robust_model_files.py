@@ -29,7 +29,7 @@ from served_models import config, mlp, write_mlp
 from service_harness import TOKEN, base_settings, run_server
 
 from bnfold.converter.repository import write_version
-from bnfold.service.model import LoadOptions, open_version
+from bnfold.service.loading import LoadOptions, open_version
 from bnfold.service.runtime import RuntimeOptions
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

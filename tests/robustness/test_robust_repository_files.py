@@ -34,7 +34,7 @@ from triton_models import add_sub, write_model
 
 from bnfold.contract import ContractError
 from bnfold.service import files
-from bnfold.service.model import LoadOptions, open_version
+from bnfold.service.loading import LoadOptions, open_version
 from bnfold.service.model_config import read_model_config
 from bnfold.service.runtime import RuntimeOptions
 

@@ -4,7 +4,6 @@ requests of all of them, whichever worker answers the scrape."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -12,21 +11,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 from process import server_process
+from prometheus_text import metric_with
 from service_harness import WAIT_S, Repo
 
 from bench.serve.loadgen import Request, load
 
 INFER_ROUTE = {"method": "POST", "route": "/v2/models/{name}/infer", "status": "200"}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample of the Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def mlp_request(n_rows: int = 2) -> Request:
@@ -77,11 +67,11 @@ def test_two_workers_serve_and_metrics_sum_over_both(repo: Repo, tmp_path: Path)
             assert r.status_code == 200
             scrapes.append((r.headers["x-bnfold-worker"], r.text))
         for _, text in scrapes:
-            assert metric(text, "bnfold_inference_requests_total", model="mlp") == sent
-            assert metric(text, "bnfold_inference_duration_seconds_count", model="mlp") == sent
-            assert metric(text, "bnfold_http_requests_total", **INFER_ROUTE) == sent
+            assert metric_with(text, "bnfold_inference_requests_total", model="mlp") == sent
+            assert metric_with(text, "bnfold_inference_duration_seconds_count", model="mlp") == sent
+            assert metric_with(text, "bnfold_http_requests_total", **INFER_ROUTE) == sent
             ready = [
-                metric(text, "bnfold_model_ready", model="mlp", version="1", pid=str(pid))
+                metric_with(text, "bnfold_model_ready", model="mlp", version="1", pid=str(pid))
                 for pid in pids
             ]
             assert ready == [1.0, 1.0]  # one live series per worker
@@ -96,7 +86,7 @@ def test_one_worker_keeps_plain_metrics(repo: Repo, tmp_path: Path) -> None:
         result = load("127.0.0.1", server.port, mlp_request(), concurrency=4, requests=40)
         assert result.statuses == {200: 40}
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
-        assert metric(text, "bnfold_inference_requests_total", model="mlp") == 40
+        assert metric_with(text, "bnfold_inference_requests_total", model="mlp") == 40
         assert 'pid="' not in text  # no multiprocess labels
         assert "bnfold_inference_requests_created" in text  # plain mode's extra samples
         server.proc.send_signal(signal.SIGTERM)

@@ -155,6 +155,25 @@ def cnn(
 LABELS = [str(i) for i in range(10)]
 
 
+def nhwc_gemm(seed: int, name: str) -> bytes:
+    """(N, 8, 8, 3) channels-last pixels -> Flatten -> Gemm -> 10 logits: an
+    image model as Keras/tf2onnx lays images out, what /classify feeds an RGB
+    NHWC model."""
+    w = np.random.default_rng(seed).standard_normal((192, 10)).astype(np.float32) / 255
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["pixels"], ["f"]),
+            helper.make_node("Gemm", ["f", "w"], ["logits"]),
+        ],
+        name,
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 8, 8, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
 def config(
     name: str,
     input_name: str,

@@ -23,7 +23,7 @@ from served_models import cnn, mlp, write_mlp
 from service_harness import TOKEN, RunningServer, base_settings, run_server, wait_until
 from tritonclient.utils import InferenceServerException
 
-from bnfold.service.repository import FAILED
+from bnfold.service.model_entry import FAILED
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NOT_LOADED = "not loaded yet: POST /v2/repository/models/m/load, or serve with --poll"

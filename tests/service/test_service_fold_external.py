@@ -26,6 +26,7 @@ import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from dynamo_models import BNS, bn_cnn, dynamo_export
 from graphs import ort_run, rel_error
 from grpc_harness import GrpcRunning, run_grpc_server
 from service_harness import TOKEN, base_settings
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.timeout(600)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RTOL = 1e-5
-BN = 3  # BatchNorm2d layers in the network below
+BN = BNS  # BatchNorm2d layers in the exported network
 CONFIG = """name: "dynamo"
 platform: "onnxruntime_onnx"
 max_batch_size: 8
@@ -48,44 +49,9 @@ output [ { name: "logits", data_type: TYPE_FP32, dims: [ 5 ] } ]
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real dynamo export: ``model.onnx`` + ``model.onnx.data``, batch dynamic."""
-    torch = pytest.importorskip("torch")
-    from torch import nn
-
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 6, 3),
-        nn.BatchNorm2d(6),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 5),
-    )
-    with torch.no_grad():  # BN statistics that are not the identity
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    net.eval()
+    pytest.importorskip("torch")
     folder = tmp_path_factory.mktemp("export")
-    batch = torch.export.Dim("batch", min=1, max=64)
-    torch.onnx.export(
-        net,
-        (torch.randn(2, 3, 16, 16),),
-        str(folder / "model.onnx"),
-        dynamo=True,
-        optimize=False,
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-    )
-    assert (folder / "model.onnx.data").is_file()  # what the exporter does today
+    dynamo_export(bn_cnn(0), folder / "model.onnx")
     header = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
     assert count_bn(onnx.load(str(folder / "model.onnx"))) == BN

@@ -29,9 +29,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw, ImageFont
-from served_models import config, manifest, mlp
+from served_models import config, manifest, mlp, nhwc_gemm
 from service_harness import TOKEN, base_settings, run_server
 
 from bnfold.contract import Preprocessing
@@ -232,24 +231,6 @@ def test_preprocessing_that_does_not_fit_the_graph(
 # --------------------------------------------------------------------------- the server
 
 
-def nhwc_model() -> bytes:
-    """(N, 8, 8, 3) channels-last pixels -> Flatten -> Gemm: as Keras/tf2onnx lays images out."""
-    rng = np.random.default_rng(5)
-    w = rng.standard_normal((192, 10)).astype(np.float32) / 255
-    graph = helper.make_graph(
-        [
-            helper.make_node("Flatten", ["pixels"], ["f"]),
-            helper.make_node("Gemm", ["f", "w"], ["logits"]),
-        ],
-        "nhwc",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 8, 8, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return model.SerializeToString()
-
-
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory, converted: Any
@@ -263,7 +244,7 @@ def served(
         manifest=manifest(folded, reference, [64], "mlp"),
         config=config("misfit", "input", [64], preprocessing=bad),
     )  # fmt: skip
-    keras = nhwc_model()
+    keras = nhwc_gemm(5, "nhwc")
     prep = {"layout": "NHWC", "input_shape": [8, 8, 3], "color": "rgb", "normalized": False}
     write_version(
         repo, "keras", model_onnx=keras, reference_onnx=keras,

@@ -17,7 +17,7 @@ from served_models import mlp
 from server_process import spawn
 from service_harness import TOKEN, WAIT_S, wait_until
 
-from bnfold.service.repository import FAILED
+from bnfold.service.model_entry import FAILED
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

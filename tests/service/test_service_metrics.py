@@ -9,23 +9,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+from prometheus_text import metric_with
 from service_harness import Repo, RunningServer, rows, wait_until
 
 
 def v2(x: np.ndarray, **extra: Any) -> dict[str, Any]:
     tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
     return {"inputs": [tensor], **extra}
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the Prometheus text exposition."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.rsplit(" ", 1)[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_full_queue_is_503_with_retry_after(
@@ -56,13 +46,13 @@ def test_full_queue_is_503_with_retry_after(
     assert [a.status_code for a in answers] == [200, 200]  # the queued ones are served
     after = http.get("/metrics").text
     labels = {"model": "slow", "version": "1"}
-    assert metric(after, "bnfold_inference_failures_total", reason="overloaded", **labels) == (
-        metric(before, "bnfold_inference_failures_total", reason="overloaded", **labels) + 1
+    assert metric_with(after, "bnfold_inference_failures_total", reason="overloaded", **labels) == (
+        metric_with(before, "bnfold_inference_failures_total", reason="overloaded", **labels) + 1
     )
     # both queued requests ran as one batch of 2
     assert (
-        metric(after, "bnfold_batch_size_bucket", le="2.0", **labels)
-        - metric(before, "bnfold_batch_size_bucket", le="2.0", **labels)
+        metric_with(after, "bnfold_batch_size_bucket", le="2.0", **labels)
+        - metric_with(before, "bnfold_batch_size_bucket", le="2.0", **labels)
         == 1
     )
 
@@ -100,7 +90,7 @@ def test_prometheus_metrics_per_model_and_version(http: httpx.Client, repo: Repo
     mlp = {"model": "mlp", "version": "1"}
 
     def delta(name: str, **labels: str) -> float:
-        return metric(after, name, **labels) - metric(before, name, **labels)
+        return metric_with(after, name, **labels) - metric_with(before, name, **labels)
 
     assert delta("bnfold_inference_requests_total", **mlp) == 5
     assert delta("bnfold_inference_failures_total", reason="bad_request", **mlp) == 1
@@ -110,7 +100,7 @@ def test_prometheus_metrics_per_model_and_version(http: httpx.Client, repo: Repo
     route = {"method": "POST", "route": "/v2/models/{name}/infer"}
     assert delta("bnfold_http_requests_total", status="200", **route) == 4
     assert delta("bnfold_http_requests_total", status="400", **route) == 1
-    assert metric(after, "bnfold_model_ready", model="cnn", version="2") == 1.0
+    assert metric_with(after, "bnfold_model_ready", model="cnn", version="2") == 1.0
     provider = http.get("/v2/models/cnn").json()["parameters"]["provider"]
     assert f'provider="{provider}"' in after
 

@@ -14,7 +14,8 @@ from served_models import mlp
 from service_harness import base_settings
 
 from bnfold.service.metrics import Metrics
-from bnfold.service.repository import FAILED, LOADING, READY, UNAVAILABLE, Repository
+from bnfold.service.model_entry import FAILED, LOADING, READY, UNAVAILABLE
+from bnfold.service.repository import Repository
 
 
 def build(root: Path) -> Path:

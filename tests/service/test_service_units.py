@@ -18,7 +18,7 @@ from bnfold.contract import ONNX_DATATYPES, ModelConfig
 from bnfold.service.binary import encode_body, split_body
 from bnfold.service.codec import decode_infer, decompress, encode_infer, numbers
 from bnfold.service.errors import BadRequest, PayloadTooLarge
-from bnfold.service.model import LoadOptions, open_version
+from bnfold.service.loading import LoadOptions, open_version
 from bnfold.service.model_config import read_config
 from bnfold.service.protocol import DATATYPE_OF, DATATYPES
 from bnfold.service.runtime import RuntimeOptions, external_data_files, read_model

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from dynamo_models import BNS, bn_cnn, dynamo_export
 from web_models import fold_demo
 
 NORMALIZE = "0.485,0.456,0.406/0.229,0.224,0.225"
-EXTERNAL_BNS = 3
+EXTERNAL_BNS = BNS
 FOLD_ON_LOAD = 'parameters { key: "fold_on_load" value: { string_value: "true" } }\n'
 EXTERNAL_PBTXT = """name: "triton-external"
 platform: "onnxruntime_onnx"
@@ -53,59 +54,6 @@ class Kinds:
     fold_output: str  # what `bnfold fold` printed for the same file
 
 
-def network(seed: int) -> object:
-    """Conv-Relu-BN(some scales negative)-MaxPool-Conv-BN-Relu-Conv-BN-Pool-Linear:
-    the first BN cannot pass the Relu backward and only its positive scales
-    pass the MaxPool forward, so it leaves ops; the others fold away."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.BatchNorm2d(8),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 6, 3),
-        nn.BatchNorm2d(6),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 5),
-    )
-    with torch.no_grad():  # statistics that are not the identity
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-        net[2].weight[::3] *= -1
-    return net.eval()
-
-
-def dynamo_export(folder: Path) -> Path:
-    """``folder/net.onnx`` with its weights in ``net.onnx.data``, batch dynamic."""
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "net.onnx"
-    torch.onnx.export(
-        network(0),
-        (torch.randn(2, 3, 16, 16),),
-        str(path),
-        dynamo=True,
-        optimize=False,
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
-    )
-    assert (folder / "net.onnx.data").is_file()  # what the exporter does with torch 2.13
-    return path
-
-
 def bnfold(*args: str, cwd: Path) -> str:
     env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
     done = subprocess.run(
@@ -127,7 +75,8 @@ def kinds_repo(root: Path, trained: object) -> Kinds:
     from bnfold.converter.module import convert_module
 
     repo = root / "models"
-    export = dynamo_export(root / "export")
+    # net.onnx with its weights in net.onnx.data; its first BN folds only partly
+    export = dynamo_export(bn_cnn(0, relu_first=True), root / "export" / "net.onnx")
     imported = bnfold(
         "import",
         str(export),
@@ -143,7 +92,7 @@ def kinds_repo(root: Path, trained: object) -> Kinds:
 
     rows = np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)
     convert_module(
-        network(1),
+        bn_cnn(1, relu_first=True),
         torch.zeros(1, 3, 16, 16),
         repo=repo,
         name="module",

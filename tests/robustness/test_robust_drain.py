@@ -1,0 +1,93 @@
+"""Once the SIGTERM drain ends (at once with ``BNFOLD_DRAIN_S=0``), neither
+front takes new work while the requests in flight finish: a new HTTP
+connection is refused, a new gRPC call is refused, and the request held in
+flight is answered in full, with ``Connection: close``.
+
+The request is held in flight by the client, not by a clock: its head and
+most of its body are sent before SIGTERM, the rest only once both refusals
+have been seen.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from process import free_port, server_process
+from service_harness import WAIT_S, Repo, rows, wait_until
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def http_refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def grpc_refused(url: str) -> bool:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        client.is_server_live(client_timeout=WAIT_S)
+        return False
+    except InferenceServerException as e:
+        assert e.status() == "StatusCode.UNAVAILABLE", e
+        return True
+    finally:
+        client.close()
+
+
+def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """Status line, headers and body of one response (the server closes after it)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return status, headers, body
+
+
+def test_after_the_drain_new_work_is_refused_and_the_request_in_flight_finishes(
+    repo: Repo, tmp_path: Path
+) -> None:
+    grpc_port = free_port()
+    env = {
+        "BNFOLD_DRAIN_S": "0",
+        "BNFOLD_LOG_LEVEL": "info",
+        "BNFOLD_GRPC_PORT": str(grpc_port),
+        "BNFOLD_HEADER_TIMEOUT_S": "600",  # the held request is not cut for being slow
+    }
+    grpc_url = f"127.0.0.1:{grpc_port}"
+    with server_process(repo.path, tmp_path, env=env) as server:
+        wait_until(lambda: not grpc_refused(grpc_url), "gRPC serving")
+        x = rows(repo["mlp"], 2)
+        tensor = {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x.tolist()}
+        body = json.dumps({"inputs": [tensor]}).encode()
+        held = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+        head = (
+            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        held.sendall(head.encode() + body[:-8])  # in flight: the server waits for the rest
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: http_refused(server.port), "new HTTP connections refused")
+        wait_until(lambda: grpc_refused(grpc_url), "new gRPC calls refused")
+        assert server.proc.poll() is None  # still finishing the request it holds
+        held.sendall(body[-8:])
+        status, headers, answer = read_response(held)
+        held.close()
+        assert status == "HTTP/1.1 200 OK", (status, answer)
+        assert headers["connection"] == "close"
+        got = np.array(json.loads(answer)["outputs"][0]["data"], np.float32).reshape(2, 10)
+        np.testing.assert_allclose(got, repo.expected(repo["mlp"], x), rtol=1e-5, atol=1e-6)
+        assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
+    assert "models released" in server.output()
