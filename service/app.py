@@ -42,7 +42,8 @@ from .routes import ROUTERS
 from .settings import Settings
 from .shm import SharedMemory
 from .shutdown import drain_on_sigterm
-from .tracing import TraceSettings
+from .trace_file import TraceFile
+from .tracing import TRITON, TraceSettings, parse_trace_config
 
 if TYPE_CHECKING:
     from .otel import Spans
@@ -60,7 +61,11 @@ tensor data extension. Errors are always `{"error": "..."}`.
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     state: ServerState = app.state.bnfold
     settings = state.settings
-    state.spans = _spans(settings.otlp_endpoint)
+    if state.trace_file is None:  # trace mode opentelemetry: spans over OTLP when configured
+        state.spans = _spans(settings.otlp_endpoint)
+    else:
+        state.trace_file.open()
+        log.info("tracing in Triton's trace mode to %s", state.trace_file.path)
     state.executor = ThreadPoolExecutor(settings.runner_threads, thread_name_prefix="bnfold-run")
     state.repository = Repository(settings, state.executor, state.metrics, state.arrivals)
     _prompt_gil_handoff(settings.gil_switch_ms)
@@ -119,6 +124,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
         await state.repository.close()
         state.executor.shutdown(wait=True)
         state.metrics.process_exited()
+        if state.trace_file is not None:  # the traces still gathered, the file's closing ]
+            state.trace_file.close()
         if state.spans is not None:  # the spans not yet sent
             await asyncio.to_thread(state.spans.shutdown)
         log.info("models released")
@@ -181,8 +188,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level, settings.log_file)
     configure_format(settings.log_format)
-    tracing = TraceSettings(exporting=settings.otlp_endpoint is not None, rate=settings.trace_rate)
+    config = parse_trace_config(settings.trace_config)
+    tracing = TraceSettings(
+        exporting=settings.otlp_endpoint is not None, rate=settings.trace_rate, config=config
+    )
     state = ServerState(settings, tracing=tracing)
+    if config.mode == TRITON and config.file is not None:
+        state.trace_file = TraceFile(config.file)
     app = FastAPI(
         title="bnfold",
         version=SERVER_VERSION,

@@ -34,6 +34,7 @@ from .logs import configure_format
 from .metrics import MULTIPROC_ENV, MULTIPROC_FILES
 from .middleware import configure_logging
 from .settings import ENV_PREFIX, Settings, settings_env
+from .tracing import parse_trace_config
 
 NOT_FLAGS = {"api_token"}  # BNFOLD_API_TOKEN only
 # Triton's name of a setting, taken beside bnfold's (Triton's error messages name it).
@@ -160,6 +161,11 @@ def serve(**flags: Any) -> None:
     if settings.log_file is not None and not settings.log_file.parent.is_dir():
         raise typer.BadParameter(
             f"--log-file {settings.log_file}: no folder {settings.log_file.parent}"
+        )
+    trace_file = parse_trace_config(settings.trace_config).file
+    if trace_file is not None and not Path(trace_file).resolve().parent.is_dir():
+        raise typer.BadParameter(
+            f"--trace-config triton,file={trace_file}: no folder {Path(trace_file).parent}"
         )
     _check_port_free(settings.host, settings.port)
     if settings.grpc_port != 0 and settings.grpc_port == settings.port:

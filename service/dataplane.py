@@ -48,6 +48,8 @@ from .state import request_id, serving_model, trace_id
 if TYPE_CHECKING:
     from .model import ServedModel
     from .state import ServerState
+    from .trace_file import TraceFile
+    from .tracing import Sampled
 
 # Request parameters Triton gives a meaning (docs/protocol/extension_parameters.md);
 # keys starting with "triton_" are Triton's own and refused.
@@ -345,6 +347,11 @@ async def infer(
     the version is held until every output is encoded. Traced (request,
     queue and compute spans) when tracing is on and samples it; the
     client's W3C ``traceparent`` is then the request span's parent."""
+    if state.trace_file is not None:  # Triton's trace mode: records in the operator's file
+        sampled = state.tracing.sample(name)
+        if sampled is None:
+            return await _infer(state, name, version, parse)
+        return await _infer_to_file(state, state.trace_file, name, version, parse, sampled)
     spans = state.spans
     if spans is None or not state.tracing.sample(name):
         return await _infer(state, name, version, parse)
@@ -367,11 +374,35 @@ async def infer(
         spans.finish(span, stamps, error)
 
 
+async def _infer_to_file(
+    state: ServerState,
+    file: TraceFile,
+    name: str,
+    version: str | None,
+    parse: Callable[[Signature], WireRequest],
+    sampled: Sampled,
+) -> InferResult:
+    """One inference traced as Triton traces it (service/trace_file.py):
+    its records written once it is answered, or has failed."""
+    trace = file.begin(name, sampled)
+    stamps: list[float] = []
+    marks = timestamps.set(stamps)
+    try:
+        result = await _infer(state, name, version, parse, trace.tensors)
+        trace.request_id = result.id or ""  # the request's own id, as Triton's trace has it
+        return result
+    finally:
+        timestamps.reset(marks)
+        served = serving_model.get()
+        file.write(trace, trace.records(served[1] if served else None, stamps, DATATYPE_OF))
+
+
 async def _infer(
     state: ServerState,
     name: str,
     version: str | None,
     parse: Callable[[Signature], WireRequest],
+    seen: list[tuple[Feeds, Feeds]] | None = None,
 ) -> InferResult:
     settings = state.settings
     async with state.serving_repository().serving(name, version) as served:
@@ -389,5 +420,7 @@ async def _infer(
             )
             seconds = min(settings.request_timeout_s, request.timeout_s or math.inf)
             outputs = await run(served, request.feeds, request.rows, seconds, request.timeout_s)
+            if seen is not None:  # trace level TENSORS: what went in and came out
+                seen.append((request.feeds, outputs))
             tensors = encode_outputs(request, outputs, served.config.labels)
         return InferResult(served.name, served.version_str, request.id, tensors)

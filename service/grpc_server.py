@@ -59,6 +59,7 @@ from .repository import Repository
 from .restricted import GRPC_CATEGORIES, Restrictions
 from .shm import DISABLED, SharedMemory
 from .state import RequestIds, ServerState, request_id
+from .tracing import unknown_model as unknown_trace_model
 
 log = logging.getLogger("bnfold.service")
 access = logging.getLogger("bnfold.access")
@@ -245,8 +246,9 @@ class InferenceServicer:
     # --- Triton's trace extension (service/tracing.py)
     async def TraceSetting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
         model = request.model_name or None
-        if model is not None:
-            self.repository().get(model)  # 404 for a model the repository does not know
+        # Triton asks whether the model is ready
+        if model is not None and not self.repository().served_versions(model):
+            raise unknown_trace_model(model)
         tracing = self.state.tracing
         if request.settings:
             values = {k: list(v.value) or None for k, v in request.settings.items()}

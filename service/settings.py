@@ -291,6 +291,16 @@ class Settings(BaseSettings):
             "POST /v2/trace/setting changes it while serving).",
         ),
     ] = 1
+    trace_config: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="Triton's --trace-config (repeatable): triton,file=PATH chooses Triton's "
+            "trace mode (JSON trace records written to PATH; triton,log-frequency=N: every N "
+            "traces to PATH.0, PATH.1...); level=OFF|TIMESTAMPS|TENSORS, rate=N, count=N, "
+            "mode=triton|opentelemetry. Environment: a JSON list.",
+        ),
+    ] = []
     # --- connections (HTTP, then gRPC)
     max_connections: Annotated[
         int,
@@ -373,7 +383,13 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("load_model", "http_restricted_api", "grpc_restricted_protocol", mode="before")
+    @field_validator(
+        "load_model",
+        "http_restricted_api",
+        "grpc_restricted_protocol",
+        "trace_config",
+        mode="before",
+    )
     @classmethod
     def _list_from_env(cls, value: object) -> object:
         """A list as given, or from the environment: a JSON list, or one value."""
@@ -392,6 +408,18 @@ class Settings(BaseSettings):
         kind = "api" if info.field_name == "http_restricted_api" else "protocol"
         parse(value, str(info.field_name).replace("_", "-"), kind)
         return value
+
+    @model_validator(mode="after")
+    def _trace_config(self) -> Settings:
+        """``--trace-config`` as Triton spells it; Triton's trace file has
+        one writer."""
+        from .tracing import TRITON, check_start, parse_trace_config
+
+        config = parse_trace_config(self.trace_config)
+        check_start(config, self.otlp_endpoint is not None)
+        if config.mode == TRITON and self.workers > 1:
+            raise ValueError("--trace-config triton,file=PATH needs --workers 1 (one trace file)")
+        return self
 
     @model_validator(mode="after")
     def _model_control(self) -> Settings:

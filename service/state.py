@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .otel import Spans
     from .repository import Repository
     from .shm import SharedMemory
+    from .trace_file import TraceFile
 
 # The id of the request being answered, on every log line it writes.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -69,6 +70,7 @@ class ServerState:
     shm: SharedMemory | None = None  # system shared memory regions (HTTP and gRPC)
     spans: Spans | None = None  # OpenTelemetry, only when an OTLP endpoint is set
     tracing: TraceSettings = field(default_factory=TraceSettings)  # Triton's trace settings
+    trace_file: TraceFile | None = None  # trace mode triton: the operator's trace file
     started: bool = False
     draining: bool = False
 

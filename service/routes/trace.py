@@ -1,7 +1,7 @@
 """Triton's trace extension: ``GET``/``POST /v2[/models/{m}]/trace/setting``.
 
 What is traced and how is service/tracing.py's (OpenTelemetry spans over
-OTLP when ``--otlp-endpoint`` is set); these routes read and change its
+OTLP when ``--otlp-endpoint`` is set, or Triton's trace file); these routes read and change its
 settings, server-wide or for one model. Protected by the bearer token when
 ``BNFOLD_API_TOKEN`` is set, as the repository routes are.
 """
@@ -14,9 +14,17 @@ from fastapi import APIRouter, Depends
 from pydantic import RootModel
 
 from ..deps import AuthDep, RepositoryDep, StateDep, body_schema, json_body
+from ..repository import Repository
+from ..tracing import unknown_model
 from .responses import MODEL, errors
 
 router = APIRouter(tags=["trace"])
+
+
+def known(repo: Repository, name: str) -> None:
+    """404 in the words of Triton's trace extension for a model it lacks."""
+    if not repo.served_versions(name):  # Triton asks whether the model is ready
+        raise unknown_model(name)
 
 
 class TraceSettingRequest(RootModel[dict[str, str | list[str] | None]]):
@@ -57,7 +65,7 @@ async def model_trace_setting(
     name: str, repo: RepositoryDep, state: StateDep, _: AuthDep
 ) -> Settings:
     """The model's own settings, the server-wide ones where it has none."""
-    repo.get(name)
+    known(repo, name)
     return state.tracing.get(name)
 
 
@@ -71,5 +79,5 @@ async def update_model_trace_setting(
     name: str, repo: RepositoryDep, state: StateDep, _: AuthDep, body: TraceBody
 ) -> Settings:
     """The model's own values (null: back to the server-wide one)."""
-    repo.get(name)
+    known(repo, name)
     return state.tracing.update(body.root if body is not None else {}, name)

@@ -240,21 +240,16 @@ PASSING = (
 MIN_PASSING = 165
 
 # ----- Triton's logging and trace extensions (L0_logging, L0_trace), a block of its own
-REASONS |= {
-    "trace_file_mode": "Triton's trace file mode (test.sh starts the server with Triton's trace-config `triton,file=global_unittest.log`: traces written to a file, `TENSORS` level, `log_frequency`) is not implemented; bnfold's traces go over OTLP (`trace_mode` `opentelemetry`)",
-}
-KNOWN_FAILURES |= {
-    "L0_trace::TraceEndpointTest.test_grpc_clear_settings": "trace_file_mode",
-    "L0_trace::TraceEndpointTest.test_grpc_get_settings": "trace_file_mode",
-    "L0_trace::TraceEndpointTest.test_grpc_update_settings": "trace_file_mode",
-    "L0_trace::TraceEndpointTest.test_http_clear_settings": "trace_file_mode",
-    "L0_trace::TraceEndpointTest.test_http_get_settings": "trace_file_mode",
-    "L0_trace::TraceEndpointTest.test_http_update_settings": "trace_file_mode",
-}
 PASSING += (
     "L0_logging::LogEndpointTest.test_grpc_get_settings",
     "L0_logging::LogEndpointTest.test_grpc_update_settings",
     "L0_logging::LogEndpointTest.test_http_get_settings",
     "L0_logging::LogEndpointTest.test_http_update_settings",
+    "L0_trace::TraceEndpointTest.test_grpc_clear_settings",
+    "L0_trace::TraceEndpointTest.test_grpc_get_settings",
+    "L0_trace::TraceEndpointTest.test_grpc_update_settings",
+    "L0_trace::TraceEndpointTest.test_http_clear_settings",
+    "L0_trace::TraceEndpointTest.test_http_get_settings",
+    "L0_trace::TraceEndpointTest.test_http_update_settings",
 )
-MIN_PASSING += 4
+MIN_PASSING += 10

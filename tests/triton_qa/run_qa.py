@@ -474,6 +474,13 @@ SUITES += (
         "trace_endpoint_test",
         (),
         (simple_v1("simple"), simple_v1("global_simple")),
+        # test.sh: --trace-config triton,file=global_unittest.log
+        # --trace-config level=TIMESTAMPS --trace-config rate=1
+        server_env={
+            "BNFOLD_TRACE_CONFIG": json.dumps(
+                ["triton,file=global_unittest.log", "level=TIMESTAMPS", "rate=1"]
+            )
+        },
     ),
 )
 
