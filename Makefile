@@ -2,13 +2,19 @@
 #   make demo   set up, build the default model if missing, serve it, show a prediction
 #   make test   set up, then lint, type-check and run the whole test suite
 #   make image-test  build both images with podman and run them (docs/deploy.md)
+#   make install-test  the serving image's venv rebuilt without an engine (no torch)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bnfold-installed
 PYTEST_ARGS ?=
+# pytest-xdist: two workers, as many as CI's cores. Each test file runs whole
+# on one worker (its module fixtures are built once, its tests never run beside
+# each other) and tests/conftest.py hands out the longest files first (hence
+# no xdist reorder). `make pytest PYTEST_XDIST=` runs in one process.
+PYTEST_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-.PHONY: demo test setup lint typecheck pytest bench clean browser image-test
+.PHONY: demo test setup lint typecheck pytest bench clean browser image-test install-test
 
 demo: $(STAMP)
 	$(BIN)/bnfold demo $(ARGS)
@@ -33,8 +39,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/python tools/typecheck.py
 
+# xdist hands out tests by node id and schemathesis gives all of a test's
+# operations one id (each would run once): that file runs in one process after.
+PYTEST_ONE_PROCESS := tests/robustness/test_robust_openapi_fuzz.py
 pytest: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) --ignore=$(PYTEST_ONE_PROCESS) $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS) $(PYTEST_ONE_PROCESS) || [ $$? = 5 ]
 
 # Headless Chromium and its driver for the web page's tests (tests/web), from
 # Debian's packages, only when missing (needs root; .ci/run calls it).
@@ -54,6 +64,14 @@ browser:
 # says why and exits 0 where the engine cannot run.
 image-test: $(STAMP)
 	BNFOLD_PYTHON=$(abspath $(BIN))/python deploy/image-test/run.sh
+
+# The serving image's Python environment rebuilt outside the engine: a fresh
+# venv, `pip install -c constraints.txt .` of exactly what the Dockerfile
+# copies (no train extra), then no torch, the CLI, `bnfold serve` answering
+# (docs/deploy.md). A venv and a pip install, about a minute: .ci/run runs it
+# beside image-test, not in `make test`.
+install-test: $(STAMP)
+	BNFOLD_SLOW_INSTALL_TEST=1 $(BIN)/pytest -q -p no:cacheprovider tests/deploy/test_service_image_install.py
 
 # Benchmarks write bench/results/ (folding ~3 min, serving ~10 min).
 bench: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import onnx
 import pytest
 
 ROOT = Path(__file__).parents[2]
+# the folder, `bnfold train`'s process and `bnfold export`'s (None when training failed)
+Trained = tuple[Path, subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None]
 
 
 def bnfold(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -26,8 +29,12 @@ def bnfold(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_train_export_round_trip(tmp_path: Path) -> None:
-    r = bnfold(
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """``bnfold train`` (with its no-BN twin) then ``bnfold export`` of the run,
+    as a user runs them, once for the round trip and the verify test below."""
+    cwd = tmp_path_factory.mktemp("trained")
+    train = bnfold(
         "train",
         "--arch",
         "mlp",
@@ -38,10 +45,17 @@ def test_train_export_round_trip(tmp_path: Path) -> None:
         "--out",
         "runs/mlp",
         "--compare-no-bn",
-        cwd=tmp_path,
+        cwd=cwd,
     )
+    if train.returncode != 0:
+        return cwd, train, None
+    return cwd, train, bnfold("export", "runs/mlp", "--out", "ref.onnx", cwd=cwd)
+
+
+def test_train_export_round_trip(trained: Trained) -> None:
+    cwd, r, exported = trained
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "runs/mlp"
+    run = cwd / "runs/mlp"
     assert {p.name for p in run.iterdir()} >= {
         "checkpoint.safetensors",
         "run.json",
@@ -53,9 +67,8 @@ def test_train_export_round_trip(tmp_path: Path) -> None:
     assert "BatchNorm vs no BatchNorm" in r.stderr
     assert len(json.loads((run / "no-bn/metrics.json").read_text())) == 3
 
-    r = bnfold("export", "runs/mlp", "--out", "ref.onnx", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    model = onnx.load(tmp_path / "ref.onnx")
+    assert exported is not None and exported.returncode == 0, exported and exported.stderr
+    model = onnx.load(cwd / "ref.onnx")
     assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 2
 
 
@@ -113,13 +126,18 @@ def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_verify_with_the_training_run_compares_pytorch_too(tmp_path: Path) -> None:
+def test_verify_with_the_training_run_compares_pytorch_too(
+    trained: Trained, tmp_path: Path
+) -> None:
     import numpy as np
 
     from bnfold.converter.data import load, prepare
 
-    assert bnfold("train", "--out", "run", cwd=tmp_path).returncode == 0
-    assert bnfold("export", "run", "--out", "ref.onnx", cwd=tmp_path).returncode == 0
+    # the round trip's run and its export (trained above, once)
+    cwd, train, exported = trained
+    assert train.returncode == 0 and exported is not None and exported.returncode == 0
+    shutil.copytree(cwd / "runs/mlp", tmp_path / "run")
+    shutil.copy2(cwd / "ref.onnx", tmp_path / "ref.onnx")
     assert bnfold("fold", "ref.onnx", "folded.onnx", cwd=tmp_path).returncode == 0
     splits = prepare(load("digits", input_shape=(64,)), (64,))
     np.savez(tmp_path / "held.npz", input=splits.x_test)
