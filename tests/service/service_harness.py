@@ -6,6 +6,7 @@ to be imported).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -35,6 +36,33 @@ MAX_BODY = 1 << 20
 # machine. No test measures time with it; quiet runs meet every event in
 # milliseconds.
 WAIT_S = 120.0
+
+
+class LogLines(logging.Handler):
+    """The messages of the records it is handed, in order."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def capture_server_log(monkeypatch: pytest.MonkeyPatch, level: int = logging.NOTSET) -> LogLines:
+    """What the servers created from now on log (their logger does not
+    propagate, and ``create_app`` sets its handlers up anew)."""
+    import bnfold.service.app as app
+
+    lines = LogLines(level)
+    configure = app.configure_logging
+
+    def with_capture(*args: Any, **kwargs: Any) -> None:
+        configure(*args, **kwargs)
+        logging.getLogger("bnfold.service").addHandler(lines)
+
+    monkeypatch.setattr(app, "configure_logging", with_capture)
+    return lines
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:

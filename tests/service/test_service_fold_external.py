@@ -29,7 +29,7 @@ import tritonclient.http as httpclient
 from dynamo_models import BNS, bn_cnn, dynamo_export
 from graphs import ort_run, rel_error
 from grpc_harness import GrpcRunning, run_grpc_server
-from service_harness import TOKEN, base_settings
+from service_harness import TOKEN, LogLines, base_settings, capture_server_log
 
 from bnfold.folding import count_bn
 
@@ -87,33 +87,14 @@ def index_entry(http: httpx.Client, name: str) -> dict[str, Any]:
     return next(e for e in r.json() if e["name"] == name and e.get("version") == "1")
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture
-def server_log(monkeypatch: pytest.MonkeyPatch) -> Lines:
+def server_log(monkeypatch: pytest.MonkeyPatch) -> LogLines:
     """What the server logs at INFO and above (its logger does not propagate)."""
-    import bnfold.service.app as app
-
-    lines = Lines()
-    configure = app.configure_logging
-
-    def with_capture(level: str) -> None:
-        configure(level)
-        logging.getLogger("bnfold.service").addHandler(lines)
-
-    monkeypatch.setattr(app, "configure_logging", with_capture)
-    return lines
+    return capture_server_log(monkeypatch, logging.INFO)
 
 
 def test_dynamo_export_with_external_data_serves_folded(
-    export: Path, tmp_path: Path, server_log: Lines
+    export: Path, tmp_path: Path, server_log: LogLines
 ) -> None:
     version = triton_layout(tmp_path, export)
     with serving(tmp_path, log_level="info") as (server, http):

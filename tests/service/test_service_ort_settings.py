@@ -11,7 +11,6 @@ itself (``get_session_options()``, ``get_provider_options()``).
 from __future__ import annotations
 
 import json
-import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from google.protobuf import text_format
 from grpc_harness import run_grpc_server
 from onnx import TensorProto
-from service_harness import TOKEN, base_settings
+from service_harness import TOKEN, base_settings, capture_server_log
 from triton_models import add_sub, add_sub_strings, write_model
 
 from bnfold.contract import ContractError, ModelConfig
@@ -420,21 +419,7 @@ def test_warmup_samples_that_do_not_fit(tmp_path: Path, sample: str, reason: str
 def test_served_model_reports_its_settings_fallbacks_and_warmup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bnfold.service.app as app
-
-    said: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append(record.getMessage())
-
-    configure = app.configure_logging
-
-    def with_capture(level: str) -> None:
-        configure(level)
-        logging.getLogger("bnfold.service").addHandler(Capture())
-
-    monkeypatch.setattr(app, "configure_logging", with_capture)
+    said = capture_server_log(monkeypatch).lines
     tuned_repo(tmp_path)
     with (
         run_grpc_server(base_settings(tmp_path)) as server,

@@ -9,7 +9,6 @@ shapes), answered by Triton's own ``image_client.py`` over HTTP and gRPC.
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from grpc_harness import GrpcRunning, run_grpc_server
 from onnx import TensorProto, helper, numpy_helper
-from service_harness import TOKEN, WAIT_S, base_settings
+from service_harness import TOKEN, WAIT_S, base_settings, capture_server_log
 from tritonclient.utils import InferenceServerException
 
 from bnfold.folding import count_bn
@@ -554,21 +553,7 @@ model_warmup [ { name: "w" batch_size: 1 } ]
 def test_fields_not_honoured_are_named_in_the_load_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bnfold.service.app as app
-
-    lines: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    configure = app.configure_logging
-
-    def with_capture(level: str) -> None:
-        configure(level)
-        logging.getLogger("bnfold.service").addHandler(Capture())
-
-    monkeypatch.setattr(app, "configure_logging", with_capture)
+    lines = capture_server_log(monkeypatch).lines
     config = RESHAPE_CONFIG.replace('"reshaped"', '"logged"') + "response_cache { enable: true }\n"
     write(tmp_path, "logged", config, reshape_model())
     with (
