@@ -24,6 +24,9 @@ test: $(STAMP) browser lint typecheck pytest
 setup: $(STAMP)
 
 # torch is pinned by constraints.txt to the CPU wheel; see the README.
+# pip byte-compiles at install (about 80 s): no --no-compile, because where
+# PYTHONDONTWRITEBYTECODE is set (CI) nothing compiled on import is kept and
+# every subprocess would compile torch again (measured: the timm tests 5x slower).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
