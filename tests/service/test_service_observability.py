@@ -33,7 +33,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from grpc_harness import run_grpc_server
-from prometheus_text import metric
+from prometheus_text import QueueGauges, metric
 from served_models import ModelInfo, write_mlp
 from server_process import free_port, spawn
 from service_harness import TOKEN, base_settings, rows, wait_until
@@ -153,18 +153,7 @@ def test_clients_that_go_away_cancel_their_queued_requests(windowed: Path) -> No
 
         async def main() -> None:
             async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http:
-
-                async def gauges() -> tuple[float | None, float | None]:
-                    text = (await http.get("/metrics")).text
-                    return (
-                        metric(text, "bnfold_queue_depth", **labels),
-                        metric(text, "bnfold_requests_in_flight", **labels),
-                    )
-
-                async def wait_gauges(expected: tuple[float, float]) -> None:
-                    async with asyncio.timeout(TIMEOUT):
-                        while await gauges() != expected:
-                            await asyncio.sleep(0.01)
+                gauges = QueueGauges(http, labels, TIMEOUT)
 
                 # HTTP: three clients, each on its own connection
                 clients = [
@@ -176,24 +165,24 @@ def test_clients_that_go_away_cancel_their_queued_requests(windowed: Path) -> No
                     )
                     for i, c in enumerate(clients)
                 ]
-                await wait_gauges((3, 3))
+                await gauges.wait((3, 3))
                 for task in sent:
                     task.cancel()  # httpx drops the connection: the server sees it close
                 for c in clients:
                     await c.aclose()
-                await wait_gauges((0, 0))
+                await gauges.wait((0, 0))
 
                 # gRPC: two calls, cancelled by the client
                 async with grpc.aio.insecure_channel(server.grpc) as channel:
                     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
                     calls = [stub.ModelInfer(grpc_request(rows(INFO, 1, 9 + i))) for i in range(2)]
-                    await wait_gauges((2, 2))
+                    await gauges.wait((2, 2))
                     for call in calls:
                         call.cancel()
                     for call in calls:
                         with pytest.raises(asyncio.CancelledError):
                             await call
-                    await wait_gauges((0, 0))
+                    await gauges.wait((0, 0))
 
                     text = (await http.get("/metrics")).text
                     cancelled = "bnfold_requests_cancelled_total"
@@ -215,7 +204,7 @@ def test_clients_that_go_away_cancel_their_queued_requests(windowed: Path) -> No
                     text = (await http.get("/metrics")).text
                     assert metric(text, "bnfold_batch_size_sum", **labels) == 4
                     assert metric(text, "bnfold_batch_size_count", **labels) == 1
-                    assert await gauges() == (0, 0)
+                    assert await gauges.read() == (0, 0)
 
         asyncio.run(main())
 

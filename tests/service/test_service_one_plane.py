@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_text import metric
+from prometheus_text import QueueGauges, metric
 from served_models import ModelInfo, write_mlp
 from service_harness import WAIT_S, base_settings, rows, run_server, wait_until
 
@@ -54,18 +54,7 @@ def test_clients_that_go_away_cancel_their_queued_v1_and_classify_requests(repo:
 
         async def main() -> None:
             async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as http:
-
-                async def gauges() -> tuple[float | None, float | None]:
-                    text = (await http.get("/metrics")).text
-                    return (
-                        metric(text, "bnfold_queue_depth", **LABELS),
-                        metric(text, "bnfold_requests_in_flight", **LABELS),
-                    )
-
-                async def wait_gauges(expected: tuple[float, float]) -> None:
-                    async with asyncio.timeout(WAIT_S):
-                        while await gauges() != expected:
-                            await asyncio.sleep(0.01)
+                gauges = QueueGauges(http, LABELS, WAIT_S)
 
                 clients = [httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) for _ in range(3)]
                 sent = [
@@ -82,12 +71,12 @@ def test_clients_that_go_away_cancel_their_queued_v1_and_classify_requests(repo:
                         )
                     )
                 )
-                await wait_gauges((3, 3))
+                await gauges.wait((3, 3))
                 for task in sent:
                     task.cancel()  # httpx drops the connection: the server sees it close
                 for c in clients:
                     await c.aclose()
-                await wait_gauges((0, 0))
+                await gauges.wait((0, 0))
 
                 text = (await http.get("/metrics")).text
                 got = metric(
@@ -113,7 +102,7 @@ def test_clients_that_go_away_cancel_their_queued_v1_and_classify_requests(repo:
                 assert np.array(r.json()["predictions"]).shape == (4, 10)
                 model = (await http.get(f"/v2/models/{WINDOW}/stats")).json()["model_stats"][0]
                 assert (model["inference_count"], model["execution_count"]) == (4, 1)
-                assert await gauges() == (0, 0)
+                assert await gauges.read() == (0, 0)
 
         asyncio.run(main())
 
