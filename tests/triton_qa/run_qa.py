@@ -485,6 +485,19 @@ SUITES += (
 )
 
 
+# ----------------------------------------------------------------- parts
+
+# The suites are split among test files (test_triton_qa*.py), so that
+# pytest-xdist can run them on separate workers: a part is the suites whose
+# name starts with one of its prefixes, "core" the rest.
+PARTS: dict[str, tuple[str, ...]] = {}
+
+
+def part_of(name: str) -> str:
+    suite = name.split("::")[0]
+    return next((p for p, prefixes in PARTS.items() if suite.startswith(prefixes)), "core")
+
+
 # ----------------------------------------------------------------- running
 
 
@@ -598,12 +611,14 @@ def run_suite(
     return results
 
 
-def server_groups(names: list[str] | None) -> list[list[Suite]]:
-    """The suites to run (``names``, or all) as groups of consecutive suites
-    with the same models and settings: one server each."""
+def server_groups(names: list[str] | None, part: str | None = None) -> list[list[Suite]]:
+    """The suites to run (``names``, or those of ``part``, or all) as groups
+    of consecutive suites with the same models and settings: one server each."""
     groups: list[list[Suite]] = []
     for suite in SUITES:
         if names and suite.name not in names:
+            continue
+        if part and part_of(suite.name) != part:
             continue
         setup = (suite.recipes, sorted(suite.server_env.items()))
         if groups and (groups[-1][0].recipes, sorted(groups[-1][0].server_env.items())) == setup:
@@ -672,6 +687,7 @@ def run_isolated(
         command = [sys.executable, str(Path(__file__).resolve()), "--work", str(work)]
         command += ["--out", str(out), "--models", str(models), "--group", str(index)]
         command += [f"--suite={name}" for name in args.suite or ()]
+        command += [f"--part={args.part}"] if args.part else []
         done = subprocess.run(
             [*ISOLATE, "sh", *command],
             capture_output=True,
@@ -735,6 +751,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--suite", action="append", help="run only these suites")
+    parser.add_argument("--part", help="run only the suites of this part (PARTS)")
     parser.add_argument("--no-netns", action="store_true", help="ports 8000/8001 are free here")
     parser.add_argument("--jobs", type=int, default=JOBS, help="server groups at once")
     parser.add_argument("--models", type=Path, help="the generated models (with --group)")
@@ -742,7 +759,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.no_netns:
         loopback_up()
-    groups = server_groups(args.suite)
+    groups = server_groups(args.suite, args.part)
     if args.group is not None:  # one group, in its own namespaces
         results = run_group(groups[args.group], args.work, args.models)
         args.out.write_text(json.dumps(results))

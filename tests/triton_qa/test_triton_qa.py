@@ -4,104 +4,48 @@ models built by Triton's own generators (README.md; run_qa.py plays the part
 of Triton's ``test.sh``).
 
 Triton's tests call ``localhost:8000`` and ``localhost:8001`` by name and
-create shared-memory objects of fixed names, so the run gets a network
-namespace and a ``/dev/shm`` of its own (``unshare``). Every method's
-outcome is held against qa_expected.py: each method expected to pass passes,
-each known failure still fails (its reason is in docs/service.md), the
-methods out of scope (they also call ensembles or other backends' models)
-are listed, and no method appears or disappears unnoticed.
+create shared-memory objects of fixed names, so each run gets a network
+namespace and a ``/dev/shm`` of its own (``unshare``). The suites are split
+into parts, a test file each (``test_triton_qa_*.py``; qa_checks.py has
+their fixture and checks); this file runs the "core" part and holds the
+counts of the whole: every method's outcome is held against qa_expected.py,
+and docs/service.md gives the same counts and reasons.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from qa_checks import (  # noqa: F401 (pytest collects the fixture and checks from here)
+    RUN_TIMEOUT_S,
+    results,
+    test_every_method_expected_to_pass_passes,
+    test_known_failures_still_fail,
+    test_no_method_unaccounted_for,
+)
 from qa_expected import KNOWN_FAILURES, MIN_PASSING, OUT_OF_SCOPE, PASSING, REASONS
+from run_qa import SUITES, part_of
 
-HERE = Path(__file__).resolve().parent
-DOCS = HERE.parents[1] / "docs" / "service.md"
-# A guard against a hung run, never a measure (a quiet machine needs about
-# a minute, a loaded 2-core one several).
-RUN_TIMEOUT_S = 1800
+PART = "core"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "service.md"
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT_S + 120)
 
-# A user and network namespace with its loopback up (run_qa.py brings it up)
-# and a mount namespace with a fresh /dev/shm.
-NAMESPACE = ["unshare", "--user", "--map-root-user", "--net", "--mount"]
-SHM = 'mount -t tmpfs tmpfs /dev/shm && exec "$@"'
 
-
-def _namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    done = subprocess.run(
-        [*NAMESPACE, "sh", "-c", SHM, "sh", "true"], capture_output=True, timeout=60
-    )
-    return done.returncode == 0
-
-
-def _ports_free() -> bool:
-    for port in (8000, 8001):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    work = tmp_path_factory.mktemp("triton-qa")
-    out = work / "results.json"
-    command = [sys.executable, str(HERE / "run_qa.py"), "--work", str(work), "--out", str(out)]
-    if _namespaces_work():
-        command = [*NAMESPACE, "sh", "-c", SHM, "sh", *command]
-    elif _ports_free():
-        command.append("--no-netns")
-    else:
-        pytest.skip("no user namespaces (unshare) here, and ports 8000/8001 are taken")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    assert done.returncode == 0, f"run_qa.py exited {done.returncode}:\n{done.stderr[-5000:]}"
-    return json.loads(out.read_text())
-
-
-def test_every_method_expected_to_pass_passes(results: dict[str, dict[str, Any]]) -> None:
-    failed = {
-        name: (results[name]["outcome"], results[name]["detail"][-1500:])
-        for name in PASSING
-        if name in results and results[name]["outcome"] != "pass"
-    }
-    missing = [name for name in PASSING if name not in results]
-    assert not failed and not missing, (failed, missing)
-
-
-def test_known_failures_still_fail(results: dict[str, dict[str, Any]]) -> None:
-    """A known failure that passes now moves to PASSING (and out of the
-    documented list): the count in the docs stays the true one."""
-    now_passing = [
-        name for name in KNOWN_FAILURES if results.get(name, {}).get("outcome") == "pass"
-    ]
-    assert not now_passing
-
-
-def test_no_method_unaccounted_for(results: dict[str, dict[str, Any]]) -> None:
-    unknown = sorted(set(results) - set(PASSING) - set(KNOWN_FAILURES) - set(OUT_OF_SCOPE))
-    assert not unknown, {name: results[name]["outcome"] for name in unknown}
-
-
-def test_pass_count(results: dict[str, dict[str, Any]]) -> None:
-    passing = sum(r["outcome"] == "pass" for r in results.values())
-    assert passing >= MIN_PASSING
+def test_pass_count() -> None:
     assert len(PASSING) >= MIN_PASSING
+    assert not set(PASSING) & set(KNOWN_FAILURES) and not set(PASSING) & set(OUT_OF_SCOPE)
+
+
+def test_every_part_has_its_test_file() -> None:
+    """A part without a test file would run nowhere."""
+    parts = {part_of(suite.name) for suite in SUITES}
+    files = {
+        p.stem.removeprefix("test_triton_qa").lstrip("_") or "core"
+        for p in DOCS.parents[1].glob("tests/triton_qa/test_triton_qa*.py")
+    }
+    assert parts <= files, parts - files
 
 
 def test_docs_list_every_known_failure() -> None:
