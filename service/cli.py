@@ -28,6 +28,7 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from .connections import uvicorn_options
 from .logs import configure_format
@@ -191,12 +192,23 @@ def serve(**flags: Any) -> None:
 
             uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
         else:
-            uvicorn.run(
-                "bnfold.service.app:create_app",
-                factory=True,
-                workers=settings.workers,
-                **common,
+            config = uvicorn.Config(
+                "bnfold.service.app:create_app", factory=True, workers=settings.workers, **common
             )
+            _Supervisor(config, sockets=[config.bind_socket()]).run()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of ``--workers N``, which also lets go of its own
+    copy of the listening socket once told to stop. The workers hold theirs
+    through the drain; when they close them, a new connection is refused at
+    once, as with one worker, instead of waiting in the kernel's queue of
+    the parent's copy until the requests in flight finish and it exits."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
 
 
 # typer reads the options from the signature and the annotations.

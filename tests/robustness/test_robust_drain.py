@@ -56,6 +56,22 @@ def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
     return status, headers, body
 
 
+def read_one_response(sock: socket.socket) -> bytes:
+    """One response of a kept-alive connection, read by its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(
+            b":"
+        )[1]
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_after_the_drain_new_work_is_refused_and_the_request_in_flight_finishes(
     repo: Repo, tmp_path: Path
 ) -> None:
@@ -91,3 +107,42 @@ def test_after_the_drain_new_work_is_refused_and_the_request_in_flight_finishes(
         np.testing.assert_allclose(got, repo.expected(repo["mlp"], x), rtol=1e-5, atol=1e-6)
         assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
     assert "models released" in server.output()
+
+
+def test_with_workers_a_new_connection_is_refused_once_the_workers_stop_accepting(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """``--workers 2``: the parent lets go of its copy of the listening
+    socket on SIGTERM, so once both workers have closed theirs (the drain
+    over) a new connection is refused at once, while a request in flight
+    still holds its worker and the parent, instead of waiting unanswered in
+    the kernel's queue until they exit."""
+    env = {
+        "BNFOLD_DRAIN_S": "0",
+        "BNFOLD_WORKERS": "2",
+        "BNFOLD_GRPC_PORT": "0",
+        "BNFOLD_HEADER_TIMEOUT_S": "600",
+    }
+    with server_process(repo.path, tmp_path, env=env) as server:
+        x = rows(repo["mlp"], 2)
+        tensor = {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x.tolist()}
+        body = json.dumps({"inputs": [tensor]}).encode()
+        held = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+        head = (
+            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        # A first request answered on the held connection: a worker has taken
+        # it (not still in the listening socket's queue).
+        held.sendall(head.encode() + body)
+        assert read_one_response(held).startswith(b"HTTP/1.1 200 OK")
+        held.sendall(head.encode() + body[:-8])  # in flight: the worker waits for the rest
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: http_refused(server.port), "new HTTP connections refused")
+        assert server.proc.poll() is None  # the parent waits for the held request's worker
+        held.sendall(body[-8:])
+        status, headers, answer = read_response(held)
+        held.close()
+        assert status == "HTTP/1.1 200 OK", (status, answer)
+        assert headers["connection"] == "close"
+        assert server.proc.wait(WAIT_S) in (0, -signal.SIGTERM)
