@@ -21,7 +21,11 @@ anyone. So each connection here
   ``Content-Length`` as Triton does (``requests`` sends both when told to
   chunk a body it has whole; llhttp refuses them by default): the body is
   read chunked, ``Content-Length`` is dropped from the request, and the
-  connection closes after the answer (RFC 9112, 6.3).
+  connection closes after the answer (RFC 9112, 6.3);
+- counts a chunked body's chunks: past ``MAX_CHUNKS`` non-empty chunks
+  (Triton's limit) it stops reading, marks the request (``TOO_MANY_CHUNKS``
+  in its scope: the request's body reader refuses it with a 400 in
+  Triton's words) and closes the connection after the answer.
 
 The server state reaches the protocol through the lifespan's state (the
 key ``CONNECTIONS_STATE``); without it (another app) the protocol is
@@ -58,6 +62,8 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .errors import MAX_CHUNKS
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -67,6 +73,8 @@ KEEPALIVE_TIMEOUT_S = 20.0  # an unanswered keep-alive ping closes the connectio
 MAX_PING_STRIKES = 2  # pings too often before GOAWAY (grpc's and Triton's default)
 
 CONNECTIONS_STATE = "bnfold"
+# A request's scope key: its chunked body has more than MAX_CHUNKS non-empty chunks.
+TOO_MANY_CHUNKS = "bnfold.too_many_chunks"
 RESERVED_FDS = 128  # descriptors kept for everything but client connections
 
 # Per uvicorn server (its ``server_state``): the connections waiting for a
@@ -88,6 +96,7 @@ class BoundedHttp(HttpToolsProtocol):
     _timer: asyncio.TimerHandle | None = None
     _read_cycle: Any = None
     _bounds: Any = None
+    _chunks = 0  # chunk headers of the request being read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's own leniency, and Transfer-Encoding over Content-Length
@@ -134,9 +143,23 @@ class BoundedHttp(HttpToolsProtocol):
         )
         if framed_twice:  # the chunks are the body; the scope shares this list
             self.headers[:] = [(k, v) for k, v in self.headers if k != b"content-length"]
+        self._chunks = 0
         super().on_headers_complete()
         if framed_twice and self.cycle is not None:
             self.cycle.keep_alive = False  # closed after the answer (RFC 9112, 6.3)
+
+    def on_chunk_header(self) -> None:
+        """Only the last chunk is empty (its size 0 ends the body), so a
+        header past MAX_CHUNKS + 1 means more than MAX_CHUNKS non-empty
+        chunks: the request is refused where its body is read, and no more
+        of it is read (as Triton refuses it)."""
+        self._chunks += 1
+        if self._chunks != MAX_CHUNKS + 2 or self.cycle is None:
+            return
+        self.scope[TOO_MANY_CHUNKS] = True  # type: ignore[literal-required]
+        self.cycle.keep_alive = False
+        self.flow.pause_reading()
+        self.cycle.message_event.set()  # a reader waiting for the body sees it now
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

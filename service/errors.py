@@ -3,6 +3,8 @@
     ServiceError (500 INTERNAL)
     ├── BadRequest (400 INVALID_ARGUMENT)    malformed JSON, wrong name/shape/dtype, NaN
     │   ├── InputTooLarge (400)              a body over --max-body-bytes (Triton's 400)
+    │   ├── TooManyChunks (400)              a chunked body of too many chunks (Triton's 400)
+    │   ├── ShmUnopenable (400 INTERNAL)     a shared-memory key that names no object
     │   └── LoadFailed (400)                 a model version that cannot be served
     │       └── FilesRefused (400 INTERNAL)  ``file:`` overrides on a load request
     ├── Unauthorized (401 UNAUTHENTICATED)   missing or wrong bearer token
@@ -88,6 +90,37 @@ class InputTooLarge(BadRequest):
     words (service/middleware.py ``body_too_large``), and so does bnfold."""
 
     reason = "too_large"
+
+
+# Triton's kMaxChunkedChunks: the non-empty chunks a chunked body may have.
+MAX_CHUNKS = 1 << 16
+
+
+class TooManyChunks(BadRequest):
+    """A chunked request body of more non-empty chunks than Triton takes
+    (``MAX_CHUNKS``, its ``kMaxChunkedChunks``): each chunk costs the server
+    bookkeeping whatever its size, so a body sent a byte a chunk is refused
+    once past the limit (service/connections.py), in Triton's words, and its
+    connection closed."""
+
+    reason = "too_large"
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"Chunked request body exceeds maximum of {MAX_CHUNKS} non-empty chunks. "
+            "Send fewer or larger HTTP chunks."
+        )
+
+
+class ShmUnopenable(BadRequest):
+    """A system shared-memory key that cannot be opened (no such object, or
+    not one a region may be). Triton answers it with INTERNAL over gRPC, and
+    its clients check for that status; over HTTP it stays a 400."""
+
+    grpc_code = "INTERNAL"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Unable to open shared memory region: '{key}'")
 
 
 class LoadFailed(BadRequest):

@@ -10,7 +10,8 @@ which costs a task and a body copy per request):
   before anything else, as Triton answers it;
 - body limit: ``Content-Length`` over the limit is refused before reading
   (and counted as a failure here), and a chunked body is counted as it
-  streams; both are 400 in Triton's words (``body_too_large``);
+  streams; both are 400 in Triton's words (``body_too_large``), as is a
+  chunked body of too many chunks (service/connections.py);
 - HTTP metrics by route template, and one access-log line per request;
 - ``Arrivals``: the request counts as on its way to a batcher until it is
   queued or ends (the batcher does not wait for requests that are not coming);
@@ -28,7 +29,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import Arrivals
-from .errors import MAX_INPUT_HINT, Forbidden, InputTooLarge
+from .connections import TOO_MANY_CHUNKS
+from .errors import MAX_INPUT_HINT, Forbidden, InputTooLarge, TooManyChunks
 from .http_errors import render
 from .logs import RequestIdFilter, configure_logging
 from .metrics import Metrics
@@ -126,6 +128,8 @@ class RequestContext:
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise body_too_large(scope, received, self.max_body, so_far=True)
+                if TOO_MANY_CHUNKS in scope:
+                    raise TooManyChunks()
             return message
 
         try:

@@ -49,7 +49,7 @@ import numpy as np
 
 from . import bytes_tensor
 from .binary import tensor_bytes
-from .errors import BadRequest, NotFound, Unimplemented
+from .errors import BadRequest, NotFound, ShmUnopenable, Unimplemented
 
 SHM_ROOT = Path("/dev/shm")
 # Keys Triton keeps for its Python backend's own regions; refused as Triton does.
@@ -94,7 +94,7 @@ class Region:
             )
         # shm_open refuses a name with a slash in it; links and other files are
         # refused with the same words, so the reply says nothing of what is there.
-        cannot_open = BadRequest(f"Unable to open shared memory region: '{key}'")
+        cannot_open = ShmUnopenable(key)
         if "/" in stem or stem in (".", "..") or "\0" in stem:
             raise cannot_open
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

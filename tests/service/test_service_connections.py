@@ -7,6 +7,7 @@ answer says ``Connection: close``. The server runs as a process of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -161,3 +162,53 @@ def test_a_chunked_body_with_a_content_length_is_read_chunked(tmp_path: Path) ->
         assert b"connection: close" in headers.lower()
         index = json.loads(content)  # the chunks, not the chunked bytes, were read as JSON
         assert [(m["name"], m["state"]) for m in index] == [("good", "READY")]
+
+
+def _chunked_answer(port: int, body: bytes, head: str) -> bytes:
+    """``body`` sent a byte a chunk (as Triton's http_request_many_chunks.py
+    sends it): what the server answers before it closes the connection. The
+    server may stop reading and close before the last chunks are sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        sock.sendall(head.encode())
+        # refused before the whole body was read: the server closed
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n")
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+    return answer
+
+
+def test_a_chunked_body_of_too_many_chunks_is_refused(tmp_path: Path) -> None:
+    """Triton's limit on a chunked body: at most 65,536 non-empty chunks
+    (each costs the server bookkeeping whatever its size). At the limit the
+    body is read as usual; one chunk more is a 400 in Triton's words, the
+    rest of the body unread and the connection closed (the client sent no
+    ``Connection: close``). The server serves on."""
+    head = (
+        "POST /v2/repository/index HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n"
+    )
+    limit = 65536
+    body = b'{"ready": true}'
+    with spawn(good_repo(tmp_path), tmp_path) as server:
+        wait_until(lambda: httpx.get(f"{server.url}/v2/health/ready").status_code == 200, "ready")
+        # at the limit: the JSON padded with spaces to 65,536 one-byte chunks
+        answer = _chunked_answer(server.port, body.ljust(limit), head + "Connection: close\r\n\r\n")
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 200 OK", answer[:500]
+        index = json.loads(rest.partition(b"\r\n\r\n")[2])
+        assert [(m["name"], m["state"]) for m in index] == [("good", "READY")]
+
+        answer = _chunked_answer(server.port, body.ljust(limit + 1), head + "\r\n")
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 400 Bad Request", answer[:500]
+        headers, _, content = rest.partition(b"\r\n\r\n")
+        assert b"connection: close" in headers.lower()
+        assert json.loads(content) == {
+            "error": "Chunked request body exceeds maximum of 65536 non-empty chunks. "
+            "Send fewer or larger HTTP chunks."
+        }
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200

@@ -44,6 +44,8 @@ from bnfold.service.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceError,
+    ShmUnopenable,
+    TooManyChunks,
     Unauthorized,
     Unavailable,
     error_class,
@@ -343,6 +345,8 @@ def test_every_service_error_names_its_http_and_grpc_status() -> None:
         MethodNotAllowed: (405, "UNIMPLEMENTED"),
         PayloadTooLarge: (413, "RESOURCE_EXHAUSTED"),
         InputTooLarge: (400, "INVALID_ARGUMENT"),
+        TooManyChunks: (400, "INVALID_ARGUMENT"),
+        ShmUnopenable: (400, "INTERNAL"),  # Triton's gRPC status; a 400 over HTTP
         Unavailable: (503, "UNAVAILABLE"),
         Overloaded: (503, "UNAVAILABLE"),
         RequestTimeout: (503, "DEADLINE_EXCEEDED"),

@@ -345,8 +345,9 @@ def test_shared_memory_strings(shm_client: Any, regions: Any) -> None:
 
 def test_shared_memory_errors(shm_client: Any, regions: Any) -> None:
     """A region smaller than the tensor, a bad offset, an unknown region, an
-    object that is not there: each a clear 400 / INVALID_ARGUMENT, and the
-    server keeps serving."""
+    object that is not there: each a clear 400 / INVALID_ARGUMENT (an object
+    that is not there is INTERNAL over gRPC: the next test), and the server
+    keeps serving."""
     c, module, headers = shm_client
     _small, small_key = regions("small", 96)
     _big, big_key = regions("big", 128)
@@ -412,6 +413,19 @@ def test_shared_memory_errors(shm_client: Any, regions: Any) -> None:
     for p in plain:
         p.set_data_from_numpy(a)
     np.testing.assert_array_equal(c.infer("simple", plain).as_numpy("OUTPUT0"), 2 * a)
+
+
+def test_shared_memory_key_that_opens_nothing(shm_client: Any) -> None:
+    """A key that names no shared-memory object: a 400 over HTTP, and over
+    gRPC INTERNAL, the status Triton answers it with (its clients check for
+    it: Triton's python_grpc_aio_test)."""
+    c, module, headers = shm_client
+    with pytest.raises(InferenceServerException) as info:
+        c.register_system_shared_memory("r", "/bnfold-no-such-object", 8, headers=headers)
+    assert "Unable to open shared memory region: '/bnfold-no-such-object'" in info.value.message()
+    expected = "StatusCode.INTERNAL" if module is grpcclient else "400"
+    assert info.value.status() == expected
+    assert c.is_server_live()
 
 
 def test_shared_memory_truncated_behind_the_server(shm_client: Any, regions: Any) -> None:

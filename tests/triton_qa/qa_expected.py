@@ -253,3 +253,68 @@ PASSING += (
     "L0_trace::TraceEndpointTest.test_http_update_settings",
 )
 MIN_PASSING += 10
+
+# ----- small files (L0_server_status, L0_client_nobatch, L0_initializer_as_input,
+# L0_scalar_io, L0_string_io, L0_http's many-chunks and aio files, L0_grpc's aio file)
+REASONS.update(
+    {
+        "server_name": "the test requires the server to call itself `triton` in its metadata; bnfold names itself `bnfold`",
+        "utf8": "the test sends BYTES elements that are not UTF-8 through the model (Triton's python string_identity echoes any bytes); ONNX strings are UTF-8 and ONNX Runtime's Python API takes and returns only text, so bnfold refuses such an element with a 400",
+        "cuda_shm": "the test requires Triton's words for a CUDA shared-memory registration with invalid arguments (`failed to register shared memory region ...: invalid args`); bnfold serves no CUDA shared memory and says so (`UNIMPLEMENTED`)",
+    }
+)
+KNOWN_FAILURES.update(
+    {
+        "L0_server_status::ServerMetadataTest.test_unknown_model": "server_name",
+        "L0_http[aio]::TestHttpAioClient.test_get_server_metadata": "server_name",
+        "L0_grpc[aio]::TestGrpcAioClient.test_get_server_metadata": "server_name",
+        "L0_grpc[aio]::TestGrpcAioClient.test_register_cuda_shared_memory": "cuda_shm",
+        "L0_string_io::ClientStringTest.test_unicode_bytes": "utf8",
+    }
+)
+PASSING += (
+    "L0_client_nobatch::ClientNoBatchTest.test_batch_request_for_batching_model",
+    "L0_client_nobatch::ClientNoBatchTest.test_batch_request_for_nobatching_model",
+    "L0_client_nobatch::ClientNoBatchTest.test_nobatch_request_for_batching_model",
+    "L0_client_nobatch::ClientNoBatchTest.test_nobatch_request_for_nonbatching_model",
+    "L0_grpc[aio]::TestGrpcAioClient.test_get_cuda_shared_memory_status",
+    "L0_grpc[aio]::TestGrpcAioClient.test_get_inference_statistics",
+    "L0_grpc[aio]::TestGrpcAioClient.test_get_model_config",
+    "L0_grpc[aio]::TestGrpcAioClient.test_get_model_metadata",
+    "L0_grpc[aio]::TestGrpcAioClient.test_get_system_shared_memory_status",
+    "L0_grpc[aio]::TestGrpcAioClient.test_get_trace_settings",
+    "L0_grpc[aio]::TestGrpcAioClient.test_is_model_ready",
+    "L0_grpc[aio]::TestGrpcAioClient.test_is_server_live",
+    "L0_grpc[aio]::TestGrpcAioClient.test_is_server_ready",
+    "L0_grpc[aio]::TestGrpcAioClient.test_load_model",
+    "L0_grpc[aio]::TestGrpcAioClient.test_register_system_shared_memory",
+    "L0_grpc[aio]::TestGrpcAioClient.test_unload_model",
+    "L0_grpc[aio]::TestGrpcAioClient.test_unregister_cuda_shared_memory",
+    "L0_grpc[aio]::TestGrpcAioClient.test_unregister_system_shared_memory",
+    "L0_grpc[aio]::TestGrpcAioClient.test_update_trace_settings",
+    "L0_http[aio]::TestHttpAioClient.test_get_cuda_shared_memory_status",
+    "L0_http[aio]::TestHttpAioClient.test_get_inference_statistics",
+    "L0_http[aio]::TestHttpAioClient.test_get_model_config",
+    "L0_http[aio]::TestHttpAioClient.test_get_model_metadata",
+    "L0_http[aio]::TestHttpAioClient.test_get_system_shared_memory_status",
+    "L0_http[aio]::TestHttpAioClient.test_get_trace_settings",
+    "L0_http[aio]::TestHttpAioClient.test_is_model_ready",
+    "L0_http[aio]::TestHttpAioClient.test_is_server_live",
+    "L0_http[aio]::TestHttpAioClient.test_is_server_ready",
+    "L0_http[aio]::TestHttpAioClient.test_load_model",
+    "L0_http[aio]::TestHttpAioClient.test_register_cuda_shared_memory",
+    "L0_http[aio]::TestHttpAioClient.test_register_system_shared_memory",
+    "L0_http[aio]::TestHttpAioClient.test_unload_model",
+    "L0_http[aio]::TestHttpAioClient.test_unregister_cuda_shared_memory",
+    "L0_http[aio]::TestHttpAioClient.test_unregister_system_shared_memory",
+    "L0_http[aio]::TestHttpAioClient.test_update_trace_settings",
+    "L0_http[many_chunks]::HTTPRequestManyChunksTest.test_chunked_infer_at_max_chunks",
+    "L0_http[many_chunks]::HTTPRequestManyChunksTest.test_chunked_infer_over_max_chunks_reject_with_bounded_rss_growth",
+    "L0_http[many_chunks]::HTTPRequestManyChunksTest.test_chunked_infer_rejected_over_max_chunks",
+    "L0_initializer_as_input::OptionalInputTest.test_with_optional",
+    "L0_initializer_as_input::OptionalInputTest.test_without_optional",
+    "L0_scalar_io::ScalarIOTest.test_scalar_io",
+    "L0_server_status::ServerMetadataTest.test_unknown_model_version",
+)
+
+MIN_PASSING += 42

@@ -485,6 +485,119 @@ SUITES += (
 )
 
 
+# ---- small files: one server for several short L0 files (issue 18)
+
+from bnfold.service.protocol import SERVER_VERSION  # noqa: E402 (this part's own import)
+
+
+def generated(name: str, script: str, *flags: str) -> Recipe:
+    """Every model of the repository Triton's generator ``script`` writes
+    (``gen_qa_model_repository`` names it ``name``), generated once into the
+    cache of generated models the first time a run needs it, with the
+    opset and IR version of the others (``generate``)."""
+
+    def fill(models: Path, repo: Path) -> None:
+        import onnx
+
+        out = models / name
+        if not (out / ".done").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            subprocess.run(
+                [sys.executable, script, f"--onnx_opset={OPSET}", *flags, "--models_dir", str(out)],
+                cwd=HERE / "qa" / "common",
+                stdout=subprocess.DEVNULL,
+                check=True,
+            )
+            for path in out.glob("*/*/model.onnx"):
+                model = onnx.load(path)
+                model.ir_version = IR_VERSION
+                onnx.save(model, path)
+            (out / ".done").touch()
+        copy(name, r"^\w")(models, repo)
+
+    return fill
+
+
+def vendored(folder: str, name: str) -> Recipe:
+    """A model an L0 folder of Triton's holds in its own ``models/``."""
+
+    def fill(models: Path, repo: Path) -> None:
+        shutil.copytree(HERE / "qa" / folder / "models" / name, repo / name)
+
+    return fill
+
+
+# Each file's test.sh lays out a repository of its own; here one server
+# serves the union (no file looks at models it does not call).
+SMALL_MODELS = (
+    # L0_client_nobatch (test.sh copies every onnx_* of qa_model_repository;
+    # the file calls these two) and L0_server_status
+    copy("qa_model_repository", r"^onnx_(nobatch_)?int32_int8_int8$"),
+    vendored("L0_initializer_as_input", "add_with_initializer"),
+    generated("qa_scalar_models", "gen_qa_ort_scalar_models.py"),
+    # L0_string_io: onnx_zero_1_object and Triton's python string_identity
+    # (max_batch_size 0, dims [ 8 ] after test.sh's sed), the generated
+    # ONNX identity model of the same tensors in its stead
+    copy(IDENTITY, r"^onnx_zero_1_object$"),
+    renamed(IDENTITY, "onnx_nobatch_zero_1_object", "string_identity", *[(r"-1", "8")] * 2),
+    triton_example("simple"),  # L0_http's many-chunks and aio tests, L0_grpc's aio test
+)
+# Triton's default model control (none): load and unload are refused.
+SMALL_SERVER = {"BNFOLD_MODEL_CONTROL_MODE": "none"}
+# The aio files' methods, less test_get_model_repository_index: it counts
+# the models of the repository Triton's Dockerfile.QA and test.sh lay out
+# (sequence, python and custom-backend models among them).
+AIO_TESTS = (
+    "test_is_server_live",
+    "test_is_server_ready",
+    "test_is_model_ready",
+    "test_get_server_metadata",
+    "test_get_model_metadata",
+    "test_get_model_config",
+    "test_load_model",
+    "test_unload_model",
+    "test_get_inference_statistics",
+    "test_update_trace_settings",
+    "test_get_trace_settings",
+    "test_get_system_shared_memory_status",
+    "test_register_system_shared_memory",
+    "test_unregister_system_shared_memory",
+    "test_get_cuda_shared_memory_status",
+    "test_register_cuda_shared_memory",
+    "test_unregister_cuda_shared_memory",
+)
+
+
+def aio(test_class: str) -> tuple[str, ...]:
+    return tuple(f"{test_class}.{name}" for name in AIO_TESTS)
+
+
+SUITES += tuple(
+    Suite(name, folder, module, tests, SMALL_MODELS, env, server_env=SMALL_SERVER)
+    for name, folder, module, tests, env in (
+        (
+            "L0_server_status",
+            "L0_server_status",
+            "server_status_test",
+            (
+                "ServerMetadataTest.test_unknown_model",
+                "ServerMetadataTest.test_unknown_model_version",
+            ),
+            # Triton's container exports the server's version
+            {"TRITON_SERVER_VERSION": SERVER_VERSION},
+        ),
+        ("L0_client_nobatch", "L0_client_nobatch", "client_test", (), {}),
+        ("L0_initializer_as_input", "L0_initializer_as_input", "test", (), {}),
+        ("L0_scalar_io", "L0_scalar_io", "scalar_test", (), {"BACKENDS": "onnx"}),
+        ("L0_string_io", "L0_string_io", "string_client_test", (), {}),
+        ("L0_http[many_chunks]", "L0_http", "http_request_many_chunks", (), {}),
+        ("L0_http[aio]", "L0_http", "python_http_aio_test", aio("TestHttpAioClient"), {}),
+        ("L0_grpc[aio]", "L0_grpc", "python_grpc_aio_test", aio("TestGrpcAioClient"), {}),
+    )
+)
+
+
 # ----------------------------------------------------------------- parts
 
 # The suites are split among test files (test_triton_qa*.py), so that
