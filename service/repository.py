@@ -451,13 +451,14 @@ class Repository:
             if isinstance(result, BaseException):
                 state = self._failure_state(result)
                 entry.versions[v] = state
-                failures.append(f"version {v}: {state.reason}")
+                failures.append(f"version {v} is at {UNAVAILABLE} state: {state.reason};")
             else:
                 opened[v] = result
         if failures:
             for served in opened.values():  # nothing changes: the old set keeps serving
                 await served.retire(0)
-            raise LoadFailed(f"failed to load {entry.name!r}, {'; '.join(failures)}")
+            # Triton's words for versions that failed to load
+            raise LoadFailed(f"load failed for model {entry.name!r}: {' '.join(failures)}")
         return opened
 
     def _failure_state(self, error: BaseException) -> VersionState:

@@ -730,7 +730,8 @@ def test_load_with_config_override(client: grpcclient.InferenceServerClient, rep
         ('{"max_batch_size": -1}', "max_batch_size must be 0 (no batching) or more"),
         (
             '{"input": [{"name": "X", "data_type": "TYPE_INT32", "dims": [16]}]}',
-            "failed to load 'tunable', version 1: override inputs ['X'] do not match",
+            "load failed for model 'tunable': version 1 is at UNAVAILABLE state: "
+            "override inputs ['X']",
         ),
         (
             '{"output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]},'

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -179,7 +180,8 @@ def test_load_with_config_override(client: httpclient.InferenceServerClient, rep
             config=json.dumps({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [64]}]}),
         )
     )
-    assert message.startswith("failed to load 'tunable', version 1: ")
+    failed = "load failed for model 'tunable': version 1 is at UNAVAILABLE state: "
+    assert message.startswith(failed)
     assert client.is_model_ready("tunable")
     # A plain reload keeps the last override while the model's files are as
     # they were (Triton's rule, issue 18); once they change it reads them again.
@@ -208,6 +210,28 @@ def test_triton_error_texts(client: httpclient.InferenceServerClient) -> None:
     )
     message = error_of(lambda: client.load_model("mlp", headers=AUTH, config="{oops"))
     assert message.startswith("failed to load 'mlp', parameters.config is not valid JSON")
+
+
+def test_failed_versions_in_tritons_words(tmp_path: Path) -> None:
+    """A load whose versions fail to open answers as Triton does (its
+    L0_lifecycle tests look for ``load failed for model 'NAME'``): each
+    version, its state and its reason; the versions serving keep serving."""
+    write_mlp(tmp_path, "two")
+    shutil.copytree(tmp_path / "two" / "1", tmp_path / "two" / "2")
+    settings = base_settings(tmp_path, model_control_mode="explicit", load_model=["two"])
+    with run_grpc_server(settings) as running:
+        c = httpclient.InferenceServerClient(running.host_port, network_timeout=60)
+        assert c.is_model_ready("two", "2") and not c.is_model_ready("two", "1")
+        for v in ("1", "2"):
+            (tmp_path / "two" / v / "model.onnx").write_bytes(b"not an ONNX graph")
+        every = '{"version_policy": {"all": {}}}'
+        message = error_of(lambda: c.load_model("two", headers=AUTH, config=every))
+        first, second = message.split("; ")
+        assert first.startswith("load failed for model 'two': version 1 is at UNAVAILABLE state: ")
+        assert second.startswith("version 2 is at UNAVAILABLE state: ")
+        assert second.endswith(";")
+        assert c.is_model_ready("two", "2") and not c.is_model_ready("two", "1")
+        c.close()
 
 
 def test_load_names_refused_in_tritons_words(server: GrpcRunning) -> None:

@@ -318,3 +318,31 @@ PASSING += (
 )
 
 MIN_PASSING += 42
+
+# ----- L0_lifecycle (model control, load and reload), a block of its own
+REASONS.update(
+    {
+        "file_override": "`file:` overrides (a model sent inside the load request) are refused: bnfold serves only what is in its repository",
+        "identity_words": "the test asserts the words of Triton's identity backend (`Internal: GPU instances not supported`); bnfold's reason for a KIND_GPU version on a server without CUDA is its own (`CUDA was required (device=cuda) but did not load`)",
+        "lifecycle_ensemble": "past its ONNX part it loads the ensemble `simple_onnx_float32_float32_float32`; ensembles are not served",
+    }
+)
+PASSING += (
+    "L0_lifecycle[model_control_fail]::LifeCycleTest.test_model_control_fail",
+    "L0_lifecycle[config_override]::LifeCycleTest.test_config_override",
+    "L0_lifecycle[file_override]::LifeCycleTest.test_file_override_security",
+    "L0_lifecycle[availability_on_reload_3,grpc]::LifeCycleTest.test_model_availability_on_reload_3",
+    "L0_lifecycle[availability_on_reload_3,http]::LifeCycleTest.test_model_availability_on_reload_3",
+)
+KNOWN_FAILURES.update(
+    {
+        "L0_lifecycle[file_override]::LifeCycleTest.test_file_override": "file_override",
+        "L0_lifecycle[model_reload_fail]::LifeCycleTest.test_model_reload_fail": "identity_words",
+    }
+)
+OUT_OF_SCOPE.update(
+    {
+        "L0_lifecycle[model_control]::LifeCycleTest.test_model_control": "lifecycle_ensemble",
+        "L0_lifecycle[dynamic_file_delete]::LifeCycleTest.test_dynamic_file_delete": "libtorch",
+    }
+)

@@ -210,6 +210,13 @@ class Suite:
     # (each method assumes no region is registered): here every region is
     # unregistered before each method instead.
     reset_shm: bool = False
+    # L0_lifecycle's test.sh lays the repository out as `pwd`/models, where
+    # the test file runs and edits it between steps: with repo_in_cwd the
+    # recipes fill ``models/`` in the test file's folder, and ``beside`` are
+    # recipes called with (generated models, that folder) for the files
+    # test.sh leaves there for the test to copy in later.
+    repo_in_cwd: bool = False
+    beside: tuple[Recipe, ...] = ()
 
 
 # Triton's test.sh for these runs with BACKENDS naming the backends present;
@@ -660,11 +667,15 @@ QA_SERVER_ENV = {"BNFOLD_MODEL_MEMORY_LIMIT": "0", "BNFOLD_WARMUP": "false"}
 def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, list[str]]]:
     """The repository ``suite`` needs and a server on it; the server and the
     names of the models that did not load."""
-    repo = work / "repos" / re.sub(r"\W", "_", suite.name)
+    name = re.sub(r"\W", "_", suite.name)
+    cwd = work / "qa" / suite.folder
+    repo = cwd / "models" if suite.repo_in_cwd else work / "repos" / name
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
     for recipe in suite.recipes:
         recipe(models, repo)
+    for recipe in suite.beside:
+        recipe(models, cwd)
     server_env = {
         "BNFOLD_HOST": "127.0.0.1",
         "BNFOLD_GRPC_PORT": str(GRPC_PORT),
@@ -677,7 +688,7 @@ def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, lis
         yield server, loaded(server.url, repository_headers(suite.server_env))
         log = server.output()
         if log.strip():
-            (work / "results" / f"{repo.name}.server.log").write_text(log)
+            (work / "results" / f"{name}.server.log").write_text(log)
 
 
 def run_suite(
@@ -724,6 +735,12 @@ def run_suite(
     return results
 
 
+def setup(suite: Suite) -> tuple[Any, ...]:
+    """What a server group shares: the repository, the files beside it and
+    the server's settings."""
+    return (suite.recipes, suite.repo_in_cwd, suite.beside, sorted(suite.server_env.items()))
+
+
 def server_groups(names: list[str] | None, part: str | None = None) -> list[list[Suite]]:
     """The suites to run (``names``, or those of ``part``, or all) as groups
     of consecutive suites with the same models and settings: one server each."""
@@ -733,8 +750,7 @@ def server_groups(names: list[str] | None, part: str | None = None) -> list[list
             continue
         if part and part_of(suite.name) != part:
             continue
-        setup = (suite.recipes, sorted(suite.server_env.items()))
-        if groups and (groups[-1][0].recipes, sorted(groups[-1][0].server_env.items())) == setup:
+        if groups and setup(groups[-1][0]) == setup(suite):
             groups[-1].append(suite)
         else:
             groups.append([suite])
@@ -891,6 +907,213 @@ def main() -> int:
     print(f"all done in {time.monotonic() - began:.1f} s", flush=True)
     args.out.write_text(json.dumps(results, indent=1, sort_keys=True))
     return 0
+
+
+# ---- L0_lifecycle
+# Each method of lifecycle_test.py runs on a server of its own, started as
+# its test.sh starts it, on the repository it lays out in `pwd`/models
+# (repo_in_cwd: the test edits it), with the files it leaves beside.
+LIFECYCLE_ONNX = "onnx_float32_float32_float32"
+
+
+def lifecycle_onnx(edit: Callable[[Path], None]) -> Recipe:
+    """``cp -r qa_model_repository/onnx_float32_float32_float32 models/.``
+    and test.sh's edits of the copy (``edit`` gets its folder)."""
+
+    def fill(models: Path, repo: Path) -> None:
+        copy("qa_model_repository", f"^{LIFECYCLE_ONNX}$")(models, repo)
+        edit(repo / LIFECYCLE_ONNX)
+
+    return fill
+
+
+def no_model_files(model: Path) -> None:
+    """test_model_control_fail: ``rm models/X/*/*`` (every version folder
+    emptied) and ``max_batch_size: 1``."""
+    for file in model.glob("*/*"):
+        file.unlink()
+    batch_1(model)
+
+
+def batch_1(model: Path) -> None:
+    """test_model_control: ``max_batch_size: 1`` (its ensemble
+    ``simple_onnx_float32_float32_float32`` is left out: not served)."""
+    config = model / "config.pbtxt"
+    config.write_text(re.sub(r"max_batch_size:.*", "max_batch_size: 1", config.read_text()))
+
+
+def as_is(model: Path) -> None:
+    """test_dynamic_file_delete: the model unchanged (its TensorRT twin is
+    left out: not served)."""
+
+
+def only_version_2_files(model: Path) -> None:
+    """test_config_override: ``rm models/X/1/* models/X/3/*``."""
+    for file in [*model.glob("1/*"), *model.glob("3/*")]:
+        file.unlink()
+
+
+def no_version_1(model: Path) -> None:
+    """test_file_override: ``rm -rf models/X/1``."""
+    shutil.rmtree(model / "1")
+
+
+IDENTITY_INSTANCES = """instance_group [
+  {
+    count: 1
+    kind : KIND_CPU
+  }
+]
+"""
+
+
+def identity_zero_1_int32(policy: str) -> Recipe:
+    """Triton's identity-backend ``identity_zero_1_int32`` (INT32 INPUT0 to
+    OUTPUT0, dims [ -1 ], max_batch_size 0, one CPU instance), versions 1
+    and 2, with ``policy`` appended as test.sh appends it. The stand-in: the
+    generators make no INT32 identity model, so this is the generated
+    ``onnx_nobatch_zero_1_float32``'s graph and configuration with INT32
+    tensors (its version_policy line dropped: Triton's configuration has
+    none)."""
+    import onnx
+
+    name = "identity_zero_1_int32"
+
+    def fill(models: Path, repo: Path) -> None:
+        renamed(IDENTITY, "onnx_nobatch_zero_1_float32", name)(models, repo)
+        folder = repo / name
+        shutil.copytree(folder / "1", folder / "2")
+        config = folder / "config.pbtxt"
+        text = re.sub(r"^version_policy:.*\n", "", config.read_text(), flags=re.M)
+        text = text.replace("TYPE_FP32", "TYPE_INT32") + IDENTITY_INSTANCES
+        config.write_text(text + policy + "\n")
+        for path in folder.glob("*/model.onnx"):
+            model = onnx.load(path)
+            for value in [*model.graph.input, *model.graph.output]:
+                value.type.tensor_type.elem_type = onnx.TensorProto.INT32
+            onnx.save(model, path)
+
+    return fill
+
+
+def config_copy(name: str, *edits: tuple[str, str]) -> Recipe:
+    """``cp models/identity_zero_1_int32/config.pbtxt NAME`` beside the
+    repository, and ``sed`` on the copy."""
+
+    def fill(models: Path, cwd: Path) -> None:
+        text = (cwd / "models" / "identity_zero_1_int32" / "config.pbtxt").read_text()
+        for old, new in edits:
+            text = re.sub(old, new, text, flags=re.M)
+        (cwd / name).write_text(text)
+
+    return fill
+
+
+def private_root_home(models: Path, cwd: Path) -> None:
+    """test_file_override_security tries to write into /root through the
+    load API and needs /root/.bashrc to exist (as in Triton's container).
+    Inside this run's user and mount namespaces: a visible /root/.bashrc
+    gets a copy of its own bound over it (the host's file is never the
+    target); a /root this user cannot read (nothing of the run lives
+    there) gets a tmpfs with a .bashrc. Outside such namespaces (uid_map
+    the whole range) /root is left as it is."""
+    uid_map = Path("/proc/self/uid_map").read_text().split()
+    if uid_map[:3] == ["0", "0", "4294967295"]:
+        return
+    bashrc = Path("/root/.bashrc")
+    if bashrc.exists():
+        copy = cwd / "bashrc"
+        copy.write_bytes(bashrc.read_bytes())
+        subprocess.run(["mount", "--bind", str(copy), str(bashrc)], check=True)
+    else:
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/root"], check=True)
+        bashrc.write_text("# the run's own /root (run_qa.py)\n")
+
+
+POLICY_1 = "version_policy: { specific { versions: [1] }}"
+POLICY_2 = "version_policy: { specific { versions: [2] }}"
+# test.sh: --model-control-mode=explicit (--strict-model-config=false and
+# --strict-readiness=false are bnfold's behaviour without a setting: a
+# configuration is completed from the graph; its readiness is strict).
+EXPLICIT = {"BNFOLD_MODEL_CONTROL_MODE": "explicit"}
+LIFECYCLE_RELOAD_3 = (identity_zero_1_int32(POLICY_1),)
+
+
+def lifecycle(
+    name: str,
+    tests: tuple[str, ...],
+    recipes: tuple[Recipe, ...],
+    server_env: dict[str, str],
+    env: dict[str, str] | None = None,
+    beside: tuple[Recipe, ...] = (),
+) -> Suite:
+    return Suite(
+        f"L0_lifecycle[{name}]",
+        "L0_lifecycle",
+        "lifecycle_test",
+        tuple(f"LifeCycleTest.{t}" for t in tests),
+        recipes,
+        env or {},
+        server_env,
+        repo_in_cwd=True,
+        beside=beside,
+    )
+
+
+SUITES += (
+    lifecycle("model_control", ("test_model_control",), (lifecycle_onnx(batch_1),), EXPLICIT),
+    lifecycle(
+        "dynamic_file_delete",
+        ("test_dynamic_file_delete",),
+        (lifecycle_onnx(as_is),),
+        # --model-control-mode=poll --repository-poll-secs=1
+        {"BNFOLD_MODEL_CONTROL_MODE": "poll", "BNFOLD_POLL_S": "1"},
+    ),
+    lifecycle(
+        "model_control_fail",
+        ("test_model_control_fail",),
+        (lifecycle_onnx(no_model_files),),
+        EXPLICIT,
+    ),
+    lifecycle(
+        "config_override",
+        ("test_config_override",),
+        (lifecycle_onnx(only_version_2_files),),
+        EXPLICIT,
+    ),
+    # test.sh runs both on one server, one after the other
+    lifecycle(
+        "file_override",
+        ("test_file_override", "test_file_override_security"),
+        (lifecycle_onnx(no_version_1),),
+        {**EXPLICIT, "BNFOLD_LOAD_MODEL": json.dumps([LIFECYCLE_ONNX])},
+        beside=(private_root_home,),
+    ),
+    *(
+        lifecycle(
+            f"availability_on_reload_3,{protocol}",
+            ("test_model_availability_on_reload_3",),
+            LIFECYCLE_RELOAD_3,
+            {**EXPLICIT, "BNFOLD_LOAD_MODEL": json.dumps(["identity_zero_1_int32"])},
+            {"TRITONSERVER_USE_GRPC": "1"} if protocol == "grpc" else {},
+            beside=(config_copy("config.pbtxt.new"),),
+        )
+        for protocol in ("grpc", "http")
+    ),
+    lifecycle(
+        "model_reload_fail",
+        ("test_model_reload_fail",),
+        (identity_zero_1_int32(POLICY_1),),
+        {**EXPLICIT, "BNFOLD_LOAD_MODEL": json.dumps(["identity_zero_1_int32"])},
+        beside=(
+            config_copy(
+                "config.pbtxt.v2.gpu",
+                (r"^version_policy:.*$", POLICY_2),
+                ("KIND_CPU", "KIND_GPU"),
+            ),
+        ),
+    ),
+)
 
 
 if __name__ == "__main__":
