@@ -1036,7 +1036,11 @@ POLICY_2 = "version_policy: { specific { versions: [2] }}"
 # --strict-readiness=false are bnfold's behaviour without a setting: a
 # configuration is completed from the graph; its readiness is strict).
 EXPLICIT = {"BNFOLD_MODEL_CONTROL_MODE": "explicit"}
+# test_model_availability_on_reload_3 leaves the repository as it found it
+# (config.pbtxt.new is the model's configuration), so its [grpc] and [http]
+# runs share one server, one after the other (test.sh starts one for each).
 LIFECYCLE_RELOAD_3 = (identity_zero_1_int32(POLICY_1),)
+LIFECYCLE_RELOAD_3_BESIDE = (config_copy("config.pbtxt.new"),)
 
 
 def lifecycle(
@@ -1096,7 +1100,7 @@ SUITES += (
             LIFECYCLE_RELOAD_3,
             {**EXPLICIT, "BNFOLD_LOAD_MODEL": json.dumps(["identity_zero_1_int32"])},
             {"TRITONSERVER_USE_GRPC": "1"} if protocol == "grpc" else {},
-            beside=(config_copy("config.pbtxt.new"),),
+            beside=LIFECYCLE_RELOAD_3_BESIDE,
         )
         for protocol in ("grpc", "http")
     ),
