@@ -910,9 +910,10 @@ def main() -> int:
 
 
 # ---- L0_lifecycle
-# Each method of lifecycle_test.py runs on a server of its own, started as
-# its test.sh starts it, on the repository it lays out in `pwd`/models
-# (repo_in_cwd: the test edits it), with the files it leaves beside.
+# Each method of lifecycle_test.py runs on a server started as its test.sh
+# starts it (one a method, but where said), on the repository it lays out
+# in `pwd`/models (repo_in_cwd: the test edits it), with the files it
+# leaves beside. What is not run, and why: docs/service.md.
 LIFECYCLE_ONNX = "onnx_float32_float32_float32"
 
 
