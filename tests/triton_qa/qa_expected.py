@@ -346,3 +346,4 @@ OUT_OF_SCOPE.update(
         "L0_lifecycle[dynamic_file_delete]::LifeCycleTest.test_dynamic_file_delete": "libtorch",
     }
 )
+MIN_PASSING += 5  # L0_lifecycle

@@ -610,7 +610,7 @@ SUITES += tuple(
 # The suites are split among test files (test_triton_qa*.py), so that
 # pytest-xdist can run them on separate workers: a part is the suites whose
 # name starts with one of its prefixes, "core" the rest.
-PARTS: dict[str, tuple[str, ...]] = {}
+PARTS: dict[str, tuple[str, ...]] = {"lifecycle": ("L0_lifecycle",)}
 
 
 def part_of(name: str) -> str:
@@ -777,7 +777,19 @@ def run_group(group: list[Suite], work: Path, models: Path) -> dict[str, dict[st
                 flush=True,
             )
             up = 0.0
+    for suite in group:
+        for left in LEFT_IN_TMP.get(suite.folder, ()):
+            if os.path.islink(left):
+                os.unlink(left)
+            else:
+                shutil.rmtree(left, ignore_errors=True)
     return results
+
+
+# What a test file leaves at fixed paths outside its folder, removed after
+# its group: test_file_override_security makes a link /tmp/escape_symlink to
+# /root and a folder /tmp/folderXXXXXX.
+LEFT_IN_TMP = {"L0_lifecycle": ("/tmp/escape_symlink", "/tmp/folderXXXXXX")}
 
 
 # In a namespace of the run's own (test_triton_qa.py), each server group gets
