@@ -603,13 +603,17 @@ def _alive(pid: int) -> bool:
 
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+JSON = b"application/json"
+NOT_ALLOWED = b'{"error":"Method Not Allowed"}'
+NOT_FOUND = b'{"error":"Not Found: Triton\'s metrics are at GET /metrics"}'
 HEAD_LIMIT = 16 * 1024
 READ_TIMEOUT_S = 10.0
 
 
 class MetricsServer:
-    """Triton's metrics endpoint on a port of its own: ``GET /metrics`` and
-    nothing else (404), one request per connection."""
+    """Triton's metrics endpoint on a port of its own: ``GET /metrics``; another
+    method is 405 (Triton's answer), another path 404; one request per
+    connection."""
 
     def __init__(self, render: Callable[[], bytes]) -> None:
         self._render = render
@@ -637,10 +641,10 @@ class MetricsServer:
             words = head.split(b"\r\n", 1)[0].split()
             method = words[0] if words else b""
             path = words[1].split(b"?", 1)[0] if len(words) > 1 else b""
-            if path != b"/metrics":
-                status, body, ctype = b"404 Not Found", b"", b"text/plain"
-            elif method not in (b"GET", b"HEAD"):
-                status, body, ctype = b"405 Method Not Allowed", b"", b"text/plain"
+            if method != b"GET":  # Triton's answer, in its words
+                status, body, ctype = b"405 Method Not Allowed", NOT_ALLOWED, JSON
+            elif path != b"/metrics":  # Triton answers 200 with no body
+                status, body, ctype = b"404 Not Found", NOT_FOUND, JSON
             else:
                 status, body, ctype = b"200 OK", self._render(), CONTENT_TYPE
             writer.write(
@@ -651,7 +655,7 @@ class MetricsServer:
                 + b"\r\nContent-Length: "
                 + str(len(body)).encode()
                 + b"\r\nConnection: close\r\n\r\n"
-                + (body if method != b"HEAD" else b"")
+                + body
             )
             await writer.drain()
         except (

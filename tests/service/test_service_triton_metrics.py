@@ -180,8 +180,10 @@ def test_the_metrics_port_serves_tritons_families_as_configured(repo: Repo, tmp_
         assert metric(text, f"{histogram}_count", **labels) == 3
         assert metric(text, f"{histogram}_bucket", **labels, le="+Inf") == 3
         assert metric(text, f"{histogram}_bucket", **labels, le="100") == 3
-        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 404
-        assert httpx.post(f"http://127.0.0.1:{port}/metrics").status_code == 405
+        elsewhere = httpx.get(f"http://127.0.0.1:{port}/v2/health/live")
+        assert elsewhere.status_code == 404 and "error" in elsewhere.json()
+        posted = httpx.post(f"http://127.0.0.1:{port}/metrics")
+        assert (posted.status_code, posted.json()) == (405, {"error": "Method Not Allowed"})
 
         # CPU families from /proc, sampled every interval: they move
         def cpu() -> tuple[float, float, float]:
