@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -276,3 +280,25 @@ def test_failure_reasons_are_tritons() -> None:
     assert failure_reason(asyncio.CancelledError()) == "CANCELED"
     assert failure_reason(InferenceFailed("onnxruntime failed")) == "BACKEND"
     assert failure_reason(BadRequest("wrong shape")) == "OTHER"
+
+
+def test_a_busy_or_shared_metrics_port_exits_2_naming_it(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
+        env["COLUMNS"] = "400"  # the error box on one line
+        command = [sys.executable, "-m", "bnfold.service", "--repo", str(tmp_path), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    http, grpc = free_port(), free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        r = serve("--port", str(http), "--grpc-port", "0", "--metrics-port", str(busy))
+    assert r.returncode == 2, r.stderr
+    assert f"cannot listen on 127.0.0.1:{busy}" in r.stderr and "--metrics-port" in r.stderr
+    r = serve("--port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(grpc))
+    assert r.returncode == 2 and f"--metrics-port {grpc} is the HTTP or gRPC port too" in r.stderr
+    r = serve("--port", str(http), "--metrics-config", "summary_latencies")
+    assert r.returncode == 2
+    assert "--metrics-config option format is <setting>=<value>. Got summary_latencies" in r.stderr
