@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_text import metric, metric_with
 from pydantic import ValidationError
 from server_process import free_port, spawn
@@ -171,6 +172,10 @@ def test_the_metrics_port_serves_tritons_families_as_configured(repo: Repo, tmp_
         assert scrape.headers["content-type"].startswith("text/plain; version=0.0.4")
         text = scrape.text
         assert "bnfold_" not in text  # Triton's families alone, as on Triton's port
+        kinds = {f.name: f.type for f in text_string_to_metric_families(text)}  # it parses
+        assert kinds["nv_inference_request_summary_us"] == "summary"
+        assert kinds["nv_inference_first_response_histogram_ms"] == "histogram"
+        assert kinds["nv_inference_pending_request_count"] == "gauge"
         assert nv(text, "nv_inference_request_success", "mlp") == 3
         assert nv(text, "nv_inference_count", "mlp") == 6
         assert "nv_inference_request_duration_us" not in text  # counter_latencies=false
