@@ -100,11 +100,13 @@ ENV PATH=/opt/bnfold/bin:${PATH} \
     BNFOLD_HOST=0.0.0.0 \
     BNFOLD_PORT=8000 \
     BNFOLD_GRPC_PORT=8001 \
+    BNFOLD_METRICS_PORT=8002 \
     BNFOLD_DEVICE=auto
 USER ${APP_UID}:${APP_UID}
 WORKDIR /home/bnfold
-# HTTP (REST, the page, /metrics) and gRPC (inference.GRPCInferenceService)
-EXPOSE 8000 8001
+# HTTP (REST, the page, /metrics), gRPC (inference.GRPCInferenceService) and
+# Triton's metrics port (GET /metrics, Triton's nv_* families alone)
+EXPOSE 8000 8001 8002
 # 200 once every model is loaded and warmed; 503 while starting or draining.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request as r; sys.exit(r.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('BNFOLD_PORT', '8000'), timeout=4).status != 200)"]

@@ -33,6 +33,7 @@ from .deps import ServerState
 from .grpc_server import GrpcServer, address
 from .http_errors import install_error_handlers
 from .logs import configure_format
+from .metrics import Metrics, multiprocess_dir
 from .middleware import RequestContext, configure_logging
 from .openapi import install_openapi
 from .protocol import SERVER_VERSION
@@ -44,6 +45,7 @@ from .shm import SharedMemory
 from .shutdown import drain_on_sigterm
 from .trace_file import TraceFile
 from .tracing import TRITON, TraceSettings, parse_trace_config
+from .triton_metrics import MetricsServer, TritonMetrics, parse_metrics_config
 
 if TYPE_CHECKING:
     from .otel import Spans
@@ -82,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
 
     log.info("loading models from %s", settings.repo.resolve())
     repository.start(on_done=loaded)
+    grpc_server = None
     try:
         if settings.workers > 1:
             # The parent process holds the port and every worker takes
@@ -91,7 +94,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
             # load_timeout_s bounds.
             await repository.wait_loaded()
         grpc_server = await _start_grpc(app, state, shm)
+        metrics_server = await _start_metrics(app, state)
     except BaseException:
+        if grpc_server is not None:  # the metrics port could not be opened
+            await grpc_server.stop(0)
         await repository.close()
         state.executor.shutdown(wait=True)
         if state.spans is not None:
@@ -101,6 +107,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
     if (every_s := watch_interval(settings)) > 0:
         watch = asyncio.get_running_loop().create_task(repository.watch(every_s))
         log.info("watching %s every %g s", settings.repo.resolve(), every_s)
+    sampling = None
+    if state.metrics.triton is not None:
+        sampling = asyncio.get_running_loop().create_task(_sample_metrics(state))
     grpc_stopping: list[asyncio.Task[None]] = []
 
     def stop_grpc() -> None:
@@ -115,9 +124,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServerState]]:
             yield {CONNECTIONS_STATE: state}
     finally:
         state.draining = True
-        if watch is not None:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        for task in (watch, sampling):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if metrics_server is not None:
+            await metrics_server.close()
         stop_grpc()
         await asyncio.gather(*grpc_stopping)
         shm.close()  # every region closed
@@ -162,6 +174,40 @@ async def _start_grpc(app: FastAPI, state: ServerState, shm: SharedMemory) -> Gr
     return server
 
 
+async def _start_metrics(app: FastAPI, state: ServerState) -> MetricsServer | None:
+    """Triton's metrics endpoint on ``--metrics-port`` (none for 0, or with
+    ``--allow-metrics false``), at ``--metrics-address`` (default ``--host``);
+    with ``--workers N`` every worker listens on it (``SO_REUSEPORT``) and
+    any of them answers with every worker's counts. ``app.state.metrics_bind``
+    (``(host, port)``; port 0 for a free one) overrides the address, for tests;
+    the server is ``app.state.metrics_server``."""
+    settings = state.settings
+    if state.metrics.triton is None:
+        return None
+    bind: tuple[str, int] | None = getattr(app.state, "metrics_bind", None)
+    if bind is None:
+        if settings.metrics_port == 0:
+            return None
+        bind = (settings.metrics_address or settings.host, settings.metrics_port)
+    server = MetricsServer(state.metrics.render_triton)
+    await server.start(*bind, reuse_port=settings.workers > 1)
+    app.state.metrics_server = server
+    return server
+
+
+async def _sample_metrics(state: ServerState) -> None:
+    """Every ``--metrics-interval-ms``: the CPU families, and with several
+    workers this worker's counts to its file (service/triton_metrics.py)."""
+    triton = state.metrics.triton
+    assert triton is not None
+    while True:
+        if triton.cpu_metrics:
+            triton.cpu.read()
+        if triton.multiprocess_dir is not None:
+            triton.write_snapshot(state.metrics.models())
+        await asyncio.sleep(triton.interval_s)
+
+
 def _quiet_gc() -> None:
     """Keep the cyclic collector off the request path. What startup built
     (sessions, graphs, routes) lives as long as the process: frozen, a full
@@ -192,7 +238,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tracing = TraceSettings(
         exporting=settings.otlp_endpoint is not None, rate=settings.trace_rate, config=config
     )
-    state = ServerState(settings, tracing=tracing)
+    triton = None
+    if settings.allow_metrics:
+        triton = TritonMetrics(
+            parse_metrics_config(settings.metrics_config),
+            cpu_metrics=settings.allow_cpu_metrics,
+            multiprocess_dir=multiprocess_dir(),
+            interval_s=settings.metrics_interval_ms / 1000,
+        )
+    state = ServerState(settings, metrics=Metrics(triton), tracing=tracing)
     if config.mode == TRITON and config.file is not None:
         state.trace_file = TraceFile(config.file)
     app = FastAPI(

@@ -172,6 +172,18 @@ def serve(**flags: Any) -> None:
     if settings.grpc_port != 0 and settings.grpc_port == settings.port:
         raise typer.BadParameter(f"--grpc-port {settings.grpc_port} is the HTTP --port too")
     _check_port_free(settings.host, settings.grpc_port, "--grpc-port, or 0 to turn gRPC off")
+    if settings.allow_metrics and settings.metrics_port != 0:
+        metrics_host = settings.metrics_address or settings.host
+        if metrics_host == settings.host and settings.metrics_port in (
+            settings.port,
+            settings.grpc_port,
+        ):
+            raise typer.BadParameter(
+                f"--metrics-port {settings.metrics_port} is the HTTP or gRPC port too"
+            )
+        _check_port_free(
+            metrics_host, settings.metrics_port, "--metrics-port, or 0 for no metrics port"
+        )
     # Worker processes build their own Settings from the environment.
     os.environ.update(settings_env(settings))
     configure_logging(settings.log_level, settings.log_file)

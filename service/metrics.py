@@ -24,14 +24,25 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
+from .triton_metrics import failure_reason
+
+if TYPE_CHECKING:
+    from .triton_metrics import LatencyObserver, TritonMetrics
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The files prometheus_client writes in that folder (and the only ones removed).
-MULTIPROC_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+MULTIPROC_FILES = (
+    "counter_*.db",
+    "gauge_*.db",
+    "histogram_*.db",
+    "summary_*.db",
+    "triton_*.json",  # Triton's families, a file per worker (service/triton_metrics.py)
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -99,6 +110,14 @@ class ModelMetrics:
         self.execution_count = 0
         self.last_inference_ms = 0
         self.batches: dict[int, _BatchStat] = {}
+        # Triton's families (service/triton_metrics.py): failures by Triton's
+        # reason, requests waiting for a batch, and the summaries and
+        # histogram when --metrics-config asks for them.
+        self.failures: dict[str, int] = {}
+        self.pending = 0
+        self.latency: LatencyObserver | None = (
+            metrics.triton.observer() if metrics.triton is not None else None
+        )
 
     # --- per request (event loop)
     def request_done(self, seconds: float) -> None:
@@ -106,13 +125,18 @@ class ModelMetrics:
         self._latency.observe(seconds)
         with self._lock:
             self.success.add(seconds)
+        if self.latency is not None:
+            self.latency.request(seconds)
 
-    def request_failed(self, seconds: float) -> None:
-        """Triton's ``fail``; the failure itself, with its reason, is counted
-        where the error is answered (``Metrics.count_failure``)."""
+    def request_failed(self, seconds: float, error: BaseException | None = None) -> None:
+        """Triton's ``fail``, and its failure ``reason`` (Triton's metrics);
+        the failure with bnfold's reason is counted where the error is
+        answered (``Metrics.count_failure``)."""
+        reason = failure_reason(error) if error is not None else "OTHER"
         self._requests.inc()
         with self._lock:
             self.fail.add(seconds)
+            self.failures[reason] = self.failures.get(reason, 0) + 1
 
     # --- per batch (BatchObserver)
     def batch_done(
@@ -136,6 +160,8 @@ class ModelMetrics:
             stat.compute_input.add(input_s)
             stat.compute_infer.add(infer_s)
             stat.compute_output.add(output_s)
+        if self.latency is not None:
+            self.latency.batch(queue_s, input_s, infer_s, output_s)
 
     def batch_failed(self, requests: int, error: BaseException) -> None:
         pass  # counted per request: request_failed, and count_failure with the reason
@@ -143,6 +169,7 @@ class ModelMetrics:
     # --- load (LoadObserver): what an autoscaler scales on
     def load_changed(self, queued: int, in_flight: int) -> None:
         if queued:
+            self.pending += queued
             self._queue_depth.inc(queued)
         if in_flight:
             self._in_flight.inc(in_flight)
@@ -187,7 +214,9 @@ class ModelMetrics:
 class Metrics:
     """All series of one app, in its own registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, triton: TritonMetrics | None = None) -> None:
+        # Triton's families (nv_*), unless --allow-metrics false
+        self.triton = triton
         self.registry = CollectorRegistry()
         r = self.registry
         model = ["model", "version"]
@@ -341,6 +370,10 @@ class Metrics:
             self._models[key] = ModelMetrics(self, name, version)
         return self._models[key]
 
+    def models(self) -> list[ModelMetrics]:
+        """Every version's counters, loaded now or before."""
+        return list(self._models.values())
+
     def model_stats(self, name: str, version: int) -> dict[str, Any]:
         return self.for_model(name, version).triton_stats()
 
@@ -353,14 +386,25 @@ class Metrics:
         self.http_latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
+        """``GET /metrics``: bnfold's families, then Triton's."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
-        # Every worker's files, summed (counters, histograms) or per pid (gauges).
-        merged = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
-        return generate_latest(merged)
+            text = generate_latest(self.registry)
+        else:
+            # Every worker's files, summed (counters, histograms) or per pid (gauges).
+            merged = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+            text = generate_latest(merged)
+        return text + self.render_triton()
+
+    def render_triton(self) -> bytes:
+        """Triton's families alone (its metrics port); nothing when they are off."""
+        if self.triton is None:
+            return b""
+        return self.triton.render(self.models())
 
     def process_exited(self) -> None:
         """Drop this worker's live gauges (its counters keep counting in the sums)."""
+        if self.triton is not None:
+            self.triton.write_snapshot(self.models(), exiting=True)
         if self.multiprocess_dir is not None:
             prom_multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)

@@ -229,14 +229,15 @@ class Repository:
         block so that a swap or unload lets it finish; raises
         NotFound/Unavailable/BadRequest. With ``count`` the block is one
         inference request in the version's metrics: done, or failed when it
-        raises (the reason is counted where the error is answered)."""
+        raises or its caller goes away (bnfold's reason is counted where the
+        error is answered, Triton's here)."""
         served = self.acquire(name, version)  # no await before the try
         started = time.perf_counter()
         try:
             yield served
-        except Exception:
+        except (Exception, asyncio.CancelledError) as e:  # cancelled: its caller went away
             if count:
-                served.metrics.request_failed(time.perf_counter() - started)
+                served.metrics.request_failed(time.perf_counter() - started, e)
             raise
         else:
             if count:

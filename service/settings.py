@@ -301,6 +301,52 @@ class Settings(BaseSettings):
             "mode=triton|opentelemetry. Environment: a JSON list.",
         ),
     ] = []
+    # --- Triton's metrics (service/triton_metrics.py)
+    allow_metrics: Annotated[
+        bool,
+        Field(
+            description="Triton's metrics families (nv_*) on the metrics port and on /metrics "
+            "(Triton's --allow-metrics); off: neither, and no metrics port (bnfold_* stay).",
+        ),
+    ] = True
+    allow_cpu_metrics: Annotated[
+        bool,
+        Field(description="Triton's CPU families nv_cpu_* (Triton's --allow-cpu-metrics)."),
+    ] = True
+    metrics_port: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=65535,
+            description="Port of Triton's metrics endpoint, GET /metrics with Triton's "
+            "families only (Triton's --metrics-port; 0: no port of its own).",
+        ),
+    ] = 8002
+    metrics_address: Annotated[
+        str | None,
+        Field(
+            description="Interface of the metrics port (Triton's --metrics-address; unset: "
+            "the --host address, as Triton uses its HTTP address).",
+        ),
+    ] = None
+    metrics_interval_ms: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Sample the per-interval families (nv_cpu_*) every this many "
+            "milliseconds (Triton's --metrics-interval-ms).",
+        ),
+    ] = 2000
+    metrics_config: Annotated[
+        list[str],
+        NoDecode,
+        Field(
+            description="Triton's --metrics-config SETTING=VALUE (repeatable): "
+            "counter_latencies=false, summary_latencies=true, histogram_latencies=true, "
+            "summary_quantiles=Q:ERR,... Environment: a JSON list.",
+        ),
+    ] = []
+
     # --- connections (HTTP, then gRPC)
     max_connections: Annotated[
         int,
@@ -378,7 +424,7 @@ class Settings(BaseSettings):
         float, Field(gt=0, description="Wait for in-flight requests.")
     ] = 30.0
 
-    @field_validator("api_token", "otlp_endpoint", "log_file", mode="before")
+    @field_validator("api_token", "otlp_endpoint", "log_file", "metrics_address", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -388,6 +434,7 @@ class Settings(BaseSettings):
         "http_restricted_api",
         "grpc_restricted_protocol",
         "trace_config",
+        "metrics_config",
         mode="before",
     )
     @classmethod
@@ -407,6 +454,16 @@ class Settings(BaseSettings):
 
         kind = "api" if info.field_name == "http_restricted_api" else "protocol"
         parse(value, str(info.field_name).replace("_", "-"), kind)
+        return value
+
+    @field_validator("metrics_config")
+    @classmethod
+    def _metrics_config(cls, value: list[str]) -> list[str]:
+        """``<setting>=<value>`` as Triton's command line parser takes it."""
+        from .triton_metrics import check_setting
+
+        for option in value:
+            check_setting(option)
         return value
 
     @model_validator(mode="after")

@@ -390,7 +390,8 @@ async def broken(app):
     yield
 
 service_app.create_app = lambda settings: FastAPI(lifespan=broken)
-sys.argv = ["bnfold", "serve", "--repo", ".", "--port", "0", "--grpc-port", "0"]
+sys.argv = ["bnfold", "serve", "--repo", ".", "--port", "0", "--grpc-port", "0",
+            "--metrics-port", "0"]
 from bnfold.cli import main
 main()
 """

@@ -180,9 +180,10 @@ def test_service_image_contract() -> None:
     for s in reversed(df.lineage("service")):
         env.update(s.env())
     settings = assert_bnfold_env(env, "Dockerfile service stage")
-    # ports: EXPOSE == {BNFOLD_PORT, BNFOLD_GRPC_PORT}
+    # ports: EXPOSE == {BNFOLD_PORT, BNFOLD_GRPC_PORT, BNFOLD_METRICS_PORT}
     exposed = {int(p.split("/")[0]) for v in svc.values("EXPOSE") for p in v.split()}
-    assert exposed == {settings.port, settings.grpc_port} == {8000, 8001}
+    ports = {settings.port, settings.grpc_port, settings.metrics_port}
+    assert exposed == ports == {8000, 8001, 8002}
     assert settings.repo == Path("/models")
     # the baked-in models land where BNFOLD_REPO points
     sources = copy_sources(svc, df)
@@ -302,11 +303,13 @@ def test_compose_service() -> None:
     assert svc["depends_on"]["converter"]["condition"] == "service_completed_successfully"
     env = env_mapping(svc["environment"])
     settings = assert_bnfold_env(env, "compose service")
-    # ports: published -> BNFOLD_PORT and BNFOLD_GRPC_PORT == the image's EXPOSE
+    # ports: published -> BNFOLD_PORT, BNFOLD_GRPC_PORT and BNFOLD_METRICS_PORT
+    # == the image's EXPOSE
     published = [str(m).rsplit(":", 2) for m in svc["ports"]]
     assert [(ip, int(host), int(inside)) for ip, host, inside in published] == [
         ("127.0.0.1", 8000, settings.port),
         ("127.0.0.1", 8001, settings.grpc_port),
+        ("127.0.0.1", 8002, settings.metrics_port),
     ]
     assert (settings.port, settings.grpc_port) == (8000, 8001)
     # healthcheck on the readiness route of that port
@@ -415,6 +418,7 @@ def test_k8s_deployment() -> None:
     settings = assert_bnfold_env(k8s_env(c), "Deployment")
     assert container_port(c, "http") == settings.port
     assert container_port(c, "grpc") == settings.grpc_port == 8001
+    assert container_port(c, "metrics") == settings.metrics_port == 8002
     probes = {k: c[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes["readinessProbe"]["path"] == READY
     assert probes["livenessProbe"]["path"] == LIVE
@@ -461,6 +465,7 @@ def test_k8s_service_and_hpa() -> None:
     settings = settings_from_env(k8s_env(c))
     assert container_port(c, ports["http"]["targetPort"]) == settings.port
     assert container_port(c, ports["grpc"]["targetPort"]) == settings.grpc_port
+    assert container_port(c, ports["metrics"]["targetPort"]) == settings.metrics_port
     hpa = docs["HorizontalPodAutoscaler/bnfold"]
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["apiVersion"], ref["kind"], ref["name"]) == (

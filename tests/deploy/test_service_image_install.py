@@ -119,6 +119,7 @@ def test_serves_a_converted_model_without_torch(
         port = s.getsockname()[1]
     env = _clean_env() | {"BNFOLD_LOG_LEVEL": "warning"}  # BNFOLD_DEVICE=auto, as in the image
     env["BNFOLD_GRPC_PORT"] = "0"  # HTTP only: no shared port 8001 between test servers
+    env["BNFOLD_METRICS_PORT"] = "0"  # nor 8002 (Triton's metrics port)
     argv = [str(venv / "bin" / "bnfold"), "serve", "--repo", str(repo), "--port", str(port)]
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -149,6 +149,7 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     }
     env.update(BNFOLD_LOG_LEVEL="warning", BNFOLD_DEVICE="cpu", BNFOLD_DRAIN_S="0")
     env.update(BNFOLD_GRPC_PORT="0")  # HTTP only: no shared port 8001 between test servers
+    env.update(BNFOLD_METRICS_PORT="0")  # nor 8002 (Triton's metrics port)
     log = tmp_path_factory.mktemp("server") / "serve.log"
     for _attempt in range(3):  # the port is picked before the server binds it
         port = _free_port()

@@ -69,6 +69,7 @@ def launch(
         "PYTHONPATH": str(ROOT),
         "BNFOLD_API_TOKEN": TOKEN,
         "BNFOLD_GRPC_PORT": "0",  # HTTP only: no shared port 8001 between test servers
+        "BNFOLD_METRICS_PORT": "0",  # nor 8002 (Triton's metrics port)
         **env,
     }
     log = workdir / f"server-{port}.log"

@@ -155,6 +155,7 @@ def base_settings(repo: Path, **overrides: object) -> Settings:
         "drain_s": 0.0,
         "request_timeout_s": 10.0,
         "grpc_port": 0,  # no gRPC unless a test asks (grpc_harness binds a free port)
+        "metrics_port": 0,  # no shared port 8002 between test servers (nv_* stay on /metrics)
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

@@ -630,7 +630,7 @@ def test_workers_share_the_grpc_port(repo: Path, tmp_path: Path) -> None:
     for _attempt in range(3):  # the ports are picked before the server binds them
         port, grpc_port = _free_port(), _free_port()
         argv = [*command, "serve", "--repo", str(repo), "--port", str(port)]
-        argv += ["--grpc-port", str(grpc_port), "--workers", "2"]
+        argv += ["--grpc-port", str(grpc_port), "--workers", "2", "--metrics-port", "0"]
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -457,7 +457,7 @@ from fastapi.testclient import TestClient
 from bnfold.service.app import create_app
 from bnfold.service.settings import Settings
 
-app = create_app(Settings(repo={str(windowed)!r}, grpc_port=0, log_level="warning"))
+app = create_app(Settings(repo={str(windowed)!r}, grpc_port=0, metrics_port=0, log_level="warning"))
 with TestClient(app) as client:
     deadline = time.monotonic() + {TIMEOUT}  # models load behind the open port
     while client.get("/v2/models/mlp/ready").status_code != 200:

@@ -42,6 +42,7 @@ def test_sigterm_drains_then_exits(repo: Repo, tmp_path: Path) -> None:
     env["BNFOLD_STRICT_READINESS"] = "false"
     env["BNFOLD_ACCESS_LOG"] = "true"  # off by default; its lines carry the request id
     env["BNFOLD_GRPC_PORT"] = "0"  # HTTP only: no shared port 8001 between test servers
+    env["BNFOLD_METRICS_PORT"] = "0"  # nor 8002 (Triton's metrics port)
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -347,3 +347,28 @@ OUT_OF_SCOPE.update(
     }
 )
 MIN_PASSING += 5  # L0_lifecycle
+# ----- Triton's metrics (L0_metrics), a block of its own
+PASSING += (
+    "L0_metrics[defaults]::MetricsConfigTest.test_cache_counters_missing",
+    "L0_metrics[defaults]::MetricsConfigTest.test_cache_summaries_missing",
+    "L0_metrics[defaults]::MetricsConfigTest.test_inf_counters_exist",
+    "L0_metrics[defaults]::MetricsConfigTest.test_inf_histograms_missing",
+    "L0_metrics[defaults]::MetricsConfigTest.test_inf_summaries_missing",
+    "L0_metrics[histogram_latencies]::MetricsConfigTest.test_cache_counters_missing",
+    "L0_metrics[histogram_latencies]::MetricsConfigTest.test_cache_summaries_missing",
+    "L0_metrics[histogram_latencies]::MetricsConfigTest.test_inf_counters_exist",
+    "L0_metrics[histogram_latencies]::MetricsConfigTest.test_inf_histograms_exist",
+    "L0_metrics[histogram_latencies]::MetricsConfigTest.test_inf_summaries_missing",
+    "L0_metrics[summary_latencies]::MetricsConfigTest.test_cache_counters_missing",
+    "L0_metrics[summary_latencies]::MetricsConfigTest.test_cache_summaries_missing",
+    "L0_metrics[summary_latencies]::MetricsConfigTest.test_inf_counters_exist",
+    "L0_metrics[summary_latencies]::MetricsConfigTest.test_inf_summaries_exist",
+    "L0_metrics[summary_no_counters]::MetricsConfigTest.test_cache_counters_missing",
+    "L0_metrics[summary_no_counters]::MetricsConfigTest.test_cache_summaries_missing",
+    "L0_metrics[summary_no_counters]::MetricsConfigTest.test_inf_counters_missing",
+    "L0_metrics[summary_no_counters]::MetricsConfigTest.test_inf_summaries_exist",
+    "L0_metrics[summary_quantiles]::MetricsConfigTest.test_summaries_custom_quantiles",
+    "L0_metrics[cpu]::TestCpuMetrics.test_cpu_metrics_during_inference",
+    "L0_metrics[cpu]::TestCpuMetrics.test_cpu_metrics_ranges",
+)
+MIN_PASSING += 21  # L0_metrics

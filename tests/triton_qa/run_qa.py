@@ -610,12 +610,96 @@ SUITES += tuple(
 # The suites are split among test files (test_triton_qa*.py), so that
 # pytest-xdist can run them on separate workers: a part is the suites whose
 # name starts with one of its prefixes, "core" the rest.
-PARTS: dict[str, tuple[str, ...]] = {"lifecycle": ("L0_lifecycle",)}
+PARTS: dict[str, tuple[str, ...]] = {"lifecycle": ("L0_lifecycle",), "metrics": ("L0_metrics",)}
 
 
 def part_of(name: str) -> str:
     suite = name.split("::")[0]
     return next((p for p, prefixes in PARTS.items() if suite.startswith(prefixes)), "core")
+
+
+# ---- Triton's metrics (L0_metrics): its families on the metrics port, 8002
+# test.sh: identity_cache_off (identity backend: the generated ONNX identity
+# model of the same tensors stands in), model control explicit; a server per
+# --metrics-config.
+METRICS_MODELS = (renamed(IDENTITY, "onnx_nobatch_zero_1_float32", "identity_cache_off"),)
+METRICS_SERVER = {
+    "BNFOLD_METRICS_PORT": "8002",
+    "BNFOLD_MODEL_CONTROL_MODE": "explicit",
+    "BNFOLD_LOAD_MODEL": "identity_cache_off",
+}
+CACHE_MISSING = ("test_cache_counters_missing", "test_cache_summaries_missing")
+METRICS_CONFIG_RUNS = (
+    # (suite, --metrics-config settings, methods)
+    (
+        "defaults",
+        [],
+        ("test_inf_counters_exist", "test_inf_histograms_missing", "test_inf_summaries_missing"),
+    ),
+    (
+        "histogram_latencies",
+        ["histogram_latencies=true"],
+        ("test_inf_counters_exist", "test_inf_histograms_exist", "test_inf_summaries_missing"),
+    ),
+    (
+        "summary_latencies",
+        ["summary_latencies=true"],
+        ("test_inf_counters_exist", "test_inf_summaries_exist"),
+    ),
+    (
+        "summary_no_counters",
+        ["summary_latencies=true", "counter_latencies=false"],
+        ("test_inf_counters_missing", "test_inf_summaries_exist"),
+    ),
+)
+SUMMARY_QUANTILES = "0.1:0.0.1,0.7:0.01,0.75:0.01"  # test.sh's, as it exports it
+
+
+def libtorch_v1(models: Path, repo: Path) -> None:
+    """test.sh's libtorch_float32_float32_float32 (its version 1 alone): the
+    generated ONNX model of the same tensors stands in."""
+    name = "libtorch_float32_float32_float32"
+    renamed("qa_model_repository", "onnx_float32_float32_float32", name)(models, repo)
+    for version in ("2", "3"):
+        shutil.rmtree(repo / name / version, ignore_errors=True)
+
+
+SUITES += (
+    *(
+        Suite(
+            f"L0_metrics[{name}]",
+            "L0_metrics",
+            "metrics_config_test",
+            tuple(f"MetricsConfigTest.{t}" for t in (*methods, *CACHE_MISSING)),
+            METRICS_MODELS,
+            server_env={**METRICS_SERVER, "BNFOLD_METRICS_CONFIG": json.dumps(config)},
+        )
+        for name, config, methods in METRICS_CONFIG_RUNS
+    ),
+    Suite(
+        "L0_metrics[summary_quantiles]",
+        "L0_metrics",
+        "metrics_config_test",
+        ("MetricsConfigTest.test_summaries_custom_quantiles",),
+        METRICS_MODELS,
+        {"SUMMARY_QUANTILES": SUMMARY_QUANTILES},
+        server_env={
+            **METRICS_SERVER,
+            "BNFOLD_METRICS_CONFIG": json.dumps(
+                ["summary_latencies=true", f"summary_quantiles={SUMMARY_QUANTILES}"]
+            ),
+        },
+    ),
+    Suite(
+        "L0_metrics[cpu]",
+        "L0_metrics",
+        "cpu_metrics_test",
+        (),
+        (libtorch_v1,),
+        # test.sh: --metrics-interval-ms=1000 (utilization is over the interval)
+        server_env={"BNFOLD_METRICS_PORT": "8002", "BNFOLD_METRICS_INTERVAL_MS": "1000"},
+    ),
+)
 
 
 # ----------------------------------------------------------------- running

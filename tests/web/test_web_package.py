@@ -73,7 +73,12 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     repo = tmp_path_factory.mktemp("empty-repo")
-    env = _env(PYTHONPATH=str(target), BNFOLD_LOG_LEVEL="warning", BNFOLD_GRPC_PORT="0")
+    env = _env(
+        PYTHONPATH=str(target),
+        BNFOLD_LOG_LEVEL="warning",
+        BNFOLD_GRPC_PORT="0",
+        BNFOLD_METRICS_PORT="0",
+    )
     where = subprocess.run(
         [sys.executable, "-c", "import bnfold.service.routes.web as w; print(w.WEB)"],
         env=env,
