@@ -10,7 +10,7 @@ REASONS = {
     "ensemble": "also calls the ensembles of the identity models (`simple_zero_*`); ensembles are not served",
     "libtorch": "also calls the LibTorch or TensorRT models of the same test; the file has no switch to leave them out",
     "status_500": "Triton answers this client mistake with a 500 and the test requires it; bnfold answers 400",
-    "sleep": "its verdict hangs on a fixed sleep (a request assumed queued or answered after 0.5 s or 1 s), so a busy machine decides it, not the server",
+    "sleep": "its verdict hangs on fixed sleeps (a request assumed queued or answered after 0.5 s or 1 s, or samples taken once a second while requests run), so the machine's speed decides it, not the server",
 }
 
 # Methods that cannot pass on an ONNX-only server without ensembles: run (their
@@ -368,7 +368,10 @@ PASSING += (
     "L0_metrics[summary_no_counters]::MetricsConfigTest.test_inf_counters_missing",
     "L0_metrics[summary_no_counters]::MetricsConfigTest.test_inf_summaries_exist",
     "L0_metrics[summary_quantiles]::MetricsConfigTest.test_summaries_custom_quantiles",
-    "L0_metrics[cpu]::TestCpuMetrics.test_cpu_metrics_during_inference",
     "L0_metrics[cpu]::TestCpuMetrics.test_cpu_metrics_ranges",
 )
-MIN_PASSING += 21  # L0_metrics
+MIN_PASSING += 20  # L0_metrics
+# It samples the CPU families once a second (after fixed sleeps) while 2,000
+# requests run, and needs more than five samples with no five equal in a
+# row: how long the requests take on the machine decides it.
+OUT_OF_SCOPE["L0_metrics[cpu]::TestCpuMetrics.test_cpu_metrics_during_inference"] = "sleep"
