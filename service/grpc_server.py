@@ -479,6 +479,8 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
         code, message, reason, trailers = _fail(error)
         if code == grpc.StatusCode.INTERNAL:
             log.error("gRPC %s failed: %s", name, message, exc_info=error)
+        else:
+            log.debug("gRPC %s: %s %s", name, code.name, message)
         servicer.count_failure(name, request, reason)
         end(name, code, started)
         context.set_trailing_metadata(

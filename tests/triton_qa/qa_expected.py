@@ -253,3 +253,19 @@ PASSING += (
     "L0_trace::TraceEndpointTest.test_http_update_settings",
 )
 MIN_PASSING += 10
+
+# ---- logging and tracing: L0_logging's log_format_test.py (Triton's log line layouts)
+PASSING += (
+    "L0_logging[log_format,escaped]::TestLogFormat.test_format[default]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_format[ISO8601]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[default]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[default_control]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[ISO8601]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[ISO8601_control]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_format[default_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_format[ISO8601_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[default_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[default_unescaped_control]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[ISO8601_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[ISO8601_unescaped_control]",
+)
