@@ -39,6 +39,8 @@ microsecond, as Triton's), the process id, the file and line that wrote it.
 The message is escaped as a JSON string (quoted, newlines and control
 characters escaped: a client's text cannot forge a line) unless
 ``--no-log-escape`` (Triton's ``TRITON_SERVER_ESCAPE_LOG_MESSAGES=0``).
+Without ``--log-file``, as Triton's console: info and verbose lines to
+stdout, warnings and errors to stderr.
 
 Settings of one process (with ``--workers N`` each worker has its own).
 """
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -154,6 +157,18 @@ class TritonFormatter(logging.Formatter):
         return f"{letter}{day}.{micros:06d} {where} {message}"
 
 
+class Console(logging.StreamHandler):
+    """stderr; with Triton's line layouts (``split``) as Triton's console:
+    info and verbose lines to stdout, warnings and errors to stderr."""
+
+    split = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.split:  # under the handler's lock: one stream a record
+            self.stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        super().emit(record)
+
+
 # ----------------------------------------------------------------- Triton's logging extension
 
 FORMATS = ("default", "ISO8601")
@@ -230,7 +245,7 @@ def configure_logging(level: str, log_file: Path | None = None) -> None:
     if isinstance(_handler, logging.FileHandler):
         _handler.close()
     handler: logging.Handler = (
-        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler()
+        logging.FileHandler(log_file, encoding="utf-8") if log_file else Console()
     )
     handler.addFilter(RequestIdFilter())
     handler.addFilter(LevelSwitch())
@@ -268,6 +283,8 @@ def configure_format(log_format: str, escape: bool = True) -> None:
     if _handler is None:
         return
     _handler.setFormatter(_formatter)
+    if isinstance(_handler, Console):
+        _handler.split = log_format in FORMATS
     if log_format != "text":
         for name in UVICORN:
             logger = logging.getLogger(name)

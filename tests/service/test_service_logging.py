@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,3 +320,46 @@ def test_text_lines_escape_control_characters() -> None:
     record.request_id, record.trace = "-", ""
     line = TextFormatter(TEXT).format(record)
     assert line.endswith("[-] a\\nb\\x1b[31m é")
+
+
+def test_triton_layout_console_splits_levels(tmp_path: Path) -> None:
+    """L0_logging's test.sh ("Log Output Stream"): without --log-file,
+    Triton's layout writes info lines to stdout and warnings and errors to
+    stderr (a model that fails to load is a warning line)."""
+    repo = tmp_path / "repo"
+    write_mlp(repo, "mlp")
+    broken = repo / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an ONNX model")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
+    env |= {"BNFOLD_GRPC_PORT": "0", "BNFOLD_WARMUP": "false", "BNFOLD_API_TOKEN": ""}
+    command = [sys.executable, "-m", "bnfold.service", "--repo", str(repo), "--port", str(port)]
+    with (tmp_path / "out.log").open("w") as out, (tmp_path / "err.log").open("w") as err:
+        server = subprocess.Popen(
+            [*command, "--log-format", "default"], env=env, stdout=out, stderr=err
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def loaded() -> bool:
+            try:
+                index = httpx.post(f"{url}/v2/repository/index", json={}).json()
+            except httpx.TransportError:
+                return False
+            return {m["name"]: m.get("state") for m in index} == {
+                "broken": "UNAVAILABLE",
+                "mlp": "READY",
+            }
+
+        wait_until(loaded, "both models tried")
+        wait_until(lambda: "broken" in (tmp_path / "err.log").read_text(), "the load's warning")
+    finally:
+        server.kill()
+        server.wait(30)
+    stdout = (tmp_path / "out.log").read_text().splitlines()
+    stderr = (tmp_path / "err.log").read_text().splitlines()
+    levels = [m.group(0)[0] for m in map(DEFAULT_LINE.fullmatch, stdout) if m]
+    assert levels and set(levels) == {"I"} and len(levels) == len(stdout), stdout
+    levels = [m.group(0)[0] for m in map(DEFAULT_LINE.fullmatch, stderr) if m]
+    assert levels and set(levels) <= {"W", "E"}, stderr
