@@ -384,8 +384,10 @@ class InferenceServicer:
             return encode_result(result)
         try:
             response = encode_result(result)
-        finally:
-            front.done((SEND_START, time.perf_counter()))  # handed to gRPC to send
+        except BaseException:
+            front.done()  # not sent: no send stamp
+            raise
+        front.done((SEND_START, time.perf_counter()))  # handed to gRPC to send
         return response
 
     async def stream_one(self, request: pb.ModelInferRequest | _Malformed) -> Any:

@@ -303,3 +303,26 @@ def test_a_trace_that_cannot_be_written_leaves_the_answer_alone(repo: Path, tmp_
         http.close()
     assert sorted(traces(tmp_path / "trace.json.1")) == [2]
     assert not (tmp_path / "trace.json.0.part").exists()
+
+
+def test_a_failed_request_is_traced_without_send_stamps(repo: Path, tmp_path: Path) -> None:
+    """A traced request that fails (an unknown input) is written all the
+    same, with the front end's stamps it got to and no send stamps."""
+    path = tmp_path / "trace.json"
+    config = (f"triton,file={path}", "level=TIMESTAMPS", "rate=1")
+    with run_grpc_server(settings(repo, *config)) as server:
+        http = triton_http.InferenceServerClient(server.host_port)
+        rpc = triton_grpc.InferenceServerClient(server.grpc)
+        for client, module in ((http, triton_http), (rpc, triton_grpc)):
+            data = module.InferInput("nope", [1, 64], "FP32")
+            data.set_data_from_numpy(x(0))
+            with pytest.raises(InferenceServerException, match="unknown input 'nope'"):
+                client.infer(MODEL, [data])
+        http.close()
+        rpc.close()
+    by_id = traces(path)
+    named = {i: [r["timestamps"][0]["name"] for r in by_id[i][1:]] for i in by_id}
+    assert named == {
+        1: ["HTTP_RECV_START", "HTTP_RECV_END", "REQUEST_START", "REQUEST_END"],
+        2: ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END", "REQUEST_START", "REQUEST_END"],
+    }
