@@ -233,7 +233,7 @@ def _prompt_gil_handoff(switch_ms: float) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level, settings.log_file)
-    configure_format(settings.log_format)
+    configure_format(settings.log_format, settings.log_escape)
     config = parse_trace_config(settings.trace_config)
     tracing = TraceSettings(
         exporting=settings.otlp_endpoint is not None, rate=settings.trace_rate, config=config

@@ -35,8 +35,9 @@ every output back by each request's row count.
 - ``on_queue``: a caller that sets it is called when its request enters
   the queue (what waits there is what a caller going away can save).
 - ``timestamps``: a caller that sets it to an empty list gets its request's
-  (enqueued, started, finished) ``perf_counter`` times appended when the
-  result arrives (what a trace's queue and compute spans are made of).
+  (enqueued, started, inputs merged, run done, finished) ``perf_counter``
+  times appended when the result arrives (what a trace's queue and compute
+  spans are made of).
 - When ``run`` raises, every request of that batch gets the exception.
 - Load: ``queued`` counts requests waiting in the queue (from ``submit`` until
   their batch leaves, or until they give up), ``in_flight`` requests inside
@@ -174,15 +175,14 @@ class Arrivals:
 
 class _Item:
     __slots__ = (
+        "compute",
         "enqueued",
         "expires",
         "feeds",
-        "finished",
         "future",
         "key",
         "queued",
         "rows",
-        "started",
     )
 
     def __init__(self, feeds: Feeds, rows: int, key: Any, future: asyncio.Future[Feeds]) -> None:
@@ -192,8 +192,15 @@ class _Item:
         self.future = future
         self.enqueued = time.perf_counter()
         self.expires = math.inf  # refused if still queued then (submit's queue_timeout)
-        self.started = self.finished = 0.0  # its batch's compute, once taken
+        # its batch's compute (started, inputs merged, run done, finished), once done
+        self.compute: tuple[float, ...] = ()
         self.queued = True  # counted in Batcher.queued until taken or given up
+
+
+def _durations(times: tuple[float, float, float, float]) -> tuple[float, float, float]:
+    """The merge's, the run's and the split's seconds, from ``_execute``'s times."""
+    t0, t1, t2, t3 = times
+    return t1 - t0, t2 - t1, t3 - t2
 
 
 class Batcher:
@@ -322,7 +329,7 @@ class Batcher:
         else:
             marks = timestamps.get()
             if marks is not None:
-                marks += (item.enqueued, item.started, item.finished)
+                marks += (item.enqueued, *item.compute)
             return result
         finally:
             # Answered, timed out or cancelled: no longer waiting, no longer in flight.
@@ -364,17 +371,17 @@ class Batcher:
         self._arrivals.queued()
         started = time.perf_counter()
         try:
-            results, timings = self._execute([feeds])
+            results, times = self._execute([feeds])
         except Exception as e:
             if self._observer is not None:
                 self._observer.batch_failed(1, e)
             raise
-        self._note_solo(sum(timings))
+        self._note_solo(times[3] - times[0])
         marks = timestamps.get()
         if marks is not None:
-            marks += (started, started, time.perf_counter())
+            marks += (started, started, times[1], times[2], time.perf_counter())
         if self._observer is not None:
-            self._observer.batch_done(rows, [0.0], *timings)  # never queued
+            self._observer.batch_done(rows, [0.0], *_durations(times))  # never queued
         return results[0]
 
     def _note_solo(self, seconds: float) -> None:
@@ -458,10 +465,10 @@ class Batcher:
         try:
             loop = asyncio.get_running_loop()
             parts = [item.feeds for item in batch]
-            results, timings = await loop.run_in_executor(self._executor, self._execute, parts)
-            finished = time.perf_counter()
+            results, times = await loop.run_in_executor(self._executor, self._execute, parts)
+            compute = (started, times[1], times[2], time.perf_counter())
             for item in batch:
-                item.started, item.finished = started, finished
+                item.compute = compute
         except BaseException as e:
             for item in batch:
                 if not item.future.done():
@@ -475,16 +482,19 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(result)
             if len(batch) == 1:
-                self._note_solo(sum(timings))
+                self._note_solo(times[3] - times[0])
             if self._observer is not None:
-                self._observer.batch_done(sum(i.rows for i in batch), queue_s, *timings)
+                rows = sum(i.rows for i in batch)
+                self._observer.batch_done(rows, queue_s, *_durations(times))
         finally:
             self._in_flight -= 1
             self._slots.release()
             self._check_idle()
 
-    def _execute(self, parts: list[Feeds]) -> tuple[list[Feeds], tuple[float, float, float]]:
-        """Worker thread: merge, run, split. Returns outputs and timings."""
+    def _execute(self, parts: list[Feeds]) -> tuple[list[Feeds], tuple[float, float, float, float]]:
+        """Worker thread: merge, run, split. Returns the outputs and the
+        ``perf_counter`` times of the merge's start, the run's start and end,
+        and the split's end."""
         t0 = time.perf_counter()
         if len(parts) == 1:
             feeds = parts[0]
@@ -509,8 +519,7 @@ class Batcher:
                 {name: out[a:b] for name, out in outputs.items()}
                 for a, b in itertools.pairwise(bounds)
             ]
-        t3 = time.perf_counter()
-        return results, (t1 - t0, t2 - t1, t3 - t2)
+        return results, (t0, t1, t2, time.perf_counter())
 
     def _check_idle(self) -> None:
         if not self._queue and self._in_flight == 0:

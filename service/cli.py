@@ -187,7 +187,7 @@ def serve(**flags: Any) -> None:
     # Worker processes build their own Settings from the environment.
     os.environ.update(settings_env(settings))
     configure_logging(settings.log_level, settings.log_file)
-    configure_format(settings.log_format)
+    configure_format(settings.log_format, settings.log_escape)
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -196,7 +196,7 @@ def serve(**flags: Any) -> None:
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
         **uvicorn_options(settings),
     }
-    if settings.log_format == "json":
+    if settings.log_format != "text":
         common["log_config"] = None  # uvicorn's loggers go through ours (service/logs.py)
     with metrics_dir(settings.workers), _startup_failure_is_not_parity():
         if settings.workers == 1:

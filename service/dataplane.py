@@ -48,7 +48,7 @@ from .state import request_id, serving_model, trace_id
 if TYPE_CHECKING:
     from .model import ServedModel
     from .state import ServerState
-    from .trace_file import TraceFile
+    from .trace_file import Front, TraceFile
     from .tracing import Sampled
 
 # Request parameters Triton gives a meaning (docs/protocol/extension_parameters.md);
@@ -341,17 +341,20 @@ async def infer(
     version: str | None,
     parse: Callable[[Signature], WireRequest],
     traceparent: str | None = None,
+    front: Front | None = None,
 ) -> InferResult:
     """One inference, whatever the protocol: ``parse`` reads the wire
     request once the version serving ``name`` is known (its signature);
     the version is held until every output is encoded. Traced (request,
     queue and compute spans) when tracing is on and samples it; the
-    client's W3C ``traceparent`` is then the request span's parent."""
+    client's W3C ``traceparent`` is then the request span's parent. In
+    Triton's trace mode, ``front`` carries the protocol's stamps, and its
+    protocol writes the trace once it has sent the answer."""
     if state.trace_file is not None:  # Triton's trace mode: records in the operator's file
         sampled = state.tracing.sample(name)
         if sampled is None:
             return await _infer(state, name, version, parse)
-        return await _infer_to_file(state, state.trace_file, name, version, parse, sampled)
+        return await _infer_to_file(state, state.trace_file, name, version, parse, sampled, front)
     spans = state.spans
     if spans is None or not state.tracing.sample(name):
         return await _infer(state, name, version, parse)
@@ -381,20 +384,26 @@ async def _infer_to_file(
     version: str | None,
     parse: Callable[[Signature], WireRequest],
     sampled: Sampled,
+    front: Front | None,
 ) -> InferResult:
     """One inference traced as Triton traces it (service/trace_file.py):
-    its records written once it is answered, or has failed."""
-    trace = file.begin(name, sampled)
+    its records written once it has failed, or once it is answered: by its
+    protocol (``front``) after the answer is sent, else here."""
+    trace = file.begin(name, sampled, front.stamps if front is not None else ())
     stamps: list[float] = []
     marks = timestamps.set(stamps)
     try:
         result = await _infer(state, name, version, parse, trace.tensors)
         trace.request_id = result.id or ""  # the request's own id, as Triton's trace has it
+        if front is not None:
+            front.trace = trace
         return result
     finally:
         timestamps.reset(marks)
         served = serving_model.get()
-        file.write(trace, trace.records(served[1] if served else None, stamps, DATATYPE_OF))
+        trace.finish(served[1] if served else None, stamps)
+        if front is None or front.trace is None:
+            file.write(trace, trace.records(DATATYPE_OF))
 
 
 async def _infer(

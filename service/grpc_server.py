@@ -59,6 +59,7 @@ from .repository import Repository
 from .restricted import GRPC_CATEGORIES, Restrictions
 from .shm import DISABLED, SharedMemory
 from .state import RequestIds, ServerState, request_id
+from .trace_file import Front
 from .tracing import unknown_model as unknown_trace_model
 
 log = logging.getLogger("bnfold.service")
@@ -161,6 +162,15 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
         if isinstance(value, str):
             out[key.lower()] = value
     return out
+
+
+# Triton's trace file: the gRPC front end's stamps (docs/service.md says what
+# each is here; the end of the send happens in gRPC, after the handler).
+WAITREAD_START, WAITREAD_END, SEND_START = (
+    "GRPC_WAITREAD_START",
+    "GRPC_WAITREAD_END",
+    "GRPC_SEND_START",
+)
 
 
 class InferenceServicer:
@@ -354,6 +364,11 @@ class InferenceServicer:
     # --- inference
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         arrival = self.state.arrivals.enter(object())  # a key per call: see batching.Arrivals
+        file = self.state.trace_file
+        front = None
+        if file is not None:  # Triton's trace mode: gRPC has read the request (docs/service.md)
+            read = time.perf_counter()
+            front = Front(file, (WAITREAD_START, read), (WAITREAD_END, read))
         try:
             result = await dataplane.infer(
                 self.state,
@@ -361,10 +376,19 @@ class InferenceServicer:
                 request.model_version or None,
                 lambda _signature: parse_request(request),
                 _traceparent.get(),
+                front,
             )
         finally:
             self.state.arrivals.leave(arrival)
-        return encode_result(result)
+        if front is None or front.trace is None:
+            return encode_result(result)
+        try:
+            response = encode_result(result)
+        except BaseException:
+            front.done()  # not sent: no send stamp
+            raise
+        front.done((SEND_START, time.perf_counter()))  # handed to gRPC to send
+        return response
 
     async def stream_one(self, request: pb.ModelInferRequest | _Malformed) -> Any:
         """One request of a stream: its response, or its error as ``error_message``."""
@@ -479,6 +503,8 @@ def build_handlers(servicer: InferenceServicer, registry: CollectorRegistry) -> 
         code, message, reason, trailers = _fail(error)
         if code == grpc.StatusCode.INTERNAL:
             log.error("gRPC %s failed: %s", name, message, exc_info=error)
+        else:
+            log.debug("gRPC %s: %s %s", name, code.name, message)
         servicer.count_failure(name, request, reason)
         end(name, code, started)
         context.set_trailing_metadata(

@@ -93,6 +93,8 @@ def render(
         log.error("%s %s failed", method, path, exc_info=exc)
     elif error.status >= 500 and not error.retryable:
         log.error("%s %s: %s", method, path, error.message)
+    else:  # a client's mistake: a verbose line (Triton logs it at --log-verbose)
+        log.debug("%s %s: %d %s", method, path, error.status, error.message)
     state.count_failure(params.get("name"), params.get("version"), error.reason)
     return error_response(error)
 

@@ -19,17 +19,37 @@ Triton's logging extension (``GET``/``POST /v2/logging``, gRPC
   and error on, verbose 0; ``debug``: verbose 1 as well).
 - ``log_format``: ``default`` (local time, ``2026-12-07 21:00:00,123``) or
   ``ISO8601`` (UTC, ``2026-12-07T21:00:00Z``), the text lines' timestamps;
-  JSON lines keep their ISO 8601 UTC timestamp.
+  JSON lines keep their ISO 8601 UTC timestamp. With Triton's line layout
+  (``--log-format default`` or ``ISO8601``) it switches between Triton's two
+  layouts.
 - ``log_file``: where the lines go, ``--log-file`` (``""``: stderr). Set at
   start only: as in Triton, a client that names one is refused, so no
   request can make the server write a file.
+
+Triton's line layout, ``--log-format default`` or ``--log-format ISO8601``
+(Triton's flag and values; uvicorn's lines too), for tools that parse
+Triton's logs:
+
+    default: I1207 21:00:00.123456 4242 app.py:189] "message"
+    ISO8601: 2026-12-07T21:00:00Z I 4242 app.py:189] "message"
+
+The level letter (``E``, ``W``, ``I``; debug lines are Triton's verbose
+ones, ``I``), the time (``default``: UTC month, day and time to the
+microsecond, as Triton's), the process id, the file and line that wrote it.
+The message is escaped as a JSON string (quoted, newlines and control
+characters escaped: a client's text cannot forge a line) unless
+``--no-log-escape`` (Triton's ``TRITON_SERVER_ESCAPE_LOG_MESSAGES=0``).
+Without ``--log-file``, as Triton's console: info and verbose lines to
+stdout, warnings and errors to stderr.
 
 Settings of one process (with ``--workers N`` each worker has its own).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -87,15 +107,66 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# Control characters of a message (a client's text in it) as escapes in the
+# text lines: one line per record, none forged.
+CONTROLS = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 class TextFormatter(logging.Formatter):
-    """The text line; its timestamp in Triton's ``default`` or ``ISO8601`` form."""
+    """The text line; its timestamp in Triton's ``default`` or ``ISO8601``
+    form, control characters of the message escaped (a traceback after it
+    keeps its lines)."""
 
     iso = False
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not record.message.isprintable():
+            record.message = record.message.translate(CONTROLS)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if self.iso:
             return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
         return super().formatTime(record, datefmt)
+
+
+class TritonFormatter(logging.Formatter):
+    """Triton's line layout (``default`` or ``ISO8601``), its message escaped
+    as a JSON string unless ``escape`` is off."""
+
+    iso = False
+
+    def __init__(self, escape: bool = True) -> None:
+        super().__init__()
+        self.escape = escape
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.escape:
+            message = json.dumps(message, ensure_ascii=False)
+        level = record.levelno
+        letter = "E" if level >= logging.ERROR else "W" if level >= logging.WARNING else "I"
+        utc = time.gmtime(record.created)
+        where = f"{record.process} {record.filename}:{record.lineno}]"
+        if self.iso:
+            return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', utc)} {letter} {where} {message}"
+        micros = int(record.created % 1 * 1e6)
+        day = time.strftime("%m%d %H:%M:%S", utc)
+        return f"{letter}{day}.{micros:06d} {where} {message}"
+
+
+class Console(logging.StreamHandler):
+    """stderr; with Triton's line layouts (``split``) as Triton's console:
+    info and verbose lines to stdout, warnings and errors to stderr."""
+
+    split = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.split:  # under the handler's lock: one stream a record
+            self.stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        super().emit(record)
 
 
 # ----------------------------------------------------------------- Triton's logging extension
@@ -174,7 +245,7 @@ def configure_logging(level: str, log_file: Path | None = None) -> None:
     if isinstance(_handler, logging.FileHandler):
         _handler.close()
     handler: logging.Handler = (
-        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler()
+        logging.FileHandler(log_file, encoding="utf-8") if log_file else Console()
     )
     handler.addFilter(RequestIdFilter())
     handler.addFilter(LevelSwitch())
@@ -195,17 +266,26 @@ def configure_logging(level: str, log_file: Path | None = None) -> None:
     _apply()
 
 
-def configure_format(log_format: str) -> None:
-    """``text`` or ``json`` on the handler ``configure_logging`` set; JSON
-    takes uvicorn's loggers (its errors, and its access lines when they are
-    on) through the same handler."""
+def configure_format(log_format: str, escape: bool = True) -> None:
+    """``text``, ``json`` or Triton's ``default`` or ``ISO8601`` on the
+    handler ``configure_logging`` set; all but ``text`` take uvicorn's loggers
+    (its errors, and its access lines when they are on) through the same
+    handler. ``escape``: Triton's layouts' messages as JSON strings."""
     global _formatter
-    _formatter = JsonFormatter() if log_format == "json" else TextFormatter(TEXT)
+    if log_format == "json":
+        _formatter = JsonFormatter()
+    elif log_format in FORMATS:
+        _formatter = TritonFormatter(escape)
+        _settings.log_format = log_format
+    else:
+        _formatter = TextFormatter(TEXT)
     _apply()
     if _handler is None:
         return
     _handler.setFormatter(_formatter)
-    if log_format == "json":
+    if isinstance(_handler, Console):
+        _handler.split = log_format in FORMATS
+    if log_format != "text":
         for name in UVICORN:
             logger = logging.getLogger(name)
             logger.handlers[:] = [] if name == "uvicorn.error" else [_handler]
@@ -215,7 +295,7 @@ def configure_format(log_format: str) -> None:
 def _apply() -> None:
     for name in OURS:
         logging.getLogger(name).setLevel(_settings.lowest())
-    if isinstance(_formatter, TextFormatter):
+    if isinstance(_formatter, TextFormatter | TritonFormatter):
         _formatter.iso = _settings.log_format == "ISO8601"
 
 

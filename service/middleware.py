@@ -145,7 +145,7 @@ class RequestContext:
                     scope, receive, send_with_id
                 )
             elif (target := direct_target(scope)) is not None:  # the hot path, past FastAPI
-                await direct(scope, receive_limited, send_with_id, target)
+                await direct(scope, receive_limited, send_with_id, target, started)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         finally:

@@ -65,10 +65,11 @@ class Spans:
 
     def finish(self, span: Span, stamps: Sequence[float], error: BaseException | None) -> None:
         """The queue and compute spans from the batcher's ``perf_counter``
-        (enqueued, started, finished), then the request's end."""
-        if len(stamps) == 3:
+        (enqueued, started, inputs merged, run done, finished), then the
+        request's end."""
+        if len(stamps) == 5:
             offset = time.time_ns() - time.perf_counter_ns()
-            enqueued, started, finished = (int(t * 1e9) + offset for t in stamps)
+            enqueued, started, finished = (int(stamps[i] * 1e9) + offset for i in (0, 1, 4))
             inside = trace.set_span_in_context(span)
             for name, begin, end in (("queue", enqueued, started), ("compute", started, finished)):
                 child = self.tracer.start_span(name, context=inside, start_time=begin)

@@ -254,12 +254,23 @@ class Settings(BaseSettings):
         Field(description="critical, error, warning, info or debug."),
     ] = "info"
     log_format: Annotated[
-        Literal["text", "json"],
+        Literal["text", "json", "default", "ISO8601"],
         Field(
-            description="text, or json: one JSON object per line (uvicorn's lines too) with "
-            "timestamp, level, logger, message, request id, trace id, model and version.",
+            description="text; json: one JSON object per line (uvicorn's lines too) with "
+            "timestamp, level, logger, message, request id, trace id, model and version; "
+            "default or ISO8601: Triton's line layouts (Triton's --log-format), uvicorn's "
+            "lines too.",
         ),
     ] = "text"
+    log_escape: Annotated[
+        bool,
+        Field(
+            validation_alias=AliasChoices("BNFOLD_LOG_ESCAPE", "TRITON_SERVER_ESCAPE_LOG_MESSAGES"),
+            description="In Triton's line layouts, each message as a JSON string (quoted, "
+            "newlines and control characters escaped); Triton's "
+            "TRITON_SERVER_ESCAPE_LOG_MESSAGES is read too (this one wins).",
+        ),
+    ] = True
     log_file: Annotated[
         Path | None,
         Field(

@@ -66,7 +66,7 @@ class Signature:
             if spec.name == name:
                 return spec
         expected = [s.name for s in self.inputs]
-        raise BadRequest(f"unknown input {name!r}; the model expects {expected}")
+        raise BadRequest(f"unknown input '{name}'; the model expects {expected}")
 
     def output(self, name: str) -> TensorSpec:
         for spec in self.outputs:

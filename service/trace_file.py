@@ -5,16 +5,22 @@ trace's ``id`` (1, 2, ... in the order traces start):
 
     {"id": 1, "model_name": "simple", "model_version": 1, "request_id": "..."}
     (request_id: the inference request's ``id``, when it has one)
-    {"id": 1, "timestamps": [{"name": "REQUEST_START", "ns": 2356425054785863}]}
-    ... QUEUE_START, COMPUTE_START, COMPUTE_END, REQUEST_END
+    {"id": 1, "timestamps": [{"name": "HTTP_RECV_START", "ns": 2356425054785863}]}
+    ... HTTP_RECV_END, REQUEST_START, QUEUE_START, COMPUTE_START,
+    COMPUTE_INPUT_END, COMPUTE_OUTPUT_START, COMPUTE_END, REQUEST_END,
+    HTTP_SEND_START, HTTP_SEND_END (over gRPC: GRPC_WAITREAD_START,
+    GRPC_WAITREAD_END first, GRPC_SEND_START last)
     {"id": 1, "activity": "TENSOR_QUEUE_INPUT",
      "tensor": {"name": "INPUT0", "data": "1,2,3", "shape": "1,3", "dtype": "INT32"}}
     ... TENSOR_BACKEND_OUTPUT (level TENSORS)
 
-Timestamps are ``CLOCK_MONOTONIC`` nanoseconds, as Triton's steady clock:
-the request's entry into the data plane and its answer encoded (request),
-entering the batcher's queue (queue), its batch's merge, ONNX Runtime run
-and split (compute). Where they go is Triton's layout:
+Timestamps are ``CLOCK_MONOTONIC`` nanoseconds, as Triton's steady clock,
+each taken where bnfold sees the moment (docs/service.md says what each
+means here): the protocol's (``Front``: the request handed to bnfold and
+its body read, its answer handed to the server to send), the request's
+entry into the data plane and its answer encoded (request), entering the
+batcher's queue (queue), its batch's start, inputs merged, ONNX Runtime's
+run done, and outputs split (compute). Where they go is Triton's layout:
 
 - ``log_frequency`` 0: one JSON array in ``PATH``, ``[`` written at start
   (the file truncated), ``]`` at shutdown (Triton keeps the traces in memory until
@@ -42,6 +48,7 @@ from typing import IO, Any
 import numpy as np
 
 from .batching import Feeds
+from .protocol import DATATYPE_OF
 from .tracing import Sampled
 
 log = logging.getLogger("bnfold.service")
@@ -58,37 +65,49 @@ def _data(array: np.ndarray) -> str:
     return ",".join(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in items)
 
 
+Stamp = tuple[str, float]  # a timestamp's name and its perf_counter reading
+COMPUTE = ("QUEUE_START", "COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START")
+
+
 class Trace:
     """One traced inference being answered."""
 
-    def __init__(self, trace_id: int, model: str, sampled: Sampled) -> None:
+    def __init__(
+        self, trace_id: int, model: str, sampled: Sampled, front: Sequence[Stamp] = ()
+    ) -> None:
         self.id = trace_id
         self.model = model
         self.request_id = ""  # the inference request's "id", when it has one
         self.sampled = sampled
+        self.front = front  # the protocol's stamps before the data plane
         self.start = time.perf_counter()
         self.tensors: list[tuple[Feeds, Feeds]] | None = [] if "TENSORS" in sampled.levels else None
+        self.version: str | None = None
+        self.stamps: Sequence[float] = ()
+        self.end = self.start
+        self.after: list[Stamp] = []  # the protocol's stamps after the answer
 
-    def records(
-        self, version: str | None, stamps: Sequence[float], datatype: Mapping[Any, str]
-    ) -> list[dict[str, Any]]:
-        """Triton's records of this trace, once it is answered; ``stamps``:
-        the batcher's (enqueued, started, finished), when it got there."""
+    def finish(self, version: str | None, stamps: Sequence[float]) -> None:
+        """Answered (or failed) by the data plane: ``stamps``, the batcher's
+        (enqueued, started, inputs merged, run done, finished) when it got
+        there."""
+        self.version, self.stamps, self.end = version, stamps, time.perf_counter()
+
+    def records(self, datatype: Mapping[Any, str]) -> list[dict[str, Any]]:
+        """Triton's records of this trace, once finished."""
         header: dict[str, Any] = {"id": self.id, "model_name": self.model}
+        version = self.version
         header["model_version"] = int(version) if version and version.isdigit() else -1
         if self.request_id:
             header["request_id"] = self.request_id
         records = [header]
         if "TIMESTAMPS" in self.sampled.levels:
-            named = [("REQUEST_START", self.start)]
-            if len(stamps) == 3:
-                enqueued, started, finished = stamps
-                named += [
-                    ("QUEUE_START", enqueued),
-                    ("COMPUTE_START", started),
-                    ("COMPUTE_END", finished),
-                ]
-            named.append(("REQUEST_END", time.perf_counter()))
+            named = [*self.front, ("REQUEST_START", self.start)]
+            if len(self.stamps) == len(COMPUTE) + 1:
+                named += zip(COMPUTE, self.stamps, strict=False)
+                named.append(("COMPUTE_END", self.stamps[-1]))
+            named.append(("REQUEST_END", self.end))
+            named += self.after
             records += [
                 {"id": self.id, "timestamps": [{"name": name, "ns": _ns(t)}]} for name, t in named
             ]
@@ -108,6 +127,27 @@ class Trace:
         return records
 
 
+class Front:
+    """One request's stamps of the protocol that carries it (HTTP, gRPC),
+    made only in Triton's trace mode: those taken before the data plane
+    samples it (``stamps``); once it is traced, its ``trace``, which
+    ``done`` writes after the protocol's last stamps (or, without them, when
+    its answer could not be sent)."""
+
+    __slots__ = ("file", "stamps", "trace")
+
+    def __init__(self, file: TraceFile, *stamps: Stamp) -> None:
+        self.file = file
+        self.stamps = list(stamps)
+        self.trace: Trace | None = None
+
+    def done(self, *stamps: Stamp) -> None:
+        trace, self.trace = self.trace, None
+        if trace is not None:
+            trace.after += stamps
+            self.file.write(trace, trace.records(DATATYPE_OF))
+
+
 class TraceFile:
     """The operator's trace file and its indexed siblings."""
 
@@ -119,8 +159,8 @@ class TraceFile:
         self._empty = True  # nothing written in PATH yet
         self._groups: dict[str | None, list[str]] = {}  # traces waiting for PATH.i
 
-    def begin(self, model: str, sampled: Sampled) -> Trace:
-        return Trace(next(self._ids), model, sampled)
+    def begin(self, model: str, sampled: Sampled, front: Sequence[Stamp] = ()) -> Trace:
+        return Trace(next(self._ids), model, sampled, front)
 
     def write(self, trace: Trace, records: list[dict[str, Any]]) -> None:
         """One trace's records, where its ``log_frequency`` sends them; a

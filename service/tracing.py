@@ -14,7 +14,7 @@ server-wide one, and server-wide back to the start's):
 - ``trace_level``: ``["OFF"]``, or ``TIMESTAMPS`` and (mode ``triton`` only)
   ``TENSORS``; in mode ``opentelemetry`` ``TIMESTAMPS`` needs an OTLP
   endpoint (somewhere to send the spans);
-- ``trace_rate``: one inference in this many is traced (the first one is);
+- ``trace_rate``: one inference in this many is traced (the Nth, 2Nth, ..., as Triton);
 - ``trace_count``: traces left to take (``-1``: no limit), counted down;
 - ``log_frequency`` (mode ``triton``): every this many traces go to a file
   of their own, ``PATH.0``, ``PATH.1``... (``0``: all go to ``PATH``).
@@ -206,7 +206,7 @@ class TraceSettings:
         rated = own if own is not None and own.rate is not None else self._server
         rate = rated.rate or 1
         rated.seen += 1
-        if (rated.seen - 1) % rate:
+        if rated.seen % rate:  # Triton's: the Nth, 2Nth, ... are traced
             return None
         counted = own if own is not None and own.count is not None else self._server
         if counted.count == 0:

@@ -22,6 +22,7 @@ status 499 (``GONE``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from ..protocol import (
 )
 from ..signature import Signature
 from ..state import ServerState
+from ..trace_file import Front
 from .responses import MODEL, Responses, errors
 
 router = APIRouter(tags=["inference"])
@@ -112,9 +114,15 @@ async def infer(name: str, request: Request, state: StateDep, version: VersionDe
 
 
 async def answer(
-    state: ServerState, name: str, version: str | None, headers: Mapping[str, str], body: bytes
+    state: ServerState,
+    name: str,
+    version: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    front: Front | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers of one V2 inference request."""
+    """The response body and headers of one V2 inference request (``front``:
+    its HTTP stamps, in Triton's trace mode)."""
     limit = state.settings.max_body_bytes
     wire: list[dataplane.WireRequest] = []
 
@@ -123,7 +131,7 @@ async def answer(
         wire.append(parse_infer(raw, headers.get(_LENGTH), signature, name))
         return wire[0]
 
-    result = await dataplane.infer(state, name, version, parse, headers.get("traceparent"))
+    result = await dataplane.infer(state, name, version, parse, headers.get("traceparent"), front)
     return encode_result(result, wire[0].parameters.get("binary_data_output") is True)
 
 
@@ -141,6 +149,10 @@ PLAIN = _Template("/v2/models/{name}/infer")
 VERSIONED = _Template("/v2/models/{name}/versions/{version}/infer")
 _LENGTH = HEADER_LENGTH.lower()  # header names as ASGI gives them (Headers ignores case)
 _WANTED = (b"content-encoding", _LENGTH.encode(), b"traceparent")
+# Triton's trace file: the HTTP front end's stamps (docs/service.md says what
+# each is here).
+RECV_START, RECV_END = "HTTP_RECV_START", "HTTP_RECV_END"
+SEND_START, SEND_END = "HTTP_SEND_START", "HTTP_SEND_END"
 GONE = "bnfold.client_gone"  # set in the scope of a request whose client went away
 GONE_STATUS = 499  # what the HTTP metrics count for it
 
@@ -161,10 +173,16 @@ def direct_target(scope: Scope) -> tuple[str, str | None] | None:
 
 
 async def direct(
-    scope: Scope, receive: Receive, send: Send, target: tuple[str, str | None]
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    target: tuple[str, str | None],
+    started: float = 0.0,
 ) -> None:
     """``infer`` as a plain ASGI endpoint: the same answer, errors rendered
-    (and counted) by service/http_errors.py as FastAPI's handler would."""
+    (and counted) by service/http_errors.py as FastAPI's handler would.
+    ``started``: when the request was handed to bnfold (``perf_counter``),
+    its ``HTTP_RECV_START`` in Triton's trace mode."""
     name, version = target
     scope["route"] = PLAIN if version is None else VERSIONED
     state: ServerState = scope["app"].state.bnfold
@@ -172,6 +190,7 @@ async def direct(
     for key, value in scope["headers"]:
         if key in _WANTED:
             headers[key.decode("latin-1")] = value.decode("latin-1")
+    front = None if state.trace_file is None else Front(state.trace_file, (RECV_START, started))
     try:
         chunks = []
         more = True
@@ -181,20 +200,34 @@ async def direct(
                 return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
+        if front is not None:
+            front.stamps.append((RECV_END, time.perf_counter()))
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        answered = await _unless_gone(answer(state, name, version, headers, body), receive)
+        answered = await _unless_gone(answer(state, name, version, headers, body, front), receive)
         if answered is None:
             scope[GONE] = True
+            if front is not None:
+                front.done()  # nothing to send
             return
         content, out_headers = answered
     except Exception as e:
+        if front is not None:
+            front.done()  # its error is not an answer it traced
         params: dict[str, Any] = {"name": name, "version": version}
         await render(state, "POST", scope["path"], params, e)(scope, receive, send)
         return
     raw = [(b"content-length", str(len(content)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out_headers.items()]
-    await send({"type": "http.response.start", "status": 200, "headers": raw})
-    await send({"type": "http.response.body", "body": content})
+    if front is None or front.trace is None:  # the usual path: no trace to finish
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+        return
+    sending = time.perf_counter()
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+    finally:
+        front.done((SEND_START, sending), (SEND_END, time.perf_counter()))
 
 
 async def _disconnected(receive: Receive) -> bool:

@@ -10,7 +10,12 @@ connection takes the next request.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,8 @@ from server_process import free_port, spawn
 from service_harness import TOKEN, base_settings, wait_until
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
+
+from bnfold.service.logs import TEXT, TextFormatter
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -252,3 +259,107 @@ def test_the_logging_category_is_restricted(repo: Path) -> None:
         assert got["log_info"] == {"bool_param": True}
         http.close()
         rpc.close()
+
+
+# Triton's line layouts, as L0_logging's log_format_test.py reads them.
+ISO_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ [IWE] \d+ [\w.]+:\d+\] (.*)")
+DEFAULT_LINE = re.compile(r"[IWE]\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ [\w.]+:\d+\] (.*)")
+FORGED = "I0205 18:34:18.707423 1 file.cc:123] forged"
+
+
+def test_triton_line_layouts(repo: Path, tmp_path: Path) -> None:
+    """L0_logging's test.sh: ``--log-format=ISO8601 --log-file`` reported and
+    written, then ``log_format`` ``default`` from the next line on; each
+    message a JSON string, so a client's input name with a newline in it
+    forges no line (its 400 is a verbose line)."""
+    log_file = tmp_path / "triton.log"
+    args = ("--log-format", "ISO8601", "--log-file", str(log_file), "--log-level", "debug")
+    with spawn(repo, tmp_path, *args) as server:
+        http = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+        wait_until(lambda: http.is_server_ready(), "ready")
+        settings = http.get_log_settings(headers=AUTH)
+        assert settings["log_format"] == "ISO8601"
+        assert settings["log_verbose_level"] == 1
+
+        def refused(name: str) -> None:
+            tensor = {"name": name, "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+            r = httpx.post(f"{server.url}/v2/models/mlp/infer", json={"inputs": [tensor]})
+            assert r.status_code == 400
+            assert f"unknown input '{name}'" in r.json()["error"]
+
+        def messages(pattern: re.Pattern[str], marker: str) -> list[str]:
+            """Every line's message, once the one naming ``marker`` is there."""
+            lines = log_file.read_text().splitlines()
+            if not any(marker in line for line in lines):
+                return []
+            return [m.group(1) for m in map(pattern.fullmatch, lines) if m is not None]
+
+        refused(f"iso\n{FORGED}")
+        wait_until(lambda: messages(ISO_LINE, "iso\\n"), "the 400's verbose line")
+        lines = log_file.read_text().splitlines()
+        assert all(ISO_LINE.fullmatch(line) for line in lines), lines
+        assert FORGED not in lines
+        said = [json.loads(m) for m in messages(ISO_LINE, "iso\\n")]  # each a JSON string
+        assert any(f"unknown input 'iso\n{FORGED}'" in m for m in said)
+        assert any(m.startswith("Uvicorn running on") for m in said)  # uvicorn's lines too
+
+        http.update_log_settings({"log_format": "default"}, headers=AUTH)
+        refused(f"default\n{FORGED}")
+        wait_until(lambda: messages(DEFAULT_LINE, "default\\n"), "the line in default layout")
+        said = [json.loads(m) for m in messages(DEFAULT_LINE, "default\\n")]
+        assert any(f"unknown input 'default\n{FORGED}'" in m for m in said)
+        http.close()
+
+
+def test_text_lines_escape_control_characters() -> None:
+    """bnfold's own text lines: a message's newline or escape sequence (a
+    client's text in it) is escaped, one record one line."""
+    record = logging.LogRecord(
+        "bnfold.service", logging.DEBUG, "x.py", 1, "a\nb\x1b[31m é", (), None
+    )
+    record.request_id, record.trace = "-", ""
+    line = TextFormatter(TEXT).format(record)
+    assert line.endswith("[-] a\\nb\\x1b[31m é")
+
+
+def test_triton_layout_console_splits_levels(tmp_path: Path) -> None:
+    """L0_logging's test.sh ("Log Output Stream"): without --log-file,
+    Triton's layout writes info lines to stdout and warnings and errors to
+    stderr (a model that fails to load is a warning line)."""
+    repo = tmp_path / "repo"
+    write_mlp(repo, "mlp")
+    broken = repo / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an ONNX model")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BNFOLD_")}
+    env |= {"BNFOLD_GRPC_PORT": "0", "BNFOLD_WARMUP": "false", "BNFOLD_API_TOKEN": ""}
+    command = [sys.executable, "-m", "bnfold.service", "--repo", str(repo), "--port", str(port)]
+    with (tmp_path / "out.log").open("w") as out, (tmp_path / "err.log").open("w") as err:
+        server = subprocess.Popen(
+            [*command, "--log-format", "default"], env=env, stdout=out, stderr=err
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def loaded() -> bool:
+            try:
+                index = httpx.post(f"{url}/v2/repository/index", json={}).json()
+            except httpx.TransportError:
+                return False
+            return {m["name"]: m.get("state") for m in index} == {
+                "broken": "UNAVAILABLE",
+                "mlp": "READY",
+            }
+
+        wait_until(loaded, "both models tried")
+        wait_until(lambda: "broken" in (tmp_path / "err.log").read_text(), "the load's warning")
+    finally:
+        server.kill()
+        server.wait(30)
+    stdout = (tmp_path / "out.log").read_text().splitlines()
+    stderr = (tmp_path / "err.log").read_text().splitlines()
+    levels = [m.group(0)[0] for m in map(DEFAULT_LINE.fullmatch, stdout) if m]
+    assert levels and set(levels) == {"I"} and len(levels) == len(stdout), stdout
+    levels = [m.group(0)[0] for m in map(DEFAULT_LINE.fullmatch, stderr) if m]
+    assert levels and set(levels) <= {"W", "E"}, stderr

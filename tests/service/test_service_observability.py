@@ -414,17 +414,17 @@ def test_spans_share_the_trace_id_of_the_log_line(
             assert line["trace_id"] == g["request"].trace_id.hex()
             assert line["message"].startswith("gRPC ModelInfer OK")
 
-            # trace_rate 2 for the model: the 1st and 3rd of the next four
+            # trace_rate 2 for the model: as Triton, the 2nd and 4th of the next five
             r = http.post("/v2/models/mlp/trace/setting", json={"trace_rate": "2"}, headers=AUTH)
             assert r.json()["trace_rate"] == "2"
             for i in range(5):
                 headers = {"X-Request-ID": f"rated-{i}"}
                 assert http.post("/v2/models/mlp/infer", json=v2(x), headers=headers).is_success
-            # spans leave in order: once the fifth's are in, the others' would be
-            wait_until(lambda: len(collector.by_request("rated-4")) == 3, "the fifth's spans")
-            traced = [i for i in range(5) if collector.by_request(f"rated-{i}")]
-            assert traced == [0, 2, 4]
-            untraced = access_line(server.output(), "rated-1")
+            # spans leave in order: once the fourth's are in, the others' before it would be
+            wait_until(lambda: len(collector.by_request("rated-3")) == 3, "the fourth's spans")
+            traced = [i for i in range(4) if collector.by_request(f"rated-{i}")]
+            assert traced == [1, 3]
+            untraced = access_line(server.output(), "rated-0")
             assert "trace_id" not in untraced and untraced["model"] == "mlp"
 
             # trace_level OFF server-wide: the model's own rate stays, nothing is traced
@@ -433,11 +433,13 @@ def test_spans_share_the_trace_id_of_the_log_line(
             r = http.post("/v2/models/mlp/infer", json=v2(x), headers={"X-Request-ID": "off"})
             assert r.is_success
             http.post("/v2/trace/setting", json={"trace_level": ["TIMESTAMPS"]}, headers=AUTH)
-            for i in range(2):  # the model's 6th and 7th under rate 2: the 7th is traced
+            for i in range(3):  # the model's 6th, 7th, 8th under rate 2: the 6th and 8th
                 headers = {"X-Request-ID": f"on-{i}"}
                 assert http.post("/v2/models/mlp/infer", json=v2(x), headers=headers).is_success
-            wait_until(lambda: len(collector.by_request("on-1")) == 3, "tracing back on")
-            assert collector.by_request("off") == {} == collector.by_request("on-0")
+            wait_until(lambda: len(collector.by_request("on-2")) == 3, "tracing back on")
+            assert len(collector.by_request("on-0")) == 3
+            assert collector.by_request("off") == {} == collector.by_request("on-1")
+            assert collector.by_request("rated-4") == {}
 
         # every line the server wrote is one JSON object, uvicorn's included
         text = server.output()

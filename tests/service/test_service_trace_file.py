@@ -5,6 +5,9 @@ read back after a real server (HTTP and gRPC, tritonclient) has stopped."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,11 @@ from tritonclient.utils import InferenceServerException
 from bnfold.service.settings import Settings
 
 MODEL = "mlp"
-STAMPS = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
+COMPUTE = ["COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END"]
+STAMPS = ["REQUEST_START", "QUEUE_START", *COMPUTE, "REQUEST_END"]
+HTTP_STAMPS = ["HTTP_RECV_START", "HTTP_RECV_END", *STAMPS, "HTTP_SEND_START", "HTTP_SEND_END"]
+GRPC_STAMPS = ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END", *STAMPS, "GRPC_SEND_START"]
+TRITON_QA = Path(__file__).resolve().parents[1] / "triton_qa" / "qa"
 REFUSED = "trace file location can not be updated through network protocol"
 
 
@@ -96,9 +103,105 @@ def test_records_of_http_and_grpc_inferences(repo: Path, tmp_path: Path) -> None
             "model_version": 1,
             "request_id": request,
         }
-        assert [s["timestamps"][0]["name"] for s in stamps] == STAMPS
+        names = HTTP_STAMPS if request.startswith("http") else GRPC_STAMPS
+        assert [s["timestamps"][0]["name"] for s in stamps] == names
         ns = [s["timestamps"][0]["ns"] for s in stamps]
         assert ns == sorted(ns) and ns[0] > 0
+
+
+def trace_summary(path: Path) -> str:
+    """What Triton's trace_summary.py prints of ``path``, each trace shown (``-t``)."""
+    done = subprocess.run(
+        [sys.executable, "trace_summary.py", "-t", str(path)],
+        cwd=TRITON_QA / "common",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def shown(summary: str) -> tuple[int, int]:
+    """L0_trace's test.sh counts: lines naming COMPUTE_INPUT_END, lines
+    starting with the model's name (one per trace shown)."""
+    lines = summary.splitlines()
+    return sum("COMPUTE_INPUT_END" in ln for ln in lines), sum(ln.startswith(MODEL) for ln in lines)
+
+
+def test_trace_summary_counts_of_l0_trace(repo: Path, tmp_path: Path) -> None:
+    """L0_trace's test.sh, its checks of the files through trace_summary.py:
+    level OFF at start, TIMESTAMPS through the API, then 10 HTTP and 10 gRPC
+    inferences: 20 traces shown; rate 6 with the model's log_frequency 2:
+    the 6th, 12th and 18th of 20 traced, two in PATH.0, one in PATH.1 at
+    shutdown, the model's trace_file refused."""
+    off = tmp_path / "trace_off_to_min.log"
+    with run_grpc_server(settings(repo, f"triton,file={off}", "level=OFF", "rate=1")) as server:
+        http = triton_http.InferenceServerClient(server.host_port)
+        rpc = triton_grpc.InferenceServerClient(server.grpc)
+        after = http.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+        assert (after["trace_level"], after["trace_rate"], after["trace_mode"]) == (
+            ["TIMESTAMPS"],
+            "1",
+            "triton",
+        )
+        for seed in range(10):
+            infer_http(http, seed)
+            infer_grpc(rpc, seed)
+        http.close()
+        rpc.close()
+    assert shown(trace_summary(off)) == (20, 20)
+
+    path = tmp_path / "global_trace.log"
+    config = (f"triton,file={path}", "level=TIMESTAMPS", "rate=6")
+    with run_grpc_server(settings(repo, *config)) as server:
+        http = triton_http.InferenceServerClient(server.host_port)
+        rpc = triton_grpc.InferenceServerClient(server.grpc)
+        with pytest.raises(InferenceServerException, match=REFUSED):
+            http.update_trace_settings(MODEL, {"trace_file": "global_trace.log"})
+        after = http.update_trace_settings(MODEL, {"log_frequency": "2"})
+        assert (after["trace_rate"], after["log_frequency"]) == ("6", "2")
+        for seed in range(10):
+            infer_http(http, seed)
+            infer_grpc(rpc, seed)
+        http.close()
+        rpc.close()
+    assert shown(trace_summary(tmp_path / "global_trace.log.0")) == (2, 2)
+    assert shown(trace_summary(tmp_path / "global_trace.log.1")) == (1, 1)
+    assert not (tmp_path / "global_trace.log.2").exists()
+
+
+def test_triton_trace_summary_reads_the_file(repo: Path, tmp_path: Path) -> None:
+    """Triton's own reader of its trace files (qa/common/trace_summary.py,
+    vendored unchanged) on the file of a real server that answered 3 HTTP
+    and 2 gRPC inferences: each front end's requests counted per model, with
+    the handler's queue and compute breakdown; HTTP's receive and send too.
+    gRPC's send ends inside gRPC, after bnfold's handler, so its trace has no
+    GRPC_SEND_END and the reader prints no gRPC front-end line."""
+    path = tmp_path / "trace.json"
+    config = (f"triton,file={path}", "level=TIMESTAMPS", "rate=1")
+    with run_grpc_server(settings(repo, *config)) as server:
+        http = triton_http.InferenceServerClient(server.host_port)
+        rpc = triton_grpc.InferenceServerClient(server.grpc)
+        for seed in range(3):
+            infer_http(http, seed)
+        for seed in range(2):
+            infer_grpc(rpc, seed)
+        http.close()
+        rpc.close()
+    out = trace_summary(path)
+    http_part, grpc_part = out.split("Summary for mlp (1): trace count = ")[1:]
+    assert http_part.startswith("3\n") and grpc_part.startswith("2\n"), out
+    for part in (http_part, grpc_part):
+        for line in ("Handler", "Overhead", "Queue", "Compute", "Input", "Infer", "Output"):
+            assert re.search(rf"\t{line} \(avg\): \d+(\.\d+)?us\n", part), (line, out)
+    for line in ("HTTP infer request", "\tReceive", "\tSend", "\tOverhead"):
+        assert re.search(rf"{line} \(avg\): \d+(\.\d+)?us\n", http_part), (line, out)
+    assert "GRPC infer request" not in out
+    # --show-trace: each trace, its timestamps in order
+    assert out.count("mlp (1):\n") == 5
+    assert sorted(map(int, re.findall(r"\tid: (\d+)", out))) == [1, 2, 3, 4, 5]
 
 
 def test_log_frequency_rotates_into_indexed_files(repo: Path, tmp_path: Path) -> None:
@@ -109,7 +212,9 @@ def test_log_frequency_rotates_into_indexed_files(repo: Path, tmp_path: Path) ->
         assert http.get_trace_settings()["log_frequency"] == "2"
         for seed in range(3):
             infer_http(http, seed)
-        assert len(json.loads((tmp_path / "trace.json.0").read_text())) == 2 * 6
+        assert len(json.loads((tmp_path / "trace.json.0").read_text())) == 2 * (
+            1 + len(HTTP_STAMPS)
+        )
         assert not (tmp_path / "trace.json.1").exists()  # one trace waits for its pair
         # the model's own frequency gathers its traces apart; 0 writes to PATH
         after = http.update_trace_settings(MODEL, {"log_frequency": "0"})
@@ -198,3 +303,26 @@ def test_a_trace_that_cannot_be_written_leaves_the_answer_alone(repo: Path, tmp_
         http.close()
     assert sorted(traces(tmp_path / "trace.json.1")) == [2]
     assert not (tmp_path / "trace.json.0.part").exists()
+
+
+def test_a_failed_request_is_traced_without_send_stamps(repo: Path, tmp_path: Path) -> None:
+    """A traced request that fails (an unknown input) is written all the
+    same, with the front end's stamps it got to and no send stamps."""
+    path = tmp_path / "trace.json"
+    config = (f"triton,file={path}", "level=TIMESTAMPS", "rate=1")
+    with run_grpc_server(settings(repo, *config)) as server:
+        http = triton_http.InferenceServerClient(server.host_port)
+        rpc = triton_grpc.InferenceServerClient(server.grpc)
+        for client, module in ((http, triton_http), (rpc, triton_grpc)):
+            data = module.InferInput("nope", [1, 64], "FP32")
+            data.set_data_from_numpy(x(0))
+            with pytest.raises(InferenceServerException, match="unknown input 'nope'"):
+                client.infer(MODEL, [data])
+        http.close()
+        rpc.close()
+    by_id = traces(path)
+    named = {i: [r["timestamps"][0]["name"] for r in by_id[i][1:]] for i in by_id}
+    assert named == {
+        1: ["HTTP_RECV_START", "HTTP_RECV_END", "REQUEST_START", "REQUEST_END"],
+        2: ["GRPC_WAITREAD_START", "GRPC_WAITREAD_END", "REQUEST_START", "REQUEST_END"],
+    }

@@ -375,3 +375,19 @@ MIN_PASSING += 20  # L0_metrics
 # requests run, and needs more than five samples with no five equal in a
 # row: how long the requests take on the machine decides it.
 OUT_OF_SCOPE["L0_metrics[cpu]::TestCpuMetrics.test_cpu_metrics_during_inference"] = "sleep"
+# ---- logging and tracing: L0_logging's log_format_test.py (Triton's log line layouts)
+PASSING += (
+    "L0_logging[log_format,escaped]::TestLogFormat.test_format[default]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_format[ISO8601]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[default]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[default_control]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[ISO8601]",
+    "L0_logging[log_format,escaped]::TestLogFormat.test_injection[ISO8601_control]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_format[default_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_format[ISO8601_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[default_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[default_unescaped_control]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[ISO8601_unescaped]",
+    "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[ISO8601_unescaped_control]",
+)
+MIN_PASSING += 12  # L0_logging log_format_test

@@ -217,6 +217,11 @@ class Suite:
     # test.sh leaves there for the test to copy in later.
     repo_in_cwd: bool = False
     beside: tuple[Recipe, ...] = ()
+    # A test file that starts its servers itself (Triton's ``tritonserver``:
+    # tritonserver.py on PATH): the recipes lay out this folder beside it, as
+    # its test.sh does, and the run starts no server for it.
+    own_repo: str = ""
+    pytest: bool = False  # a file written for pytest (qa_pytest.py records it)
 
 
 # Triton's test.sh for these runs with BACKENDS naming the backends present;
@@ -610,7 +615,11 @@ SUITES += tuple(
 # The suites are split among test files (test_triton_qa*.py), so that
 # pytest-xdist can run them on separate workers: a part is the suites whose
 # name starts with one of its prefixes, "core" the rest.
-PARTS: dict[str, tuple[str, ...]] = {"lifecycle": ("L0_lifecycle",), "metrics": ("L0_metrics",)}
+PARTS: dict[str, tuple[str, ...]] = {
+    "lifecycle": ("L0_lifecycle",),
+    "metrics": ("L0_metrics",),
+    "log_format": ("L0_logging[log_format",),
+}
 
 
 def part_of(name: str) -> str:
@@ -775,26 +784,47 @@ def serve(suite: Suite, work: Path, models: Path) -> Iterator[tuple[Spawned, lis
             (work / "results" / f"{name}.server.log").write_text(log)
 
 
+def tritonserver(work: Path, suite: Suite) -> dict[str, str]:
+    """The environment of a test file that starts ``tritonserver`` itself:
+    tritonserver.py first on PATH, and the settings of the run's servers."""
+    bin_dir = work / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "tritonserver"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "tritonserver.py"}" "$@"\n')
+    shim.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BNFOLD_HOST": "127.0.0.1",
+        "BNFOLD_API_TOKEN": "",
+        **QA_SERVER_ENV,
+        **suite.server_env,
+    }
+
+
 def run_suite(
-    suite: Suite, work: Path, server: Spawned, failed: list[str]
+    suite: Suite, work: Path, server: Spawned | None, failed: list[str]
 ) -> dict[str, dict[str, Any]]:
     name = re.sub(r"\W", "_", suite.name)
     out = work / "results" / f"{name}.jsonl"
     out.unlink(missing_ok=True)
     env = {**os.environ, "TRITONSERVER_IPADDR": "localhost", **suite.env}
-    env["SERVER_PID"] = str(server.proc.pid)
-    reset = ["--reset", server.url] if suite.reset_shm else []
+    if server is not None:
+        env["SERVER_PID"] = str(server.proc.pid)
+    else:
+        env |= tritonserver(work, suite)
+    reset = ["--reset", server.url] if suite.reset_shm and server is not None else []
+    if suite.pytest:
+        env["QA_PYTEST_OUT"] = str(out)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        tests = [f"{suite.module}.py::{t.replace('.', '::', 1)}" for t in suite.tests]
+        runner = ["-m", "pytest", "-p", "qa_pytest", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        command = [*runner, *(tests or [f"{suite.module}.py"])]
+    else:
+        command = [str(HERE / "qa_unittest.py"), "--out", str(out), *reset, suite.module]
+        command += suite.tests
     with (work / "results" / f"{name}.log").open("w") as f:
         subprocess.run(
-            [
-                sys.executable,
-                str(HERE / "qa_unittest.py"),
-                "--out",
-                str(out),
-                *reset,
-                suite.module,
-                *suite.tests,
-            ],
+            [sys.executable, *command],
             cwd=work / "qa" / suite.folder,
             env=env,
             stdout=f,
@@ -822,7 +852,13 @@ def run_suite(
 def setup(suite: Suite) -> tuple[Any, ...]:
     """What a server group shares: the repository, the files beside it and
     the server's settings."""
-    return (suite.recipes, suite.repo_in_cwd, suite.beside, sorted(suite.server_env.items()))
+    return (
+        suite.recipes,
+        suite.repo_in_cwd,
+        suite.beside,
+        sorted(suite.server_env.items()),
+        suite.own_repo,
+    )
 
 
 def server_groups(names: list[str] | None, part: str | None = None) -> list[list[Suite]]:
@@ -848,6 +884,22 @@ def run_group(group: list[Suite], work: Path, models: Path) -> dict[str, dict[st
     (work / "results").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     began = time.monotonic()
+    if group[0].own_repo:  # its test file starts its servers
+        repo = work / "qa" / group[0].folder / group[0].own_repo
+        shutil.rmtree(repo, ignore_errors=True)
+        repo.mkdir(parents=True)
+        for recipe in group[0].recipes:
+            recipe(models, repo)
+        for suite in group:
+            began = time.monotonic()
+            results |= (mine := run_suite(suite, work, None, []))
+            passed = sum(r["outcome"] == "pass" for r in mine.values())
+            print(
+                f"{suite.name}: {passed} of {len(mine)} passed "
+                f"(no server of the run's, test file {time.monotonic() - began:.1f} s)",
+                flush=True,
+            )
+        return results
     with serve(group[0], work, models) as (server, failed):
         up = time.monotonic() - began
         for suite in group:
@@ -1216,6 +1268,33 @@ SUITES += (
     ),
 )
 
+
+# ---- logging and tracing (L0_logging's log_format_test.py)
+# test.sh: ``python3 -m pytest log_format_test.py``; the file starts
+# ``tritonserver`` itself for each test (tritonserver.py) on log_models/simple
+# and waits 10 s for it each time: its tests in two halves, two groups that
+# run at once where namespaces allow (each on its own ports).
+def log_format_tests(escaped: bool) -> tuple[str, ...]:
+    tail = "" if escaped else "_unescaped"
+    formats = [f"test_format[{f}{tail}]" for f in ("default", "ISO8601")]
+    injections = [
+        f"test_injection[{f}{tail}{c}]" for f in ("default", "ISO8601") for c in ("", "_control")
+    ]
+    return tuple(f"TestLogFormat.{t}" for t in formats + injections)
+
+
+SUITES += tuple(
+    Suite(
+        f"L0_logging[log_format,{half}]",
+        "L0_logging",
+        "log_format_test",
+        log_format_tests(half == "escaped"),
+        (simple_v1("simple"),),
+        own_repo="log_models",
+        pytest=True,
+    )
+    for half in ("escaped", "unescaped")
+)
 
 if __name__ == "__main__":
     sys.exit(main())
