@@ -341,6 +341,12 @@ class DynamicBatching:
     # bnfold's own: leave at once when no other request is on its way
     # (None: the server's BNFOLD_EAGER_BATCHING); Triton ignores the key.
     eager: bool | None = None
+    # Triton's preferred_batch_size: with Triton's rule (eager off), a batch
+    # that reaches one of these sizes leaves at once (none: max_batch_size).
+    preferred_batch_size: list[int] = field(default_factory=list)
+    # Triton's preserve_ordering: answers leave in the order the requests
+    # were taken, even with several batches in flight.
+    preserve_ordering: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queue_delay_ms is not None and not 0 <= self.max_queue_delay_ms <= 60_000:
@@ -349,6 +355,8 @@ class DynamicBatching:
             raise ContractError("max_queue_size must be at least 1")
         if self.queue_timeout_ms is not None and not self.queue_timeout_ms > 0:
             raise ContractError("queue_timeout_ms must be more than 0")
+        if any(size < 1 for size in self.preferred_batch_size):
+            raise ContractError("preferred_batch_size must hold sizes of 1 or more")
 
 
 @dataclass
@@ -550,6 +558,12 @@ class ModelConfig:
             raise ContractError(
                 f"platform {self.platform!r} is not served: bnfold serves ONNX models "
                 f"({', '.join(PLATFORMS)})"
+            )
+        dyn = self.dynamic_batching
+        if dyn is not None and any(s > self.max_batch_size for s in dyn.preferred_batch_size):
+            # Triton's words (its model configuration validation)
+            raise ContractError(
+                f"dynamic batching preferred size must be <= max batch size {self.max_batch_size}"
             )
         kinds = {g.kind for g in self.instance_group}
         if len(kinds) > 1:

@@ -13,10 +13,20 @@ every output back by each request's row count.
   batch while ``Arrivals.pending`` > 0, up to ``max_delay_s``) lost to no
   batching at all in most cells, because the loop that would read those
   requests is the one the wait occupies.
-- Without ``arrivals`` (``dynamic_batching.eager: false``, Triton's rule): a
-  batch is formed when the first waiting request has waited ``max_delay_s``
-  or ``max_rows`` rows are waiting, whichever comes first, and only once a
-  run slot is free.
+- Without ``arrivals`` (``dynamic_batching.eager: false``, Triton's rule,
+  as its dynamic batcher forms a batch): once a run slot is free, the queue
+  is read from its head, request by request, while they have the head's
+  per-row shape and fit in ``max_rows``. The batch leaves at once at the
+  largest ``preferred`` size it can reach (``preferred`` defaults to
+  ``max_rows``); else at once if the next request cannot join it (another
+  shape, or past ``max_rows``) or it holds the largest preferred size or
+  more; else when the head has waited ``max_delay_s`` (0: at once), with
+  all it holds. A request that arrives meanwhile is weighed at once.
+- ``hold_until`` (a test hook, Triton's ``TRITONSERVER_DELAY_SCHEDULER``):
+  no batch is formed until that many requests are queued, once; then the
+  batcher works as above.
+- ``preserve_ordering``: with several batches in flight, a batch's answers
+  leave only after those of every batch taken before it.
 - ``inline_below_s``: on an idle batcher (nothing queued or running, nobody
   arriving), a lone request whose compute is known to take less than this
   runs at once on the event loop's thread, skipping the two thread
@@ -203,6 +213,16 @@ def _durations(times: tuple[float, float, float, float]) -> tuple[float, float, 
     return t1 - t0, t2 - t1, t3 - t2
 
 
+class _Ordered:
+    """A batch taken under preserve_ordering, and its answers once computed."""
+
+    __slots__ = ("answers", "batch")
+
+    def __init__(self, batch: list[_Item]) -> None:
+        self.batch = batch
+        self.answers: list[Feeds] | BaseException | None = None
+
+
 class Batcher:
     def __init__(
         self,
@@ -217,12 +237,23 @@ class Batcher:
         observer: BatchObserver | None = None,
         arrivals: Arrivals | None = None,
         inline_below_s: float = 0.0,
+        preferred: Sequence[int] = (),
+        preserve_ordering: bool = False,
+        hold_until: int = 0,
     ) -> None:
         """``merge=False`` runs each request alone (models without a batch
         axis, or batching disabled) but keeps the bounded queue. Without
-        ``arrivals`` a batch always waits for ``max_delay_s`` or a full batch."""
+        ``arrivals`` a batch is formed by Triton's rule (``preferred`` sizes,
+        ``max_delay_s``)."""
         self._arrivals = arrivals
-        self._inline_below = inline_below_s
+        self._hold = hold_until
+        self._inline_below = 0.0 if hold_until else inline_below_s
+        self._preferred = frozenset(p for p in preferred if 0 < p <= max_rows) or frozenset(
+            {max(1, max_rows)}
+        )
+        self._max_preferred = max(self._preferred)
+        # preserve_ordering: batches taken and not yet answered, oldest first
+        self._order: deque[_Ordered] | None = deque() if preserve_ordering else None
         self._solo_s = math.inf  # unknown until a lone request has run
         self._run = run
         self._executor = executor
@@ -391,47 +422,81 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queue or len(self._queue) < self._hold:
                 self._nonempty.clear()
                 await self._nonempty.wait()
                 continue
+            self._hold = 0  # the test hook holds the first batch only
             await self._slots.acquire()
-            await self._wait_for_batch()
-            batch = self._take()
+            limit = await self._wait_for_batch()
+            batch = self._take(limit)
             if not batch:
                 self._slots.release()
                 self._check_idle()
                 continue
             self._in_flight += 1
+            if self._order is not None:
+                self._order.append(_Ordered(batch))
             task = asyncio.get_running_loop().create_task(self._dispatch(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _wait_for_batch(self) -> None:
-        """Until the oldest live request has waited ``max_delay_s``,
-        ``max_rows`` rows are queued, or no other request is on its way;
-        the clock restarts if that request gives up while waiting. Eager
-        (with ``arrivals``): never; what is queued is the batch."""
-        if not self._merge or self._max_delay <= 0 or self._arrivals is not None:
-            return
-        while self._queue and self._queued_rows < self._max_rows:
-            head = self._queue[0]
-            if head.future.done():  # timed out or cancelled while queued
-                self._queue.popleft()
-                self._queued_rows -= head.rows
-                self._count(-self._unqueue(head), 0)
-                continue
-            wait = head.enqueued + self._max_delay - time.perf_counter()
-            if wait <= 0:
-                return
-            self._full.clear()
+    async def _wait_for_batch(self) -> int | None:
+        """How many live requests the next batch takes from the head of the
+        queue (None: as many as fit), once it may leave. Eager (with
+        ``arrivals``), or without merging: at once. Else Triton's rule
+        (:meth:`_plan`), weighed again at each arrival and when the head's
+        delay runs out."""
+        if not self._merge or self._arrivals is not None:
+            return None
+        while True:
+            count, wait = self._plan()
+            if wait is None or not self._queue:
+                return count
+            self._nonempty.clear()
             try:
                 async with asyncio.timeout(wait):
-                    await self._full.wait()
+                    await self._nonempty.wait()
             except TimeoutError:
                 pass
 
-    def _take(self) -> list[_Item]:
+    def _plan(self) -> tuple[int, float | None]:
+        """Triton's dynamic batch: (requests to take now, None), or (0,
+        seconds to wait for more). Requests that gave up or ran out of queue
+        time are passed over here; :meth:`_take` answers and drops them."""
+        now = time.perf_counter()
+        head: _Item | None = None
+        rows = count = best = 0
+        send_now = False
+        for item in self._queue:
+            if item.future.done() or item.expires < now:
+                continue
+            if head is None:
+                head = item
+            else:
+                grown = rows + item.rows
+                if grown > self._max_preferred and not best:
+                    best = count  # the batch as it is, the largest it gets under them
+                if grown > self._max_rows or item.key != head.key:
+                    send_now = True
+                    break
+            rows += item.rows
+            count += 1
+            if rows in self._preferred:
+                best = count
+        if head is None:
+            return 0, None  # only requests that gave up: _take drops them
+        waited = now - head.enqueued
+        exceeded = 0 < self._max_delay <= waited
+        if best and not exceeded:
+            return best, None
+        if send_now or rows >= self._max_preferred or exceeded or self._max_delay <= 0:
+            return count, None
+        return 0, self._max_delay - waited
+
+    def _take(self, limit: int | None = None) -> list[_Item]:
+        """The next batch: live requests from the head (at most ``limit``),
+        answering and dropping those that gave up or timed out on the way."""
         batch: list[_Item] = []
         rows = 0
         left = 0  # requests that stop waiting: taken, or found given up
@@ -448,6 +513,8 @@ class Batcher:
             if batch and (
                 not self._merge or item.key != batch[0].key or rows + item.rows > self._max_rows
             ):
+                break
+            if limit is not None and len(batch) >= limit:
                 break
             self._queue.popleft()
             self._queued_rows -= item.rows
@@ -470,17 +537,13 @@ class Batcher:
             for item in batch:
                 item.compute = compute
         except BaseException as e:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(e)
+            self._answer(batch, e)
             if self._observer is not None:
                 self._observer.batch_failed(len(batch), e)
             if not isinstance(e, Exception):
                 raise
         else:
-            for item, result in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(result)
+            self._answer(batch, results)
             if len(batch) == 1:
                 self._note_solo(times[3] - times[0])
             if self._observer is not None:
@@ -490,6 +553,33 @@ class Batcher:
             self._in_flight -= 1
             self._slots.release()
             self._check_idle()
+
+    def _answer(self, batch: list[_Item], answers: list[Feeds] | BaseException) -> None:
+        """Hand a batch its results (or its error); under preserve_ordering
+        only once every batch taken before it has had its own."""
+        order = self._order
+        if order is None:
+            self._hand(batch, answers)
+            return
+        for entry in order:
+            if entry.batch is batch:
+                entry.answers = answers
+                break
+        while order and order[0].answers is not None:
+            entry = order.popleft()
+            self._hand(entry.batch, entry.answers)
+
+    @staticmethod
+    def _hand(batch: list[_Item], answers: list[Feeds] | BaseException | None) -> None:
+        if isinstance(answers, BaseException):
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(answers)
+            return
+        assert answers is not None
+        for item, result in zip(batch, answers, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
 
     def _execute(self, parts: list[Feeds]) -> tuple[list[Feeds], tuple[float, float, float, float]]:
         """Worker thread: merge, run, split. Returns the outputs and the

@@ -69,6 +69,8 @@ class ServedModel:
         self.timeout_override = bool(dyn and dyn.allow_timeout_override)
         eager = dyn.eager if dyn and dyn.eager is not None else settings.eager_batching
         self.eager = eager
+        self.preferred_batch_size = list(dyn.preferred_batch_size) if dyn else []
+        self.preserve_ordering = bool(dyn and dyn.preserve_ordering)
         self.batcher = Batcher(
             self.runtime.run,
             executor=executor,
@@ -80,6 +82,9 @@ class ServedModel:
             observer=metrics,
             arrivals=arrivals if eager else None,
             inline_below_s=settings.inline_below_ms / 1000,
+            preferred=self.preferred_batch_size,
+            preserve_ordering=self.preserve_ordering,
+            hold_until=settings.test_delay_scheduler,
         )
         self.inflight = 0
         self.retired = False
@@ -189,6 +194,9 @@ class ServedModel:
             max_queue_size=self.max_queue_size,
             queue_timeout_ms=self.queue_timeout_ms,
             timeout_override=self.timeout_override,
+            # Triton's default: the largest batch (its NormalizeModelConfig)
+            preferred=self.preferred_batch_size or [self.signature.max_batch_size],
+            preserve_ordering=self.preserve_ordering,
             gpu=self.runtime.device_id,
             labels=self.labels_file,
         )

@@ -82,6 +82,8 @@ def triton_config(
     labels: str | None = None,
     queue_timeout_ms: float | None = None,
     timeout_override: bool = False,
+    preferred: list[int] | None = None,
+    preserve_ordering: bool = False,
 ) -> dict[str, Any]:
     """Triton's model configuration (JSON form) for the served version;
     ``name`` is the model's folder name, which Triton and clients go by.
@@ -157,9 +159,9 @@ def triton_config(
         out["model_warmup"] = config.model_warmup
     if batching:
         out["dynamic_batching"] = {
-            "preferred_batch_size": [],
+            "preferred_batch_size": preferred or [],
             "max_queue_delay_microseconds": round(max_queue_delay_ms * 1000),
-            "preserve_ordering": True,
+            "preserve_ordering": preserve_ordering,
             "default_queue_policy": {
                 "timeout_action": "REJECT",
                 "default_timeout_microseconds": round((queue_timeout_ms or 0) * 1000),

@@ -195,6 +195,14 @@ class Settings(BaseSettings):
     max_queue_size: Annotated[
         int, Field(ge=1, description="Requests one model queues before 503 (config.json wins).")
     ] = 1024
+    test_delay_scheduler: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Test hook (Triton's TRITONSERVER_DELAY_SCHEDULER): each model's "
+            "batcher forms no batch until this many requests are queued, once; 0: off.",
+        ),
+    ] = 0
     request_timeout_s: Annotated[
         float, Field(gt=0, description="Longest wait for one inference.")
     ] = 30.0

@@ -66,6 +66,8 @@ HONOURED = frozenset(
         "output.reshape",
         "output.label_filename",
         "dynamic_batching.max_queue_delay_microseconds",
+        "dynamic_batching.preferred_batch_size",
+        "dynamic_batching.preserve_ordering",
         "dynamic_batching.default_queue_policy.max_queue_size",
         "dynamic_batching.default_queue_policy.timeout_action",
         "dynamic_batching.default_queue_policy.default_timeout_microseconds",
@@ -203,6 +205,15 @@ def _batching(d: pb.ModelDynamicBatching) -> dict[str, Any]:
     out: dict[str, Any] = {"enabled": True}
     if d.max_queue_delay_microseconds:
         out["max_queue_delay_ms"] = d.max_queue_delay_microseconds / 1000
+    if d.preferred_batch_size:
+        out["preferred_batch_size"] = sorted(set(d.preferred_batch_size))
+        out.setdefault("max_queue_delay_ms", 0.0)  # Triton's default: no wait
+    if d.max_queue_delay_microseconds or d.preferred_batch_size:
+        # The file asks for Triton's batching: a batch waits out the delay
+        # unless it reaches a preferred size (or the largest batch).
+        out["eager"] = False
+    if d.preserve_ordering:
+        out["preserve_ordering"] = True
     policy = d.default_queue_policy
     if d.HasField("default_queue_policy") and policy.max_queue_size:
         out["max_queue_size"] = policy.max_queue_size

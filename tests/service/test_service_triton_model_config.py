@@ -535,7 +535,7 @@ max_batch_size: 8
 input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] allow_ragged_batch: true } ]
 output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
 instance_group [ { kind: KIND_CPU count: 2 } ]
-dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 100 }
+dynamic_batching { preferred_batch_size: [ 4 ] priority_levels: 2 }
 response_cache { enable: true }
 optimization { priority: PRIORITY_MAX graph { level: 1 } }
 model_warmup [ { name: "w" batch_size: 1 } ]
@@ -544,7 +544,7 @@ model_warmup [ { name: "w" batch_size: 1 } ]
     assert unhonoured(message) == [
         "input.allow_ragged_batch",
         "instance_group.count",
-        "dynamic_batching.preferred_batch_size",
+        "dynamic_batching.priority_levels",
         "optimization.priority",
         "response_cache",
     ]

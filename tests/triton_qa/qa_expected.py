@@ -391,3 +391,40 @@ PASSING += (
     "L0_logging[log_format,unescaped]::TestLogFormat.test_injection[ISO8601_unescaped_control]",
 )
 MIN_PASSING += 12  # L0_logging log_format_test
+# ----- Triton's dynamic batcher (L0_batcher, batcher_test.py), a block of its own
+PASSING += (
+    "L0_batcher::BatcherTest.test_multi_batch_not_preferred",
+    "L0_batcher::BatcherTest.test_multi_batch_use_biggest_preferred",
+    "L0_batcher::BatcherTest.test_multi_different_output_order",
+    "L0_batcher::BatcherTest.test_multi_different_outputs",
+    "L0_batcher::BatcherTest.test_multi_same_output0",
+    "L0_batcher::BatcherTest.test_multi_same_output1",
+    "L0_batcher::BatcherTest.test_preferred_batch_only_aligned",
+    "L0_batcher::BatcherTest.test_preferred_batch_only_unaligned",
+    "L0_batcher::BatcherTest.test_preferred_batch_only_use_biggest_preferred",
+    "L0_batcher::BatcherTest.test_preferred_batch_only_use_no_preferred_size",
+    "L0_batcher::BatcherTest.test_static_batch_gt_max_preferred",
+    "L0_batcher::BatcherTest.test_static_batch_lt_any_preferred",
+    "L0_batcher::BatcherTest.test_static_batch_not_preferred",
+    "L0_batcher::BatcherTest.test_static_batch_preferred",
+)
+# Run (they pass), not counted: which request reaches the queue first decides
+# the batches, and only a time.sleep(1) (or sleep(11) against the 10 s delay)
+# orders them.
+OUT_OF_SCOPE.update(
+    {
+        f"L0_batcher::BatcherTest.{method}": "sleep"
+        for method in (
+            "test_multi_batch_delayed_preferred_different_shape",
+            "test_multi_batch_delayed_sum_gt_max_preferred",
+            "test_multi_batch_delayed_use_max_batch",
+            "test_multi_batch_different_shape",
+            "test_multi_batch_gt_max_preferred",
+            "test_multi_batch_not_preferred_different_shape",
+            "test_multi_batch_preferred_different_shape",
+            "test_multi_batch_sum_gt_max_preferred",
+            "test_multi_batch_use_best_preferred",
+        )
+    }
+)
+MIN_PASSING += 14  # L0_batcher

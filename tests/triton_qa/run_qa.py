@@ -222,6 +222,9 @@ class Suite:
     # its test.sh does, and the run starts no server for it.
     own_repo: str = ""
     pytest: bool = False  # a file written for pytest (qa_pytest.py records it)
+    # A server of its own, never shared with the suite before it (Triton's
+    # test.sh starts one per method where the statistics must start at zero).
+    own_server: bool = False
 
 
 # Triton's test.sh for these runs with BACKENDS naming the backends present;
@@ -620,6 +623,9 @@ PARTS: dict[str, tuple[str, ...]] = {
     "metrics": ("L0_metrics",),
     "log_format": ("L0_logging[log_format",),
 }
+# Server groups at once for a part whose groups mostly wait (a queue delay
+# of seconds, not CPU), when --jobs is not given; the others take JOBS.
+PART_JOBS: dict[str, int] = {}
 
 
 def part_of(name: str) -> str:
@@ -870,7 +876,7 @@ def server_groups(names: list[str] | None, part: str | None = None) -> list[list
             continue
         if part and part_of(suite.name) != part:
             continue
-        if groups and setup(groups[-1][0]) == setup(suite):
+        if groups and not suite.own_server and setup(groups[-1][0]) == setup(suite):
             groups[-1].append(suite)
         else:
             groups.append([suite])
@@ -1030,7 +1036,7 @@ def main() -> int:
     parser.add_argument("--suite", action="append", help="run only these suites")
     parser.add_argument("--part", help="run only the suites of this part (PARTS)")
     parser.add_argument("--no-netns", action="store_true", help="ports 8000/8001 are free here")
-    parser.add_argument("--jobs", type=int, default=JOBS, help="server groups at once")
+    parser.add_argument("--jobs", type=int, help=f"server groups at once (default {JOBS})")
     parser.add_argument("--models", type=Path, help="the generated models (with --group)")
     parser.add_argument("--group", type=int, help="run this server group alone (internal)")
     args = parser.parse_args()
@@ -1046,8 +1052,9 @@ def main() -> int:
     shutil.copytree(HERE / "qa", work / "qa", dirs_exist_ok=True)
     models = generate(work)
     print(f"models generated in {time.monotonic() - began:.1f} s", flush=True)
-    if not args.no_netns and args.jobs > 1 and len(groups) > 1 and isolation_works():
-        results = run_isolated(groups, args, models, args.jobs)
+    jobs = args.jobs or PART_JOBS.get(args.part or "", JOBS)
+    if not args.no_netns and jobs > 1 and len(groups) > 1 and isolation_works():
+        results = run_isolated(groups, args, models, jobs)
     else:  # one server at a time on this namespace's ports
         results = {}
         for index, group in enumerate(groups):
@@ -1295,6 +1302,93 @@ SUITES += tuple(
     )
     for half in ("escaped", "unescaped")
 )
+
+# ---- L0_batcher: Triton's dynamic batcher (batcher_test.py), BACKENDS=onnx
+
+
+def batcher_model(source: str, dynamic_batching: str, variable: bool = False) -> Recipe:
+    """test.sh's ``onnx_float32_float32_float32`` of ``source`` (its version 1,
+    the one its version_policy keeps): max_batch_size 8, ``dynamic_batching``
+    appended; in var_models every 16 of the configuration made -1."""
+
+    def fill(models: Path, repo: Path) -> None:
+        name = "onnx_float32_float32_float32"
+        copy(source, f"^{name}$", only_version="1")(models, repo)
+        config = repo / name / "config.pbtxt"
+        text = re.sub(r"^max_batch_size:.*", "max_batch_size: 8", config.read_text(), flags=re.M)
+        policy = "version_policy: { specific { versions: [1] }}"
+        text = re.sub(r"^version_policy:.*", policy, text, flags=re.M)
+        if variable:
+            text = text.replace("16", "-1")
+        config.write_text(f"{text}\n{dynamic_batching}\n")
+
+    return fill
+
+
+BATCHER_DYNAMIC = (
+    "dynamic_batching { preferred_batch_size: [ 2, 6 ], max_queue_delay_microseconds: 10000000 }"
+)
+BATCHER_MODELS = (batcher_model("qa_model_repository", BATCHER_DYNAMIC),)
+BATCHER_VAR_MODELS = (batcher_model("qa_variable_model_repository", BATCHER_DYNAMIC, True),)
+BATCHER_PREFERRED_ONLY = (
+    batcher_model("qa_model_repository", "dynamic_batching { preferred_batch_size: [ 4, 6 ] }"),
+)
+# (method, models, TRITONSERVER_DELAY_SCHEDULER) as test.sh runs them, each on
+# a server of its own (the statistics start at zero); those that wait out the
+# 10 s queue delay first. FIXED models for NO_DELAY_TESTS and DELAY_TESTS
+# (test.sh runs them on var_models too, the same model under the same name).
+BATCHER_TESTS: tuple[tuple[str, tuple[Recipe, ...], int], ...] = (
+    ("test_static_batch_lt_any_preferred", BATCHER_MODELS, 0),
+    ("test_static_batch_not_preferred", BATCHER_MODELS, 0),
+    ("test_multi_batch_not_preferred", BATCHER_MODELS, 0),
+    ("test_multi_batch_sum_gt_max_preferred", BATCHER_MODELS, 0),
+    ("test_multi_batch_delayed_sum_gt_max_preferred", BATCHER_MODELS, 2),
+    ("test_multi_batch_use_best_preferred", BATCHER_MODELS, 3),
+    ("test_multi_batch_delayed_use_max_batch", BATCHER_MODELS, 3),
+    ("test_multi_batch_not_preferred_different_shape", BATCHER_VAR_MODELS, 0),
+    ("test_multi_batch_different_shape", BATCHER_VAR_MODELS, 0),
+    ("test_static_batch_preferred", BATCHER_MODELS, 0),
+    ("test_static_batch_gt_max_preferred", BATCHER_MODELS, 0),
+    ("test_multi_batch_gt_max_preferred", BATCHER_MODELS, 0),
+    ("test_multi_same_output0", BATCHER_MODELS, 0),
+    ("test_multi_same_output1", BATCHER_MODELS, 0),
+    ("test_multi_different_outputs", BATCHER_MODELS, 0),
+    ("test_multi_different_output_order", BATCHER_MODELS, 0),
+    ("test_multi_batch_use_biggest_preferred", BATCHER_MODELS, 6),
+    ("test_multi_batch_preferred_different_shape", BATCHER_VAR_MODELS, 0),
+    ("test_multi_batch_delayed_preferred_different_shape", BATCHER_VAR_MODELS, 4),
+    ("test_preferred_batch_only_aligned", BATCHER_PREFERRED_ONLY, 4),
+    ("test_preferred_batch_only_unaligned", BATCHER_PREFERRED_ONLY, 5),
+    ("test_preferred_batch_only_use_biggest_preferred", BATCHER_PREFERRED_ONLY, 7),
+    ("test_preferred_batch_only_use_no_preferred_size", BATCHER_PREFERRED_ONLY, 3),
+)
+
+
+def batcher_suite(method: str, models: tuple[Recipe, ...], delay: int) -> Suite:
+    variable = models is BATCHER_VAR_MODELS
+    env = {"BACKENDS": "onnx", "BATCHER_TYPE": "VARIABLE" if variable else "FIXED"}
+    server_env = {}
+    if delay:  # the test checks the variable; bnfold's server reads its own name
+        env["TRITONSERVER_DELAY_SCHEDULER"] = str(delay)
+        server_env["BNFOLD_TEST_DELAY_SCHEDULER"] = str(delay)
+    return Suite(
+        "L0_batcher",
+        "L0_batcher",
+        "batcher_test",
+        (f"BatcherTest.{method}",),
+        models,
+        env,
+        server_env,
+        own_server=True,
+    )
+
+
+SUITES += tuple(batcher_suite(*row) for row in BATCHER_TESTS)
+PARTS["batcher"] = ("L0_batcher",)
+# 23 servers, most of whose time is the 10 s queue delay (or the sleeps) of
+# the method they serve: more at once than the CPUs (measured, README.md).
+PART_JOBS["batcher"] = 6
+
 
 if __name__ == "__main__":
     sys.exit(main())
