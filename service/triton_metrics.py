@@ -608,21 +608,40 @@ NOT_ALLOWED = b'{"error":"Method Not Allowed"}'
 NOT_FOUND = b'{"error":"Not Found: Triton\'s metrics are at GET /metrics"}'
 HEAD_LIMIT = 16 * 1024
 READ_TIMEOUT_S = 10.0
+# Connections open at once; one past it is closed unanswered, so clients that
+# open connections and send nothing cannot take the process's descriptors
+# (shared with the serving ports) for more than READ_TIMEOUT_S each.
+MAX_CONNECTIONS = 32
 
 
 class MetricsServer:
     """Triton's metrics endpoint on a port of its own: ``GET /metrics``; another
     method is 405 (Triton's answer), another path 404; one request per
-    connection."""
+    connection, its head read within ``read_timeout_s``, at most
+    ``max_connections`` open at once."""
 
-    def __init__(self, render: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        render: Callable[[], bytes],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         self._render = render
         self._server: asyncio.Server | None = None
+        self._max_connections = max_connections
+        self._read_timeout_s = read_timeout_s
+        self._open = 0
 
     @property
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return self._open
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         self._server = await asyncio.start_server(
@@ -635,8 +654,12 @@ class MetricsServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self._max_connections:
+            writer.close()
+            return
+        self._open += 1
         try:
-            async with asyncio.timeout(READ_TIMEOUT_S):
+            async with asyncio.timeout(self._read_timeout_s):
                 head = await reader.readuntil(b"\r\n\r\n")
             words = head.split(b"\r\n", 1)[0].split()
             method = words[0] if words else b""
@@ -666,4 +689,5 @@ class MetricsServer:
         ):
             pass
         finally:
+            self._open -= 1
             writer.close()

@@ -31,6 +31,7 @@ from bnfold.service.errors import BadRequest, InferenceFailed, service_error
 from bnfold.service.settings import Settings
 from bnfold.service.triton_metrics import (
     DEFAULT_QUANTILES,
+    MetricsServer,
     failure_reason,
     parse_metrics_config,
     parse_quantiles,
@@ -307,3 +308,46 @@ def test_a_busy_or_shared_metrics_port_exits_2_naming_it(tmp_path: Path) -> None
     r = serve("--port", str(http), "--metrics-config", "summary_latencies")
     assert r.returncode == 2
     assert "--metrics-config option format is <setting>=<value>. Got summary_latencies" in r.stderr
+
+
+def test_the_metrics_port_closes_a_connection_past_its_limit_unanswered() -> None:
+    """Clients that open connections and send nothing hold at most
+    ``max_connections`` of them; one more is closed at once, and a scrape is
+    answered again once one of them has gone."""
+
+    async def scenario() -> None:
+        server = MetricsServer(lambda: b"nv_x 1\n", max_connections=2, read_timeout_s=600)
+        await server.start("127.0.0.1", 0)
+
+        async def until(check: Any) -> None:
+            async with asyncio.timeout(WAIT_S):
+                while not check():
+                    await asyncio.sleep(0.01)
+
+        async def scrape() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            try:
+                await writer.drain()
+                answer = await reader.read()
+            except ConnectionResetError:  # closed with the request unread
+                answer = b""
+            writer.close()
+            return answer
+
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+            await until(lambda: server.connections == 2)
+            assert await scrape() == b""  # closed unanswered
+            assert server.connections == 2
+            held[0][1].close()
+            await until(lambda: server.connections == 1)
+            answer = await scrape()
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(
+                b"\r\n\r\nnv_x 1\n"
+            )
+            held[1][1].close()
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
