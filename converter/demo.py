@@ -296,12 +296,13 @@ def _run(
     base = f"http://{host}:{port}"
     check_port(host, port)  # again: building the model may have taken a while
     cmd = [sys.executable, "-m", "bnfold", "serve", "--repo", str(repo),
-           "--host", host, "--port", str(port), "--grpc-port", "0"]  # fmt: skip
+           "--host", host, "--port", str(port), "--grpc-port", "0",
+           "--metrics-port", "0"]  # fmt: skip
     log(f"starting the service: {' '.join(cmd[2:])}")
     proc = subprocess.Popen(cmd)
     try:
         wait_ready(base, proc)
-        log(f"process {proc.pid} answers on {base} (gRPC off in the demo)")
+        log(f"process {proc.pid} answers on {base} (gRPC and the metrics port off in the demo)")
         samples = split_samples(manifest, N_DIGITS)
         x, y = samples.x, samples.y
         body = {

@@ -237,7 +237,10 @@ def start_bnfold(
     shadow_parity: float | None = None,
 ) -> Iterator[Server]:
     port, grpc_port = free_port(), (free_port() if grpc else 0)
+    # Triton's metrics port (8002 by default) of each contender a free one:
+    # several bnfold servers run at once here.
     env = _env(**BNFOLD_SETTINGS, BNFOLD_GRPC_PORT=str(grpc_port))
+    env["BNFOLD_METRICS_PORT"] = str(free_port())
     if not batching:
         env["BNFOLD_BATCHING"] = "false"
     if shadow_parity is not None:
