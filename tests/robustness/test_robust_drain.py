@@ -56,6 +56,18 @@ def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
     return status, headers, body
 
 
+def held_connection(port: int, x: np.ndarray) -> tuple[socket.socket, bytes]:
+    """A connection to the server and the whole of one V2 inference request
+    of ``x`` to the ``mlp`` model, to send in parts."""
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    head = (
+        "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return socket.create_connection(("127.0.0.1", port), timeout=WAIT_S), head.encode() + body
+
+
 def read_one_response(sock: socket.socket) -> bytes:
     """One response of a kept-alive connection, read by its Content-Length."""
     data = b""
@@ -86,19 +98,13 @@ def test_after_the_drain_new_work_is_refused_and_the_request_in_flight_finishes(
     with server_process(repo.path, tmp_path, env=env) as server:
         wait_until(lambda: not grpc_refused(grpc_url), "gRPC serving")
         x = rows(repo["mlp"], 2)
-        tensor = {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x.tolist()}
-        body = json.dumps({"inputs": [tensor]}).encode()
-        held = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
-        head = (
-            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        held.sendall(head.encode() + body[:-8])  # in flight: the server waits for the rest
+        held, request = held_connection(server.port, x)
+        held.sendall(request[:-8])  # in flight: the server waits for the rest
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: http_refused(server.port), "new HTTP connections refused")
         wait_until(lambda: grpc_refused(grpc_url), "new gRPC calls refused")
         assert server.proc.poll() is None  # still finishing the request it holds
-        held.sendall(body[-8:])
+        held.sendall(request[-8:])
         status, headers, answer = read_response(held)
         held.close()
         assert status == "HTTP/1.1 200 OK", (status, answer)
@@ -124,23 +130,16 @@ def test_with_workers_a_new_connection_is_refused_once_the_workers_stop_acceptin
         "BNFOLD_HEADER_TIMEOUT_S": "600",
     }
     with server_process(repo.path, tmp_path, env=env) as server:
-        x = rows(repo["mlp"], 2)
-        tensor = {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": x.tolist()}
-        body = json.dumps({"inputs": [tensor]}).encode()
-        held = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
-        head = (
-            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: test\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
+        held, request = held_connection(server.port, rows(repo["mlp"], 2))
         # A first request answered on the held connection: a worker has taken
         # it (not still in the listening socket's queue).
-        held.sendall(head.encode() + body)
+        held.sendall(request)
         assert read_one_response(held).startswith(b"HTTP/1.1 200 OK")
-        held.sendall(head.encode() + body[:-8])  # in flight: the worker waits for the rest
+        held.sendall(request[:-8])  # in flight: the worker waits for the rest
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: http_refused(server.port), "new HTTP connections refused")
         assert server.proc.poll() is None  # the parent waits for the held request's worker
-        held.sendall(body[-8:])
+        held.sendall(request[-8:])
         status, headers, answer = read_response(held)
         held.close()
         assert status == "HTTP/1.1 200 OK", (status, answer)
