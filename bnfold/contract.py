@@ -345,8 +345,9 @@ class DynamicBatching:
     # that reaches one of these sizes leaves at once (none: max_batch_size).
     preferred_batch_size: list[int] = field(default_factory=list)
     # Triton's preserve_ordering: answers leave in the order the requests
-    # were taken, even with several batches in flight.
-    preserve_ordering: bool = False
+    # were taken, even with several batches in flight (None: off, as in
+    # Triton, and left out of a written config.json).
+    preserve_ordering: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_queue_delay_ms is not None and not 0 <= self.max_queue_delay_ms <= 60_000:

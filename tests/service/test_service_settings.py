@@ -23,6 +23,16 @@ REPOSITORY_MD = (ROOT / "docs" / "repository.md").read_text()
 # Flags of other tools that the docs name (bnfold convert / import, perf_analyzer).
 # flags of other tools the docs name (perf_analyzer, the converter, Triton's QA generators)
 OTHER_TOOLS = {"--normalize", "--normalized-input", "--shape", "--input-tensor-format", "--onnx"}
+# Triton's flags that bnfold does not take, named in docs/service.md where it
+# says why (its QA tests that need them, the families it leaves out).
+OTHER_TOOLS |= {
+    "--allow-gpu-metrics",
+    "--cache-config",
+    "--exit-on-error",
+    "--model-namespacing",
+    "--model-repository",
+    "--strict-model-config",
+}
 ROW = re.compile(r"^\| `(BNFOLD_[A-Z0-9_]+)` \| (`--[a-z0-9-]+`|none) \| `([^`]*)` \| (.+) \|$")
 
 
