@@ -65,6 +65,34 @@ def capture_server_log(monkeypatch: pytest.MonkeyPatch, level: int = logging.NOT
     return lines
 
 
+@dataclass
+class InBackground:
+    """Requests sent from threads of their own (``post_in_background``): the
+    answers arrive in ``answers`` as they come; ``join`` waits for them all."""
+
+    threads: list[threading.Thread]
+    answers: list[httpx.Response]
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
+def post_in_background(url: str, path: str, body: Any, n: int = 1) -> InBackground:
+    """``n`` POSTs of the JSON ``body`` to ``path``, each from a thread and a
+    client of its own (30 s timeout), all started before it returns."""
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            answers.append(c.post(path, json=body))
+
+    threads = [threading.Thread(target=post) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    return InBackground(threads, answers)
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from service_harness import (
     TOKEN,
     RunningServer,
     base_settings,
+    post_in_background,
     run_server,
     wait_until,
 )
@@ -265,21 +265,14 @@ def test_an_unloaded_model_is_counted(client: httpx.Client) -> None:
 
 
 def test_overloaded_and_timed_out_are_counted(client: httpx.Client, served: RunningServer) -> None:
-    answers: list[int] = []
-
-    def queued() -> None:
-        with httpx.Client(base_url=served.url, timeout=30) as c:
-            answers.append(c.post("/v2/models/slow/infer", json=v2()).status_code)
-
     before = failures(client)
-    thread = threading.Thread(target=queued)
-    thread.start()
+    queued = post_in_background(served.url, "/v2/models/slow/infer", v2())
     slow = served.served("slow")
     wait_until(lambda: slow.batcher.pending == 1, "the queue (max_queue_size 1) holds it")
     r = client.post("/v2/models/slow/infer", json=v2())
     assert r.status_code == 503 and "overloaded" in r.json()["error"]
-    thread.join()
-    assert answers == [200]
+    queued.join()
+    assert [a.status_code for a in queued.answers] == [200]
     r = client.post("/v2/models/lazy/infer", json=v2(parameters={"timeout": 100_000}))
     assert r.status_code == 503 and "no result within 0.1 s" in r.json()["error"]
     assert moved(before, failures(client)) == {

@@ -4,13 +4,12 @@ Triton statistics and request ids, on the real server."""
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
 
 import httpx
 import numpy as np
 from prometheus_text import metric_with
-from service_harness import Repo, RunningServer, rows, wait_until
+from service_harness import Repo, RunningServer, post_in_background, rows, wait_until
 
 
 def v2(x: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -24,26 +23,17 @@ def test_full_queue_is_503_with_retry_after(
     x = rows(repo["slow"], 1)  # slow: max_queue_size 2, 1.5 s queue delay
     slow = server.served("slow")
     before = http.get("/metrics").text
-    answers: list[httpx.Response] = []
-
-    def queued() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            answers.append(c.post("/v2/models/slow/infer", json=v2(x)))
-
-    threads = [threading.Thread(target=queued) for _ in range(2)]
-    for t in threads:
-        t.start()
+    queued = post_in_background(server.url, "/v2/models/slow/infer", v2(x), 2)
     wait_until(lambda: slow.batcher.pending == 2, "both requests queued")
     r = http.post("/v2/models/slow/infer", json=v2(x))
     # refused at once, not queued: answered while the two queued requests
     # still wait for their batch
-    assert answers == [] and slow.batcher.pending == 2
+    assert queued.answers == [] and slow.batcher.pending == 2
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "1"
     assert "overloaded" in r.json()["error"]
-    for t in threads:
-        t.join()
-    assert [a.status_code for a in answers] == [200, 200]  # the queued ones are served
+    queued.join()
+    assert [a.status_code for a in queued.answers] == [200, 200]  # the queued ones are served
     after = http.get("/metrics").text
     labels = {"model": "slow", "version": "1"}
     assert metric_with(after, "bnfold_inference_failures_total", reason="overloaded", **labels) == (
@@ -60,22 +50,16 @@ def test_full_queue_is_503_with_retry_after(
 def test_request_timeout_is_503(server: RunningServer, http: httpx.Client, repo: Repo) -> None:
     x = rows(repo["slow"], 1)
     slow = server.served("slow")
-    witness: list[httpx.Response] = []
-
-    def queued() -> None:  # no timeout: answered when the 1.5 s batch window ends
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            witness.append(c.post("/v2/models/slow/infer", json=v2(x)))
-
-    t = threading.Thread(target=queued)
-    t.start()
+    # no timeout: answered when the 1.5 s batch window ends
+    witness = post_in_background(server.url, "/v2/models/slow/infer", v2(x))
     wait_until(lambda: slow.batcher.pending == 1, "the witness request queued")
     r = http.post("/v2/models/slow/infer", json=v2(x, parameters={"timeout": 100_000}))
-    assert witness == []  # answered at its 0.1 s deadline, not when the batch left
+    assert witness.answers == []  # answered at its 0.1 s deadline, not when the batch left
     assert r.status_code == 503
     assert "no result within 0.1 s" in r.json()["error"]
     assert r.headers["Retry-After"] == "1"
-    t.join()
-    assert witness[0].status_code == 200
+    witness.join()
+    assert witness.answers[0].status_code == 200
 
 
 def test_prometheus_metrics_per_model_and_version(http: httpx.Client, repo: Repo) -> None:

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_text import metric, metric_with
 from pydantic import ValidationError
 from server_process import free_port, spawn
-from service_harness import WAIT_S, Repo, RunningServer, rows, wait_until
+from service_harness import WAIT_S, Repo, RunningServer, post_in_background, rows, wait_until
 
 from bnfold.service.batching import QueueFull, QueueTimeout
 from bnfold.service.errors import BadRequest, InferenceFailed, service_error
@@ -108,22 +107,13 @@ def test_a_full_queue_is_rejected_and_a_client_gone_is_canceled(
         )
 
     # REJECTED: a third request while two wait in the queue of two
-    answers: list[httpx.Response] = []
-
-    def queued() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            answers.append(c.post("/v2/models/slow/infer", json=v2(x)))
-
-    threads = [threading.Thread(target=queued) for _ in range(2)]
-    for t in threads:
-        t.start()
+    queued = post_in_background(server.url, "/v2/models/slow/infer", v2(x), 2)
     wait_until(lambda: slow.batcher.pending == 2, "both requests queued")
     pending = nv(http.get("/metrics").text, "nv_inference_pending_request_count", "slow")
     assert pending == 2
     assert http.post("/v2/models/slow/infer", json=v2(x)).status_code == 503
-    for t in threads:
-        t.join()
-    assert [a.status_code for a in answers] == [200, 200]
+    queued.join()
+    assert [a.status_code for a in queued.answers] == [200, 200]
     assert failures("REJECTED") == 1
 
     # CANCELED: a client that goes away while its request waits for a batch
