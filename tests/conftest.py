@@ -57,9 +57,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertOnce:
 # of time, never of correctness.
 LONGEST_FIRST = (
     "tests/triton_qa/test_triton_qa.py",
-    "tests/triton_qa/test_triton_qa_log_format.py",
     "tests/converter/test_timm.py",
-    "tests/triton_qa/test_triton_qa_batcher.py",
     "tests/triton_qa/test_triton_qa_metrics.py",
     "tests/converter/test_distributed.py",
     "tests/triton_qa/test_triton_qa_lifecycle.py",
