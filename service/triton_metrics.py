@@ -452,6 +452,10 @@ class TritonMetrics:
         if exiting:
             for snap in snaps:
                 snap["pending"] = 0
+        self._write(snaps)
+
+    def _write(self, snaps: list[dict[str, Any]]) -> None:
+        """This worker's count file, replaced whole."""
         path = self._snapshot_path(os.getpid())
         partial = path.with_suffix(".tmp")
         partial.write_text(json.dumps(snaps))
@@ -478,11 +482,10 @@ class TritonMetrics:
     # --- the text of a scrape
     def render(self, models: Iterable[ModelMetrics]) -> bytes:
         models = list(models)
-        mine = [snapshot(m) for m in models]
-        snaps = mine
+        snaps = [snapshot(m) for m in models]
         if self.multiprocess_dir is not None:
-            self.write_snapshot(models)
-            snaps = mine + self._other_workers()
+            self._write(snaps)  # this worker's counts, for the others' scrapes
+            snaps += self._other_workers()
         merged = merge(snaps)
         keys = sorted(merged)
         out: list[str] = []
@@ -514,9 +517,13 @@ class TritonMetrics:
         family: Callable[[str, str, str], None],
         labels: Callable[..., str],
     ) -> None:
-        for name, key_name, help_text in COUNTERS[:1]:
-            family(name, "counter", help_text)
-            out += [f"{name}{labels(k)} {merged[k][key_name]}\n" for k in keys]
+
+        def one_a_version(name: str, kind: str, help_text: str, key_name: str) -> None:
+            family(name, kind, help_text)
+            out.extend(f"{name}{labels(k)} {merged[k][key_name]}\n" for k in keys)
+
+        name, key_name, help_text = COUNTERS[0]
+        one_a_version(name, "counter", help_text, key_name)
         family(
             "nv_inference_request_failure",
             "counter",
@@ -527,20 +534,16 @@ class TritonMetrics:
                 n = merged[k]["failure"].get(reason, 0)
                 out.append(f"nv_inference_request_failure{labels(k, reason=reason)} {n}\n")
         for name, key_name, help_text in COUNTERS[1:]:
-            family(name, "counter", help_text)
-            out += [f"{name}{labels(k)} {merged[k][key_name]}\n" for k in keys]
-        family(
+            one_a_version(name, "counter", help_text, key_name)
+        one_a_version(
             "nv_inference_pending_request_count",
             "gauge",
             "Instantaneous number of pending requests awaiting execution per-model.",
+            "pending",
         )
-        out += [
-            f"nv_inference_pending_request_count{labels(k)} {merged[k]['pending']}\n" for k in keys
-        ]
         if self.config.counter_latencies:
             for name, key_name, help_text in LATENCY_COUNTERS:
-                family(name, "counter", help_text)
-                out += [f"{name}{labels(k)} {merged[k][key_name]}\n" for k in keys]
+                one_a_version(name, "counter", help_text, key_name)
         if self.config.histogram_latencies:
             self._render_histogram(out, merged, keys, family, labels)
         if self.config.summary_latencies:
