@@ -267,11 +267,9 @@ class Batcher:
         self._queued = 0  # requests waiting (the queue less those that gave up)
         self._requests = 0  # requests inside submit
         self._queue: deque[_Item] = deque()
-        self._queued_rows = 0
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight = 0
         self._nonempty = asyncio.Event()
-        self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
@@ -332,14 +330,11 @@ class Batcher:
         if queue_timeout:
             item.expires = item.enqueued + queue_timeout
         self._queue.append(item)
-        self._queued_rows += rows
         self._count(1, 1)
         self._idle.clear()
         self._nonempty.set()
         if self._arrivals is not None:
             self._arrivals.queued()
-        if self._queued_rows >= self._max_rows:
-            self._full.set()
         hook = on_queue.get()
         if hook is not None:
             hook()
@@ -372,9 +367,6 @@ class Batcher:
             self._queue.remove(item)
         except ValueError:
             return
-        self._queued_rows -= item.rows
-        if self._queued_rows < self._max_rows:
-            self._full.clear()
         self._check_idle()
 
     def _can_run_inline(self) -> bool:
@@ -505,7 +497,6 @@ class Batcher:
             item = self._queue[0]
             if item.future.done() or item.expires < now:  # gave up, or its queue timeout
                 self._queue.popleft()
-                self._queued_rows -= item.rows
                 left += self._unqueue(item)
                 if not item.future.done():  # Triton's words for a rejected request
                     item.future.set_exception(QueueTimeout("Request timeout expired"))
@@ -517,12 +508,9 @@ class Batcher:
             if limit is not None and len(batch) >= limit:
                 break
             self._queue.popleft()
-            self._queued_rows -= item.rows
             left += self._unqueue(item)
             batch.append(item)
             rows += item.rows
-        if self._queued_rows < self._max_rows:
-            self._full.clear()
         self._count(-left, 0)
         return batch
 
@@ -634,7 +622,6 @@ class Batcher:
             left += self._unqueue(item)
             if not item.future.done():
                 item.future.set_exception(BatcherClosed("the model was unloaded"))
-        self._queued_rows = 0
         self._count(-left, 0)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
