@@ -177,21 +177,29 @@ IDENTITY = "qa_identity_model_repository"
 SIMPLE_IDENTITY = renamed(IDENTITY, "onnx_zero_1_object", "simple_identity")
 
 
-def simple_identity_int64(models: Path, repo: Path) -> None:
-    """L0_http's ``simple_identity_int64`` (Triton's python identity model
-    with TYPE_INT64): the generators make no INT64 identity, so this is the
-    generated identity model's graph and configuration with INT64 tensors."""
+def retyped(folder: Path, old: str, new: str) -> None:
+    """A generated identity model with tensors of another type (the
+    generators make identities of some types only): ``old`` made ``new``
+    (``TYPE_*``) in its config.pbtxt, and every graph input and output of
+    its versions of type ``new``."""
     import onnx
 
-    renamed(IDENTITY, "onnx_zero_1_object", "simple_identity_int64")(models, repo)
-    folder = repo / "simple_identity_int64"
     config = folder / "config.pbtxt"
-    config.write_text(config.read_text().replace("TYPE_STRING", "TYPE_INT64"))
+    config.write_text(config.read_text().replace(old, new))
+    elem_type = getattr(onnx.TensorProto, new.removeprefix("TYPE_"))
     for path in folder.glob("*/model.onnx"):
         model = onnx.load(path)
         for value in [*model.graph.input, *model.graph.output]:
-            value.type.tensor_type.elem_type = onnx.TensorProto.INT64
+            value.type.tensor_type.elem_type = elem_type
         onnx.save(model, path)
+
+
+def simple_identity_int64(models: Path, repo: Path) -> None:
+    """L0_http's ``simple_identity_int64`` (Triton's python identity model
+    with TYPE_INT64): the generated identity model's graph and configuration
+    with INT64 tensors."""
+    renamed(IDENTITY, "onnx_zero_1_object", "simple_identity_int64")(models, repo)
+    retyped(repo / "simple_identity_int64", "TYPE_STRING", "TYPE_INT64")
 
 
 # ----------------------------------------------------------------- suites
@@ -1135,23 +1143,16 @@ def identity_zero_1_int32(policy: str) -> Recipe:
     ``onnx_nobatch_zero_1_float32``'s graph and configuration with INT32
     tensors (its version_policy line dropped: Triton's configuration has
     none)."""
-    import onnx
-
     name = "identity_zero_1_int32"
 
     def fill(models: Path, repo: Path) -> None:
         renamed(IDENTITY, "onnx_nobatch_zero_1_float32", name)(models, repo)
         folder = repo / name
         shutil.copytree(folder / "1", folder / "2")
+        retyped(folder, "TYPE_FP32", "TYPE_INT32")
         config = folder / "config.pbtxt"
         text = re.sub(r"^version_policy:.*\n", "", config.read_text(), flags=re.M)
-        text = text.replace("TYPE_FP32", "TYPE_INT32") + IDENTITY_INSTANCES
-        config.write_text(text + policy + "\n")
-        for path in folder.glob("*/model.onnx"):
-            model = onnx.load(path)
-            for value in [*model.graph.input, *model.graph.output]:
-                value.type.tensor_type.elem_type = onnx.TensorProto.INT32
-            onnx.save(model, path)
+        config.write_text(text + IDENTITY_INSTANCES + policy + "\n")
 
     return fill
 
